@@ -1,0 +1,109 @@
+"""The plugin's conflist entry, validated into a typed config. Pure: no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cni.errors import INVALID_CONFIG, CniError
+
+ENGINE_PORT = 13378
+ENGINE_OWN_PORTS = (19000, 19001, 19002)
+VALIDATION_PORT = 19003
+ISTIO_PROXY_UID = 1337
+ISTIO_PORTS = (15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 15053, 15090)
+LOG_LEVELS = ("debug", "info", "warn", "error")
+DEFAULT_KUBECONFIG = "/etc/cni/net.d/microgateway-cni-kubeconfig"
+DEFAULT_API_DEADLINE_SECONDS = 30.0
+# The installer DaemonSet's pods; skipped before any API call (Istio's node-reboot deadlock lesson).
+INSTALLER_POD_PREFIX = "microgateway-cni-"
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    log_level: str = "info"
+    log_file_path: str = ""
+    kubeconfig: str = DEFAULT_KUBECONFIG
+    exclude_namespaces: tuple[str, ...] = ("kube-system",)
+    installer_namespace: str = "kube-system"
+    api_deadline_seconds: float = DEFAULT_API_DEADLINE_SECONDS
+    engine_port: int = ENGINE_PORT
+    engine_own_ports: tuple[int, ...] = ENGINE_OWN_PORTS
+    validation_port: int = VALIDATION_PORT
+    istio_proxy_uid: int = ISTIO_PROXY_UID
+    istio_ports: tuple[int, ...] = ISTIO_PORTS
+
+
+def _bad(key: str, value: Any, expected: str) -> CniError:
+    return CniError(INVALID_CONFIG, f"invalid value for {key!r}: {value!r} ({expected})")
+
+
+def _port(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise _bad(key, value, "expected an integer port 1-65535")
+    return value
+
+
+def _ports(key: str, value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        raise _bad(key, value, "expected a list of ports")
+    return tuple(_port(key, item) for item in value)
+
+
+def _string(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise _bad(key, value, "expected a string")
+    return value
+
+
+def parse_config(conf: dict[str, Any]) -> PluginConfig:
+    """Unknown keys are ignored (the runtime adds its own); a bad known key names itself."""
+    values: dict[str, Any] = {}
+    level = conf.get("logLevel")
+    if level is not None:
+        if not isinstance(level, str) or level.lower() not in LOG_LEVELS:
+            raise _bad("logLevel", level, "expected one of " + ", ".join(LOG_LEVELS))
+        values["log_level"] = level.lower()
+    debug = conf.get("debug")
+    if debug is not None:
+        if not isinstance(debug, bool):
+            raise _bad("debug", debug, "expected true or false")
+        if debug:
+            values["log_level"] = "debug"
+    if "logFilePath" in conf:
+        values["log_file_path"] = _string("logFilePath", conf["logFilePath"])
+
+    kube = conf.get("kubernetes", {})
+    if not isinstance(kube, dict):
+        raise _bad("kubernetes", kube, "expected an object")
+    if "kubeconfig" in kube:
+        values["kubeconfig"] = _string("kubernetes.kubeconfig", kube["kubeconfig"])
+    if "excludeNamespaces" in kube:
+        namespaces = kube["excludeNamespaces"]
+        if not isinstance(namespaces, list) or not all(isinstance(n, str) for n in namespaces):
+            raise _bad("kubernetes.excludeNamespaces", namespaces, "expected a list of namespace names")
+        values["exclude_namespaces"] = tuple(namespaces)
+    if "installerNamespace" in kube:
+        values["installer_namespace"] = _string("kubernetes.installerNamespace", kube["installerNamespace"])
+    if "apiDeadlineSeconds" in kube:
+        deadline = kube["apiDeadlineSeconds"]
+        if isinstance(deadline, bool) or not isinstance(deadline, int | float) or not 0 < deadline <= 300:
+            raise _bad("kubernetes.apiDeadlineSeconds", deadline, "expected seconds, 0 < s <= 300")
+        values["api_deadline_seconds"] = float(deadline)
+
+    for key, attr in (("enginePort", "engine_port"), ("validationPort", "validation_port")):
+        if key in conf:
+            values[attr] = _port(key, conf[key])
+    for key, attr in (("engineOwnPorts", "engine_own_ports"), ("istioPorts", "istio_ports")):
+        if key in conf:
+            values[attr] = _ports(key, conf[key])
+    if "istioProxyUid" in conf:
+        uid = conf["istioProxyUid"]
+        if isinstance(uid, bool) or not isinstance(uid, int) or not 0 < uid < 2**32 - 1:
+            raise _bad("istioProxyUid", uid, "expected a non-root uid")
+        values["istio_proxy_uid"] = uid
+    config = PluginConfig(**values)
+    if config.engine_port in config.engine_own_ports or config.validation_port in config.engine_own_ports:
+        raise _bad("engineOwnPorts", list(config.engine_own_ports),
+                   "must not contain enginePort or validationPort")
+    return config

@@ -1,0 +1,159 @@
+"""Reading one pod from the kube-apiserver with the kubeconfig the installer wrote.
+
+http.client + ssl instead of the official `kubernetes` client: that client's import alone takes
+~600 ms (python -X importtime), more than the whole ADD budget of DESIGN §6, for one GET.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import ssl
+import tempfile
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+from cni.errors import INVALID_CONFIG, IO_FAILURE, TRY_AGAIN_LATER, UNKNOWN_CONTAINER, CniError
+
+RETRY_INTERVAL_SECONDS = 0.5
+REQUEST_TIMEOUT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Cluster:
+    host: str
+    port: int
+    context: ssl.SSLContext
+    token: str
+
+
+def _load_document(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise CniError(INVALID_CONFIG, f"cannot read kubeconfig {path}: {exc.strerror}") from None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        # The installer writes JSON (valid YAML); YAML written by hand costs the PyYAML import.
+        import yaml
+
+        try:
+            doc = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise CniError(INVALID_CONFIG, f"kubeconfig {path} is neither JSON nor YAML: {exc}") from None
+    if not isinstance(doc, dict):
+        raise CniError(INVALID_CONFIG, f"kubeconfig {path} is not a mapping")
+    return doc
+
+
+def _named(doc: dict[str, Any], section: str, name: str | None, key: str) -> dict[str, Any]:
+    entries = doc.get(section) or []
+    for entry in entries:
+        if name is None or entry.get("name") == name:
+            return entry.get(key) or {}
+    raise CniError(INVALID_CONFIG, f"kubeconfig has no {section} entry {name!r}")
+
+
+def _pem_file(data: str) -> str:
+    fd, path = tempfile.mkstemp(prefix="mgw-cni-", suffix=".pem")
+    with os.fdopen(fd, "wb") as f:
+        f.write(base64.b64decode(data))
+    return path
+
+
+def load_cluster(path: str) -> Cluster:
+    """Server, CA, and bearer token or client certificate of the current context."""
+    doc = _load_document(path)
+    context_name = doc.get("current-context")
+    context = _named(doc, "contexts", context_name or None, "context")
+    cluster = _named(doc, "clusters", context.get("cluster"), "cluster")
+    user = _named(doc, "users", context.get("user"), "user")
+    server = urllib.parse.urlsplit(cluster.get("server", ""))
+    if server.scheme != "https" or not server.hostname:
+        raise CniError(INVALID_CONFIG, f"kubeconfig {path}: server {cluster.get('server')!r} is not an https URL")
+    tls = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    try:
+        if cluster.get("certificate-authority-data"):
+            tls.load_verify_locations(cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
+        elif cluster.get("certificate-authority"):
+            tls.load_verify_locations(cafile=cluster["certificate-authority"])
+        if user.get("client-certificate-data") or user.get("client-certificate"):
+            temp: list[str] = []
+            try:
+                cert = user.get("client-certificate") or _pem_file(user["client-certificate-data"])
+                if user.get("client-certificate-data"):
+                    temp.append(cert)
+                key = user.get("client-key") or _pem_file(user["client-key-data"])
+                if user.get("client-key-data"):
+                    temp.append(key)
+                tls.load_cert_chain(cert, key)
+            finally:
+                for name in temp:
+                    os.unlink(name)
+    except (OSError, ssl.SSLError, ValueError, KeyError) as exc:
+        raise CniError(INVALID_CONFIG, f"kubeconfig {path}: TLS material unusable: {exc}") from None
+    token = user.get("token", "")
+    if not token and user.get("tokenFile"):
+        try:
+            with open(user["tokenFile"]) as f:
+                token = f.read().strip()
+        except OSError as exc:
+            raise CniError(INVALID_CONFIG, f"kubeconfig {path}: cannot read tokenFile: {exc.strerror}") from None
+    port = server.port or 443
+    return Cluster(host=server.hostname, port=port, context=tls, token=token)
+
+
+def _get(cluster: Cluster, path: str) -> tuple[int, bytes]:
+    connection = http.client.HTTPSConnection(
+        cluster.host, cluster.port, context=cluster.context, timeout=REQUEST_TIMEOUT_SECONDS
+    )
+    headers = {"Accept": "application/json", "User-Agent": "microgateway-cni"}
+    if cluster.token:
+        headers["Authorization"] = "Bearer " + cluster.token
+    try:
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def get_pod(cluster: Cluster, namespace: str, name: str, deadline_seconds: float) -> dict[str, Any]:
+    """GET the pod, retrying transient failures until the deadline; then CNI error 11 (fail closed)."""
+    path = f"/api/v1/namespaces/{urllib.parse.quote(namespace)}/pods/{urllib.parse.quote(name)}"
+    deadline = time.monotonic() + deadline_seconds
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            status, body = _get(cluster, path)
+        except ssl.SSLCertVerificationError as exc:
+            raise CniError(IO_FAILURE, f"kube-apiserver certificate rejected: {exc.verify_message}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            status, body, problem = 0, b"", f"{type(exc).__name__}: {exc}"
+        else:
+            problem = f"HTTP {status}"
+        if status == 200:
+            try:
+                return json.loads(body)
+            except ValueError:
+                raise CniError(IO_FAILURE, f"kube-apiserver sent an undecodable pod {namespace}/{name}") from None
+        if status == 404:
+            raise CniError(UNKNOWN_CONTAINER, f"pod {namespace}/{name} does not exist in the API")
+        if status in (401, 403):
+            raise CniError(IO_FAILURE, f"kube-apiserver refused pod {namespace}/{name}: HTTP {status}")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise CniError(
+                TRY_AGAIN_LATER,
+                f"kube-apiserver unreachable: cannot read pod {namespace}/{name} "
+                f"after {attempts} attempts in {deadline_seconds:g}s",
+                problem,
+            )
+        time.sleep(min(RETRY_INTERVAL_SECONDS, remaining))

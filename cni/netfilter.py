@@ -1,0 +1,275 @@
+"""Applying, reading and removing a RuleSet in the current netns with python-iptables (legacy x_tables).
+
+One libiptc handle per family: everything (old state removed, new chains, jumps) goes into it and is
+committed as a single table replace, so a rule set is never half-written (I6).
+
+libxtables registers an extension for the first family that loads it, so one process cannot use
+REDIRECT for IPv4 and IPv6 (python-iptables issues #135, #316, #325; reproduced here). Each family's
+work therefore runs in its own forked child of a parent that never imports iptc; the two families
+run in parallel and the parent rolls back a family whose sibling failed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+from cni.errors import NETFILTER_FAILURE, CniError
+from cni.rules import BUILTIN_JUMPS, CHAIN_PREFIX, Rule, RuleSet
+
+COMMIT_ATTEMPTS = 3
+
+
+# Where distributions keep libxtables and its extension modules. Without XTABLES_LIBDIR and
+# IPTABLES_LIBDIR python-iptables runs `ldconfig -v` and ctypes.util.find_library (subprocesses,
+# ~100 ms at import, measured with -X importtime) and may pick a directory without the extensions.
+LIBDIR_CANDIDATES = ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/lib/x86_64-linux-gnu")
+
+
+def _locate_libraries() -> None:
+    # setuptools' distutils shim costs ~160 ms when python-iptables imports distutils.sysconfig.
+    os.environ.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")
+    if "XTABLES_LIBDIR" in os.environ:
+        return
+    for libdir in LIBDIR_CANDIDATES:
+        if os.path.exists(os.path.join(libdir, "xtables", "libxt_REDIRECT.so")):
+            os.environ["XTABLES_LIBDIR"] = os.path.join(libdir, "xtables")
+            os.environ.setdefault("IPTABLES_LIBDIR", libdir)
+            return
+
+
+def _iptc() -> Any:
+    """python-iptables is imported only by the commands that touch rules."""
+    _locate_libraries()
+    import iptc
+
+    return iptc
+
+
+def _open_nat(family: int) -> Any:
+    iptc = _iptc()
+    table_class = iptc.Table if family == 4 else iptc.Table6
+    try:
+        table = table_class(table_class.NAT, autocommit=False)
+        table.autocommit = False
+        table.refresh()
+    except iptc.IPTCError as exc:
+        raise CniError(NETFILTER_FAILURE, f"cannot open the IPv{family} nat table: {exc}") from None
+    return table
+
+
+def _new_rule(family: int, spec: Rule) -> Any:
+    iptc = _iptc()
+    rule = iptc.Rule() if family == 4 else iptc.Rule6()
+    rule.protocol = "tcp"
+    if spec.src:
+        rule.src = spec.src
+    if spec.dst:
+        rule.dst = spec.dst
+    if spec.out_iface:
+        rule.out_interface = spec.out_iface
+    if spec.dport:
+        rule.create_match("tcp").dport = spec.dport
+    if spec.uid_owner is not None:
+        rule.create_match("owner").uid_owner = str(spec.uid_owner)
+    target = rule.create_target(spec.target)
+    if spec.to_port is not None:
+        target.to_ports = str(spec.to_port)
+    return rule
+
+
+def _remove_ours(table: Any) -> bool:
+    """Drop every jump to an MGW_ chain and every MGW_ chain from the handle; True if any existed."""
+    iptc = _iptc()
+    found = False
+    for builtin, _ in BUILTIN_JUMPS:
+        chain = iptc.Chain(table, builtin)
+        for rule in chain.rules:
+            if rule.target.name.startswith(CHAIN_PREFIX):
+                chain.delete_rule(rule)
+                found = True
+    ours = [chain for chain in table.chains if chain.name.startswith(CHAIN_PREFIX)]
+    for chain in ours:
+        chain.flush()
+    for chain in ours:
+        table.delete_chain(chain)
+    return found or bool(ours)
+
+
+def _commit(table: Any, family: int, what: str) -> None:
+    iptc = _iptc()
+    try:
+        table.commit()
+    except iptc.IPTCError as exc:
+        raise CniError(NETFILTER_FAILURE, f"{what}: IPv{family} nat commit failed: {exc}") from None
+
+
+def _apply_one(ruleset: RuleSet) -> None:
+    iptc = _iptc()
+    family = ruleset.family
+    last: CniError | None = None
+    for _ in range(COMMIT_ATTEMPTS):
+        table = _open_nat(family)
+        try:
+            _remove_ours(table)
+            chains = {}
+            for spec in ruleset.rules:
+                if spec.chain not in chains:
+                    chains[spec.chain] = table.create_chain(spec.chain)
+                chains[spec.chain].append_rule(_new_rule(family, spec))
+            for spec in ruleset.jumps:
+                iptc.Chain(table, spec.chain).insert_rule(_new_rule(family, spec), 0)
+        except (iptc.IPTCError, iptc.XTablesError, ValueError) as exc:
+            raise CniError(NETFILTER_FAILURE, f"cannot build the IPv{family} rule set: {exc}") from None
+        try:
+            _commit(table, family, "apply")
+            return
+        except CniError as exc:  # EAGAIN: another writer changed the table since our snapshot
+            last = exc
+    assert last is not None
+    raise last
+
+
+def _remove_one(family: int) -> bool:
+    """Remove everything of ours in one commit; True if something was removed."""
+    table = _open_nat(family)
+    if not _remove_ours(table):
+        return False
+    _commit(table, family, "remove")
+    return True
+
+
+def _normalize_net(value: str | None, family: int) -> str | None:
+    if not value:
+        return None
+    network = ipaddress.ip_network(value, strict=False)
+    return None if network.prefixlen == 0 else f"{network.network_address}/{network.prefixlen}"
+
+
+def _decode(rule: Any, chain: str, family: int) -> Rule | str:
+    """A live rule as a Rule, or a description when it has anything our rules never have."""
+    extras: list[str] = []
+    dport = uid = to_port = None
+    if rule.protocol != "tcp" or rule.in_interface:
+        extras.append(f"protocol={rule.protocol} in={rule.in_interface}")
+    for match in rule.matches:
+        params = match.get_all_parameters()
+        if match.name == "tcp" and set(params) == {"dport"} and len(params["dport"]) == 1:
+            dport = params["dport"][0]
+        elif match.name == "owner" and set(params) == {"uid-owner"} and len(params["uid-owner"]) == 1:
+            uid = int(params["uid-owner"][0])
+        else:
+            extras.append(f"-m {match.name} {params}")
+    target = rule.target
+    tparams = target.get_all_parameters() if target.name == "REDIRECT" else {}
+    if target.name == "REDIRECT":
+        ports = tparams.get("to-ports", [])
+        if set(tparams) == {"to-ports"} and len(ports) == 1 and ports[0].isdigit():
+            to_port = int(ports[0])
+        else:
+            extras.append(f"REDIRECT {tparams}")
+    decoded = Rule(
+        chain=chain,
+        target=target.name,
+        dport=dport,
+        src=_normalize_net(rule.src, family),
+        dst=_normalize_net(rule.dst, family),
+        out_iface=rule.out_interface or None,
+        uid_owner=uid,
+        to_port=to_port,
+    )
+    if extras:
+        return decoded.render() + " [unexpected: " + "; ".join(extras) + "]"
+    return decoded
+
+
+def _read_one(family: int) -> tuple[list[Rule | str], list[Rule | str]]:
+    """Our chains' rules (chain order by name) and the jumps into them, as live in the kernel."""
+    iptc = _iptc()
+    table = _open_nat(family)
+    rules: list[Rule | str] = []
+    for chain in sorted(table.chains, key=lambda c: c.name):
+        if chain.name.startswith(CHAIN_PREFIX):
+            rules.extend(_decode(rule, chain.name, family) for rule in chain.rules)
+    jumps: list[Rule | str] = []
+    for builtin, _ in BUILTIN_JUMPS:
+        for rule in iptc.Chain(table, builtin).rules:
+            if rule.target.name.startswith(CHAIN_PREFIX):
+                jumps.append(_decode(rule, builtin, family))
+    return rules, jumps
+
+
+def _start(family: int, body: Callable[..., Any], *args: Any) -> tuple[int, int]:
+    """Fork a child that runs body(*args) and pickles its outcome into a pipe."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        os.dup2(2, 1)  # libxtables may print; stdout belongs to the CNI result alone
+        try:
+            outcome: tuple[str, Any] = ("ok", body(*args))
+        except CniError as exc:
+            outcome = ("error", (exc.code, exc.msg, exc.details))
+        except BaseException as exc:
+            outcome = ("error", (NETFILTER_FAILURE, f"IPv{family}: {type(exc).__name__}: {exc}", ""))
+        with os.fdopen(write_end, "wb") as pipe:
+            pipe.write(pickle.dumps(outcome))
+        os._exit(0)
+    os.close(write_end)
+    return pid, read_end
+
+
+def _finish(family: int, child: tuple[int, int]) -> Any:
+    pid, read_end = child
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if not data:
+        raise CniError(NETFILTER_FAILURE, f"IPv{family} netfilter worker died (wait status {status})")
+    kind, value = pickle.loads(data)
+    if kind == "error":
+        raise CniError(*value)
+    return value
+
+
+def _run(jobs: list[tuple[int, Callable[..., Any], tuple[Any, ...]]]) -> dict[int, Any | CniError]:
+    children = [(family, _start(family, body, *args)) for family, body, args in jobs]
+    outcomes: dict[int, Any | CniError] = {}
+    for family, child in children:
+        try:
+            outcomes[family] = _finish(family, child)
+        except CniError as exc:
+            outcomes[family] = exc
+    return outcomes
+
+
+def _raise_first(outcomes: dict[int, Any | CniError]) -> None:
+    for outcome in outcomes.values():
+        if isinstance(outcome, CniError):
+            raise outcome
+
+
+def apply(rulesets: list[RuleSet]) -> None:
+    """Replace our rules in every family; if any family fails, take the others back out (I6)."""
+    outcomes = _run([(rs.family, _apply_one, (rs,)) for rs in rulesets])
+    failed = [o for o in outcomes.values() if isinstance(o, CniError)]
+    if failed:
+        done = [family for family, outcome in outcomes.items() if not isinstance(outcome, CniError)]
+        _run([(family, _remove_one, (family,)) for family in done])
+        raise failed[0]
+
+
+def remove(families: list[int]) -> bool:
+    """Remove everything of ours from each family; True if anything existed."""
+    outcomes = _run([(family, _remove_one, (family,)) for family in families])
+    _raise_first(outcomes)
+    return any(outcomes.values())
+
+
+def read(families: list[int]) -> dict[int, tuple[list[Rule | str], list[Rule | str]]]:
+    outcomes = _run([(family, _read_one, (family,)) for family in families])
+    _raise_first(outcomes)
+    return outcomes  # type: ignore[return-value]

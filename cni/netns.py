@@ -1,0 +1,68 @@
+"""Entering a pod's network namespace in-process (setns), never by spawning a shell."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+from cni.errors import INVALID_ENV, CniError
+
+CLONE_NEWNET = 0x40000000
+NSFS_MAGIC = 0x6E736673
+
+
+class NetnsGone(Exception):
+    """The namespace path does not exist (any more)."""
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def enter(path: str) -> None:
+    """Move this (single-threaded) process into the netns at `path`.
+
+    Refuses the namespace the plugin was started in: rewriting the node's own nat table would take
+    the whole node's traffic with it, and no pod shares it (hostNetwork pods never reach CNI).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NetnsGone(path) from None
+    except OSError as exc:
+        raise CniError(INVALID_ENV, f"CNI_NETNS {path!r} cannot be opened: {exc.strerror}") from None
+    try:
+        if _same_file(os.fstat(fd), os.stat("/proc/self/ns/net")):
+            raise CniError(INVALID_ENV, f"CNI_NETNS {path!r} is the runtime's own network namespace; refusing")
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            if err == errno.EINVAL:
+                raise CniError(INVALID_ENV, f"CNI_NETNS {path!r} is not a network namespace")
+            raise CniError(INVALID_ENV, f"CNI_NETNS {path!r}: setns failed: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def has_ipv6() -> bool:
+    """True when the current netns has any IPv6 address, link-local and loopback included.
+
+    Any IPv6 address is a path a client could use around an IPv4-only rule set (I1), so IPv6 gets
+    rules whenever the kernel gives the pod IPv6 at all.
+    """
+    try:
+        with open("/proc/self/net/if_inet6", "rb") as f:
+            return bool(f.read(1))
+    except FileNotFoundError:
+        return False
+
+
+def legacy_nat_loaded(family: int) -> bool:
+    """Whether the legacy nat table exists in the current netns; nothing of ours can exist without it."""
+    path = "/proc/self/net/ip_tables_names" if family == 4 else "/proc/self/net/ip6_tables_names"
+    try:
+        with open(path) as f:
+            return "nat" in f.read().split()
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,122 @@
+"""Plan -> the nat-table rule set of one address family. Pure: no I/O.
+
+Design (DESIGN.md §3), the same for IPv4 and IPv6:
+
+  PREROUTING -p tcp -j MGW_PREROUTING      inserted first
+  OUTPUT     -p tcp -j MGW_OUTPUT          inserted first
+  MGW_INBOUND     RETURN for exempt ports (Engine's own, excluded, Istio's), else REDIRECT to the Engine.
+                  Every redirect of the pod goes through this one chain, so the 19003 probe exercises
+                  the very rule real inbound traffic takes (I4).
+  MGW_PREROUTING  no mesh: everything to MGW_INBOUND (I1). Istio: only the ports Istio does not capture,
+                  so we never compete with a redirect Istio makes, in either iptables backend (I2).
+  MGW_OUTPUT      the probe (lo, loopback address, validation port) -> MGW_INBOUND (I4). Istio: the
+                  proxy's uid on lo, from the inbound passthrough source or to loopback -> MGW_INBOUND;
+                  Istio itself never NATs those packets, so again no competition (I2). Nothing else
+                  in OUTPUT is touched, so the Engine's own connection to the app is never redirected (I3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cni.config import PluginConfig
+from cni.policy import Plan
+
+CHAIN_PREFIX = "MGW_"
+INBOUND = "MGW_INBOUND"
+PREROUTING = "MGW_PREROUTING"
+OUTPUT = "MGW_OUTPUT"
+OWN_CHAINS = (INBOUND, PREROUTING, OUTPUT)
+BUILTIN_JUMPS = (("PREROUTING", PREROUTING), ("OUTPUT", OUTPUT))
+
+LOOPBACK = {4: "127.0.0.1/32", 6: "::1/128"}
+# Source address of Istio's inbound passthrough connections to the application.
+ISTIO_PASSTHROUGH_SOURCE = {4: "127.0.0.6/32", 6: "::6/128"}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One `-p tcp` rule in the nat table; fields left None do not match."""
+
+    chain: str
+    target: str
+    dport: str | None = None
+    src: str | None = None
+    dst: str | None = None
+    out_iface: str | None = None
+    uid_owner: int | None = None
+    to_port: int | None = None
+
+    def render(self) -> str:
+        """iptables-save syntax, for logs and CHECK messages."""
+        parts = [f"-A {self.chain}"]
+        if self.src:
+            parts.append(f"-s {self.src}")
+        if self.dst:
+            parts.append(f"-d {self.dst}")
+        if self.out_iface:
+            parts.append(f"-o {self.out_iface}")
+        parts.append("-p tcp")
+        if self.dport:
+            parts.append(f"-m tcp --dport {self.dport}")
+        if self.uid_owner is not None:
+            parts.append(f"-m owner --uid-owner {self.uid_owner}")
+        parts.append(f"-j {self.target}")
+        if self.to_port is not None:
+            parts.append(f"--to-ports {self.to_port}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """Our chains' rules in order, and the jumps from the built-in chains."""
+
+    family: int
+    rules: tuple[Rule, ...]
+    jumps: tuple[Rule, ...]
+
+
+def port_ranges(ports: set[int]) -> list[str]:
+    """Collapse ports into iptables `--dport` values: {1,2,3,7} -> ['1:3', '7']."""
+    ranges: list[str] = []
+    ordered = sorted(ports)
+    start = 0
+    for i in range(1, len(ordered) + 1):
+        if i == len(ordered) or ordered[i] != ordered[i - 1] + 1:
+            low, high = ordered[start], ordered[i - 1]
+            ranges.append(str(low) if low == high else f"{low}:{high}")
+            start = i
+    return ranges
+
+
+def exempt_ports(plan: Plan, config: PluginConfig) -> set[int]:
+    """Ports that must never be redirected to the Engine."""
+    ports = {config.engine_port, *config.engine_own_ports, *plan.excluded_ports}
+    if plan.mesh == "istio":
+        ports.update(config.istio_ports)
+    return ports
+
+
+def build_ruleset(plan: Plan, config: PluginConfig, family: int) -> RuleSet:
+    exempt = exempt_ports(plan, config)
+    rules = [Rule(INBOUND, "RETURN", dport=dport) for dport in port_ranges(exempt)]
+    rules.append(Rule(INBOUND, "REDIRECT", to_port=config.engine_port))
+
+    if plan.mesh == "none":
+        rules.append(Rule(PREROUTING, INBOUND))
+    elif plan.istio_include is None:
+        uncaptured = set(plan.istio_exclude) - exempt
+        rules.extend(Rule(PREROUTING, INBOUND, dport=dport) for dport in port_ranges(uncaptured))
+    else:
+        captured = set(plan.istio_include) - set(plan.istio_exclude)
+        rules.extend(Rule(PREROUTING, "RETURN", dport=dport) for dport in port_ranges(captured))
+        rules.append(Rule(PREROUTING, INBOUND))
+
+    rules.append(Rule(OUTPUT, INBOUND, dst=LOOPBACK[family], out_iface="lo", dport=str(config.validation_port)))
+    if plan.mesh == "istio":
+        uid = config.istio_proxy_uid
+        rules.append(Rule(OUTPUT, INBOUND, src=ISTIO_PASSTHROUGH_SOURCE[family], out_iface="lo", uid_owner=uid))
+        rules.append(Rule(OUTPUT, INBOUND, dst=LOOPBACK[family], out_iface="lo", uid_owner=uid))
+
+    jumps = tuple(Rule(builtin, own) for builtin, own in BUILTIN_JUMPS)
+    return RuleSet(family=family, rules=tuple(rules), jumps=jumps)

@@ -1,0 +1,1 @@
+"""microgateway-cni-installer: installs, chains and repairs microgateway-cni on every node."""

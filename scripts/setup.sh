@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Idempotent machine + virtualenv setup shared by demo.sh, test.sh and bench.sh.
+# Installs Debian packages only when missing, (re)installs the project into .venv only when
+# pyproject.toml changed, and builds the libcni test driver offline from Debian's Go sources.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+packages=(iptables containernetworking-plugins golang-go golang-github-appc-cni-dev iproute2 openssl util-linux)
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+venv="$root/.venv"
+stamp="$venv/.installed-$(sha256sum "$root/pyproject.toml" | cut -c1-16)"
+if [[ ! -e "$stamp" ]]; then
+  echo "setup: installing the project into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip >/dev/null
+  "$venv/bin/pip" install -q -e "$root[test]"
+  rm -f "$venv"/.installed-*
+  touch "$stamp"
+fi
+
+driver_dir="$root/tests/support/libcni-driver"
+if [[ ! -x "$driver_dir/libcni-driver" || "$driver_dir/main.go" -nt "$driver_dir/libcni-driver" ]]; then
+  echo "setup: building the libcni driver (offline, Debian's libcni)" >&2
+  (cd "$driver_dir" && GOPROXY=off GOFLAGS=-mod=mod GOCACHE="${GOCACHE:-/tmp/mgw-gocache}" \
+    go build -o libcni-driver . )
+fi

@@ -1,0 +1,290 @@
+"""A Kubernetes node built out of network namespaces, driven through libcni like containerd does.
+
+Everything lives in namespaces named with a per-run prefix and in one temporary directory; close()
+removes all of it (processes, namespaces and their links, files), also after a failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+DRIVER = ROOT / "tests" / "support" / "libcni-driver" / "libcni-driver"
+VENV_BIN = Path(sys.executable).parent
+SYSTEM_PLUGINS = Path("/usr/lib/cni")
+API_PORT = 6443
+APP_UID, ENGINE_UID, ISTIO_UID, VALIDATOR_UID = 1000, 1001, 1337, 1002
+SUBNET4, GATEWAY4 = "10.88.0.0/24", "10.88.0.1"
+SUBNET6, GATEWAY6 = "fd00:88::/64", "fd00:88::1"
+INJECT = "sidecar.microgateway.airlock.com/inject"
+
+
+def run(cmd: list[str], check: bool = True, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, check=check, text=True, capture_output=True, **kwargs)
+
+
+def pod_fixture(name: str, namespace: str = "default", protected: bool = True,
+                annotations: dict[str, str] | None = None, node: str = "node-1",
+                uid: str | None = None) -> dict[str, Any]:
+    labels = {INJECT: "true"} if protected else {}
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "uid": uid or str(uuid.uuid4()),
+                         "labels": labels, "annotations": dict(annotations or {})},
+            "spec": {"nodeName": node}, "status": {}}
+
+
+@dataclass
+class Pod:
+    name: str
+    namespace: str
+    netns: str
+    container_id: str
+    result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def netns_path(self) -> str:
+        return f"/run/netns/{self.netns}"
+
+    def ip(self, family: int = 4) -> str:
+        for ip in self.result.get("ips", []):
+            address = ip["address"].split("/")[0]
+            if (":" in address) == (family == 6):
+                return address
+        raise LookupError(f"pod {self.name} has no IPv{family} address")
+
+
+class Node:
+    """One simulated node: node netns, bridge network, kube-API stand-in, pods."""
+
+    def __init__(self, families: tuple[int, ...] = (4,)) -> None:
+        self.id = uuid.uuid4().hex[:6]
+        self.families = families
+        self.netns = f"mgwt-{self.id}-node"
+        self.dir = Path(tempfile.mkdtemp(prefix=f"mgwt-{self.id}-"))
+        self.bin_dir = self.dir / "bin"
+        self.conf_dir = self.dir / "net.d"
+        self.token = uuid.uuid4().hex
+        self.fixtures = self.dir / "pods.json"
+        self.journal = self.dir / "api-journal.jsonl"
+        self.kubeconfig = self.conf_dir / "microgateway-cni-kubeconfig"
+        self.log_file = self.dir / "microgateway-cni.log"
+        self.pods: dict[str, Pod] = {}
+        self.processes: list[subprocess.Popen[str]] = []
+        self.namespaces: list[str] = []
+        self._seq = itertools.count(1)
+        self.api: subprocess.Popen[str] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def __enter__(self) -> Node:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        for sub in (self.bin_dir, self.conf_dir, self.dir / "cache", self.dir / "ipam"):
+            sub.mkdir(parents=True)
+        for plugin in ("bridge", "host-local", "loopback", "portmap"):
+            (self.bin_dir / plugin).symlink_to(SYSTEM_PLUGINS / plugin)
+        self.install_plugin(VENV_BIN / "microgateway-cni")
+        self._add_netns(self.netns)
+        self.write_pods({})
+        self._start_api()
+
+    def close(self) -> None:
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        for ns in reversed(self.namespaces):
+            run(["ip", "netns", "del", ns], check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def install_plugin(self, binary: Path) -> None:
+        target = self.bin_dir / "microgateway-cni"
+        if target.exists() or target.is_symlink():
+            target.unlink()
+        target.symlink_to(binary)
+
+    def _add_netns(self, name: str) -> None:
+        run(["ip", "netns", "add", name])
+        self.namespaces.append(name)
+        self.exec(name, ["ip", "link", "set", "lo", "up"])
+        # No duplicate address detection: IPv6 addresses are usable at once.
+        for key in ("net.ipv6.conf.all.accept_dad", "net.ipv6.conf.default.accept_dad"):
+            self.exec(name, ["sysctl", "-qw", f"{key}=0"], check=False)
+
+    # -- the kube-API stand-in -----------------------------------------------------------------
+    def _start_api(self) -> None:
+        cert, key = self.dir / "api.crt", self.dir / "api.key"
+        run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-days", "1", "-subj", "/CN=kube-apiserver", "-addext", "subjectAltName=IP:127.0.0.1",
+             "-keyout", str(key), "-out", str(cert)])
+        self.ca_pem = cert.read_bytes()
+        self.api = self.spawn(self.netns, [sys.executable, "-m", "tests.support.kubeapi", "--port", str(API_PORT),
+                                           "--cert", str(cert), "--key", str(key), "--token", self.token,
+                                           "--fixtures", str(self.fixtures), "--journal", str(self.journal)])
+        self.write_kubeconfig(f"https://127.0.0.1:{API_PORT}")
+
+    def write_kubeconfig(self, server: str) -> None:
+        doc = {"apiVersion": "v1", "kind": "Config", "current-context": "mgw",
+               "clusters": [{"name": "local", "cluster": {
+                   "server": server, "certificate-authority-data": base64.b64encode(self.ca_pem).decode()}}],
+               "users": [{"name": "cni", "user": {"token": self.token}}],
+               "contexts": [{"name": "mgw", "context": {"cluster": "local", "user": "cni"}}]}
+        self.kubeconfig.write_text(json.dumps(doc))
+
+    def stop_api(self) -> None:
+        assert self.api is not None
+        self.api.kill()
+        self.api.wait()
+
+    def write_pods(self, pods: dict[str, dict[str, Any]]) -> None:
+        tmp = self.fixtures.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pods": pods}))
+        tmp.replace(self.fixtures)
+
+    def add_pod_fixture(self, pod: dict[str, Any]) -> None:
+        pods = json.loads(self.fixtures.read_text())["pods"]
+        pods[f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"] = pod
+        self.write_pods(pods)
+
+    def journal_entries(self) -> list[dict[str, Any]]:
+        if not self.journal.exists():
+            return []
+        return [json.loads(line) for line in self.journal.read_text().splitlines()]
+
+    # -- CNI -------------------------------------------------------------------------------------
+    def plugin_entry(self, **overrides: Any) -> dict[str, Any]:
+        entry: dict[str, Any] = {"type": "microgateway-cni", "logLevel": "debug", "logFilePath": str(self.log_file),
+                                 "kubernetes": {"kubeconfig": str(self.kubeconfig),
+                                                "excludeNamespaces": ["kube-system"], "apiDeadlineSeconds": 2}}
+        entry.update(overrides)
+        return entry
+
+    def bridge_entry(self) -> dict[str, Any]:
+        ranges = []
+        if 4 in self.families:
+            ranges.append([{"subnet": SUBNET4, "gateway": GATEWAY4}])
+        if 6 in self.families:
+            ranges.append([{"subnet": SUBNET6, "gateway": GATEWAY6}])
+        return {"type": "bridge", "bridge": "mgw0", "isGateway": True, "ipMasq": False,
+                "ipam": {"type": "host-local", "ranges": ranges, "dataDir": str(self.dir / "ipam")}}
+
+    def write_conflist(self, cni_version: str = "1.0.0", chained: bool = True, name: str = "10-mgw.conflist",
+                       plugin: dict[str, Any] | None = None, capabilities: bool = False) -> Path:
+        plugins = [self.bridge_entry()]
+        if chained:
+            entry = plugin or self.plugin_entry()
+            if capabilities:
+                entry["capabilities"] = {"io.kubernetes.cri.pod-annotations": True}
+            plugins.append(entry)
+        path = self.conf_dir / name
+        path.write_text(json.dumps({"cniVersion": cni_version, "name": "mgw-test", "plugins": plugins}))
+        return path
+
+    def cni(self, op: str, pod: Pod, conflist: Path, annotations: dict[str, str] | None = None,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        args = (f"IgnoreUnknown=1;K8S_POD_NAMESPACE={pod.namespace};K8S_POD_NAME={pod.name};"
+                f"K8S_POD_INFRA_CONTAINER_ID={pod.container_id};K8S_POD_UID={uuid.uuid4()}")
+        cmd = [str(DRIVER), "--conflist", str(conflist), "--netns", pod.netns_path, "--id", pod.container_id,
+               "--args", args, "--bin-dir", str(self.bin_dir), "--cache-dir", str(self.dir / "cache")]
+        if annotations is not None:
+            cmd += ["--annotations", json.dumps(annotations)]
+        return self.exec(self.netns, [*cmd, op], check=check)
+
+    def new_pod(self, name: str, conflist: Path, namespace: str = "default",
+                annotations: dict[str, str] | None = None, check: bool = True) -> Pod:
+        """Create a sandbox netns and run CNI ADD for it through libcni."""
+        netns = f"mgwt-{self.id}-p{next(self._seq)}"
+        self._add_netns(netns)
+        pod = Pod(name=name, namespace=namespace, netns=netns, container_id=uuid.uuid4().hex)
+        self.pods[name] = pod
+        done = self.cni("add", pod, conflist, annotations, check=check)
+        if done.returncode == 0:
+            pod.result = json.loads(done.stdout)
+        pod.add_output = done  # type: ignore[attr-defined]
+        return pod
+
+    def remove_netns(self, pod: Pod) -> None:
+        run(["ip", "netns", "del", pod.netns])
+        self.namespaces.remove(pod.netns)
+
+    # -- processes -------------------------------------------------------------------------------
+    def exec(self, netns: str, cmd: list[str], check: bool = True, uid: int | None = None,
+             timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        done = run(self._wrap(netns, cmd, uid), check=False, cwd=ROOT, timeout=timeout)
+        if check and done.returncode != 0:
+            raise AssertionError(f"{cmd} in {netns} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        return done
+
+    def _wrap(self, netns: str, cmd: list[str], uid: int | None) -> list[str]:
+        prefix = ["ip", "netns", "exec", netns]
+        if uid is not None:
+            prefix += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+        return prefix + cmd
+
+    def spawn(self, netns: str, cmd: list[str], uid: int | None = None) -> subprocess.Popen[str]:
+        """Start a long-running process in netns and wait until it prints 'ready'."""
+        proc = subprocess.Popen(self._wrap(netns, cmd, uid), cwd=ROOT, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        self.processes.append(proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if line.strip() != "ready":
+            proc.kill()
+            raise AssertionError(f"{cmd} did not start: {line}{proc.stderr.read() if proc.stderr else ''}")
+        return proc
+
+    def start_workloads(self, pod: Pod, app_ports: list[int], istio: bool = False,
+                        families: tuple[int, ...] | None = None) -> None:
+        """The application, an Engine stand-in forwarding to it, and optionally an Istio-proxy stand-in."""
+        fams = ",".join(str(f) for f in (families or self.families))
+        ports = ",".join(str(p) for p in app_ports)
+        self.spawn(pod.netns, [sys.executable, "-m", "tests.support.standins", "app", "--name", pod.name,
+                               "--ports", ports, "--families", fams], uid=APP_UID)
+        self.spawn(pod.netns, [sys.executable, "-m", "tests.support.standins", "engine", "--name", pod.name,
+                               "--port", "13378", "--forward", ports, "--families", fams], uid=ENGINE_UID)
+        if istio:
+            if 6 in (families or self.families):
+                self.exec(pod.netns, ["ip", "-6", "addr", "add", "::6/128", "dev", "lo"])
+            self.spawn(pod.netns, [sys.executable, "-m", "tests.support.standins", "istio", "--name", pod.name,
+                                   "--port", "15006", "--families", fams], uid=ISTIO_UID)
+
+    def connect(self, from_netns: str, targets: list[str], uid: int | None = None) -> dict[str, str]:
+        done = self.exec(from_netns, [sys.executable, "-m", "tests.support.client", *targets], uid=uid)
+        return json.loads(done.stdout)
+
+    def nat_rules(self, pod: Pod, family: int = 4, backend: str = "legacy") -> str:
+        tool = ("iptables" if family == 4 else "ip6tables") + f"-{backend}-save"
+        return self.exec(pod.netns, [tool, "-t", "nat"]).stdout
+
+    def mgw_rules(self, pod: Pod, family: int = 4) -> list[str]:
+        return [line for line in self.nat_rules(pod, family).splitlines() if "MGW_" in line]
+
+
+def wait_for(predicate, timeout: float = 5.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

@@ -1,0 +1,1 @@
+"""microgateway-network-validator: proves the redirection before the application starts."""
