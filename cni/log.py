@@ -37,7 +37,8 @@ class Logger:
                 finally:
                     os.close(fd)
             except OSError as exc:
-                sys.stderr.write(json.dumps({"level": "warn", "msg": f"cannot write log file {self.path}: {exc}"}) + "\n")
+                warning = {"level": "warn", "msg": f"cannot write log file {self.path}: {exc}"}
+                sys.stderr.write(json.dumps(warning) + "\n")
                 self.path = ""
 
     def debug(self, msg: str, **fields: Any) -> None:

@@ -7,6 +7,7 @@ the hops it went through, so a test can see the path a connection took.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import socket
 import struct
 import sys
@@ -74,10 +75,8 @@ def serve(sockets: list[socket.socket], handle) -> None:
             try:
                 conn.sendall(handle(conn, peer))
             except OSError as exc:
-                try:
+                with contextlib.suppress(OSError):
                     conn.sendall(f"error {exc}\n".encode())
-                except OSError:
-                    pass
 
     for sock in sockets:
         threading.Thread(target=accept_loop, args=(sock,), daemon=True).start()
@@ -112,7 +111,7 @@ def main() -> None:
 
         def handle(conn, peer):
             request = read_request(conn)
-            addr, port = original_destination(conn)
+            _addr, port = original_destination(conn)
             tag = f"engine={args.name} orig={port}"
             if port in forward:
                 loopback = "127.0.0.1" if conn.family == socket.AF_INET else "::1"
