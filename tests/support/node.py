@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,12 +212,15 @@ class Node:
         return self.exec(self.netns, [*cmd, op], check=check)
 
     def new_pod(self, name: str, conflist: Path, namespace: str = "default",
-                annotations: dict[str, str] | None = None, check: bool = True) -> Pod:
+                annotations: dict[str, str] | None = None, check: bool = True,
+                before_add: Callable[[Pod], None] | None = None) -> Pod:
         """Create a sandbox netns and run CNI ADD for it through libcni."""
         netns = f"mgwt-{self.id}-p{next(self._seq)}"
         self._add_netns(netns)
         pod = Pod(name=name, namespace=namespace, netns=netns, container_id=uuid.uuid4().hex)
         self.pods[name] = pod
+        if before_add:
+            before_add(pod)
         done = self.cni("add", pod, conflist, annotations, check=check)
         if done.returncode == 0:
             pod.result = json.loads(done.stdout)

@@ -1,0 +1,144 @@
+"""I5/I6 and the API paths, through libcni, plus the 1.1.0 commands by direct exec."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.integration.helpers import client_pod, cni_error, exec_plugin, plugin_conf, protected_pod, target
+from tests.support.node import pod_fixture
+
+
+def env_for(node, pod, command="ADD"):
+    return {"CNI_COMMAND": command, "CNI_CONTAINERID": pod.container_id, "CNI_NETNS": pod.netns_path,
+            "CNI_IFNAME": "eth0", "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={pod.namespace};"
+                                              f"K8S_POD_NAME={pod.name}"}
+
+
+def test_add_twice_is_idempotent(node):
+    pod = protected_pod(node, "web")
+    before = node.mgw_rules(pod)
+    again = exec_plugin(node, env_for(node, pod), json.dumps(
+        {**plugin_conf(node, "1.0.0"), "prevResult": pod.result}).encode())
+    assert again.returncode == 0, again.stdout
+    assert json.loads(again.stdout)["ips"] == pod.result["ips"]
+    assert node.mgw_rules(pod) == before
+    assert sum("-j MGW_PREROUTING" in line for line in before) == 1
+
+
+def test_del_twice_removes_everything_and_succeeds(node):
+    pod = protected_pod(node, "web")
+    conflist = node.conf_dir / "10-mgw.conflist"
+    node.cni("del", pod, conflist)
+    assert node.mgw_rules(pod) == [] and node.mgw_rules(pod, 6) == []
+    node.cni("del", pod, conflist)
+
+
+def test_del_with_netns_gone_and_never_configured(node):
+    pod = protected_pod(node, "web")
+    node.remove_netns(pod)
+    node.cni("del", pod, node.conf_dir / "10-mgw.conflist")
+    conf = json.dumps(plugin_conf(node, "1.0.0")).encode()
+    never = exec_plugin(node, {**env_for(node, pod, "DEL"), "CNI_NETNS": ""}, conf)
+    assert never.returncode == 0 and never.stdout == b""
+
+
+@pytest.mark.parametrize("tamper", [
+    ["-D", "MGW_INBOUND", "-p", "tcp", "-j", "REDIRECT", "--to-ports", "13378"],
+    ["-R", "MGW_INBOUND", "1", "-p", "tcp", "--dport", "13379", "-j", "RETURN"],
+    ["-I", "MGW_INBOUND", "1", "-p", "tcp", "--dport", "8080", "-j", "RETURN"],
+    ["-D", "PREROUTING", "-p", "tcp", "-j", "MGW_PREROUTING"],
+])
+def test_check_fails_when_a_rule_is_missing_or_altered(node, tamper):
+    pod = protected_pod(node, "web")
+    conflist = node.conf_dir / "10-mgw.conflist"
+    node.cni("check", pod, conflist)
+    node.exec(pod.netns, ["iptables-legacy", "-t", "nat", *tamper])
+    done = node.cni("check", pod, conflist, check=False)
+    assert done.returncode != 0
+    assert "differ" in done.stderr and ("missing" in done.stderr or "unexpected" in done.stderr)
+
+
+def test_check_fails_when_ipv6_rules_flushed(node):
+    pod = protected_pod(node, "web")
+    node.exec(pod.netns, ["ip6tables-legacy", "-t", "nat", "-F", "MGW_INBOUND"])
+    done = node.cni("check", pod, node.conf_dir / "10-mgw.conflist", check=False)
+    assert done.returncode != 0 and "missing IPv6" in done.stderr
+
+
+@pytest.mark.parametrize("version", ["0.3.1", "0.4.0", "1.0.0"])
+def test_conflist_versions(node, version):
+    pod = protected_pod(node, "web", cni_version=version)
+    assert pod.result["cniVersion"] == version
+    has_version = all("version" in ip for ip in pod.result["ips"])
+    assert has_version == (version != "1.0.0")
+    client = client_pod(node)
+    assert node.connect(client.netns, [target(pod, 5555)])[target(pod, 5555)] == "engine=web orig=5555"
+    conflist = node.conf_dir / "10-mgw.conflist"
+    if version != "0.3.1":
+        node.cni("check", pod, conflist)
+    node.cni("del", pod, conflist)
+    assert node.mgw_rules(pod) == []
+
+
+def test_excluded_namespace_passes_with_api_down(node):
+    node.stop_api()
+    pod = node.new_pod("coredns", node.write_conflist(), namespace="kube-system")
+    assert pod.result["ips"] and node.mgw_rules(pod) == []
+
+
+def test_api_down_for_protected_pod_is_error_11_and_no_rules(node):
+    node.stop_api()
+    pod = node.new_pod("web", node.write_conflist(), check=False)
+    assert pod.add_output.returncode != 0
+    assert "kube-apiserver unreachable" in pod.add_output.stderr
+    assert node.mgw_rules(pod) == [] and node.mgw_rules(pod, 6) == []
+    log = [json.loads(line) for line in node.log_file.read_text().splitlines()]
+    assert any(entry.get("code") == 11 for entry in log)
+
+
+def test_runtime_annotations_are_conclusive_without_api(node):
+    node.stop_api()
+    conflist = node.write_conflist(capabilities=True)
+    pod = node.new_pod("web", conflist, annotations={"sidecar.microgateway.airlock.com/inject": "true"})
+    assert any("REDIRECT" in line for line in node.mgw_rules(pod))
+
+
+def test_wrong_token_is_a_clear_error(node):
+    node.token = "wrong"
+    node.write_kubeconfig("https://127.0.0.1:6443")
+    node.add_pod_fixture(pod_fixture("web"))
+    pod = node.new_pod("web", node.write_conflist(), check=False)
+    assert pod.add_output.returncode != 0 and "HTTP 401" in pod.add_output.stderr
+
+
+def test_invalid_annotation_fails_add_with_code_7_and_no_rules(node):
+    node.add_pod_fixture(pod_fixture("web", annotations={"sidecar.microgateway.airlock.com/serviceMesh": "linkerd"}))
+    pod = node.new_pod("web", node.write_conflist(), check=False)
+    assert pod.add_output.returncode != 0
+    assert "sidecar.microgateway.airlock.com/serviceMesh" in pod.add_output.stderr
+    assert "'linkerd'" in pod.add_output.stderr
+    assert node.mgw_rules(pod) == []
+
+
+def test_gc_and_status_1_1_0(node):
+    gc = exec_plugin(node, {"CNI_COMMAND": "GC"}, json.dumps(
+        plugin_conf(node, **{"cni.dev/valid-attachments": [{"containerID": "x", "ifname": "eth0"}]})).encode())
+    assert gc.returncode == 0 and gc.stdout == b""
+    gc_old = exec_plugin(node, {"CNI_COMMAND": "GC"}, json.dumps(
+        plugin_conf(node, **{"cni.dev/attachments": []})).encode())
+    assert gc_old.returncode == 0
+    status = exec_plugin(node, {"CNI_COMMAND": "STATUS"}, json.dumps(plugin_conf(node)).encode())
+    assert status.returncode == 0 and status.stdout == b""
+    os.chmod(node.kubeconfig, 0o000)
+    node.kubeconfig.rename(node.kubeconfig.with_suffix(".gone"))
+    error = cni_error(exec_plugin(node, {"CNI_COMMAND": "STATUS"}, json.dumps(plugin_conf(node)).encode()))
+    assert error["code"] == 50 and "kubeconfig" in error["msg"]
+
+
+def test_version_command(node):
+    done = exec_plugin(node, {"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "0.4.0"}')
+    assert json.loads(done.stdout) == {"cniVersion": "0.4.0",
+                                       "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}
