@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cni.errors import NETFILTER_FAILURE, CniError
-from cni.rules import BUILTIN_JUMPS, CHAIN_PREFIX, Rule, RuleSet
+from cni.rules import BUILTIN_JUMPS, CHAIN_PREFIX, OWN_CHAINS, Rule, RuleSet
 
 COMMIT_ATTEMPTS = 3
 
@@ -115,10 +115,10 @@ def _apply_one(ruleset: RuleSet) -> None:
         table = _open_nat(family)
         try:
             _remove_ours(table)
-            chains = {}
+            # Every own chain exists even when empty (Istio capturing all ports leaves MGW_PREROUTING
+            # empty), so the jumps always resolve.
+            chains = {name: table.create_chain(name) for name in OWN_CHAINS}
             for spec in ruleset.rules:
-                if spec.chain not in chains:
-                    chains[spec.chain] = table.create_chain(spec.chain)
                 chains[spec.chain].append_rule(_new_rule(family, spec))
             for spec in ruleset.jumps:
                 iptc.Chain(table, spec.chain).insert_rule(_new_rule(family, spec), 0)

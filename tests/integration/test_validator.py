@@ -1,0 +1,101 @@
+"""The validator, unprivileged (uid 1002) inside real pods configured (or not) by the plugin."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from tests.support.node import VALIDATOR_UID, Node, Pod, pod_fixture
+
+VALIDATOR = os.path.join(os.path.dirname(sys.executable), "microgateway-network-validator")
+
+
+def run_validator(node: Node, pod: Pod, *args: str) -> tuple[int, dict, str]:
+    termination = node.dir / f"termination-{pod.name}"
+    termination.write_text("")
+    os.chown(termination, VALIDATOR_UID, VALIDATOR_UID)
+    os.chmod(node.dir, 0o755)
+    done = node.exec(pod.netns, [VALIDATOR, "--termination-log", str(termination), *args],
+                     uid=VALIDATOR_UID, check=False)
+    lines = done.stdout.splitlines()
+    assert len(lines) == 1, done.stdout  # one JSON line on stdout, nothing else
+    return done.returncode, json.loads(lines[0]), termination.read_text()
+
+
+def configured_pod(node: Node, annotations: dict[str, str] | None = None) -> Pod:
+    node.add_pod_fixture(pod_fixture("web", annotations=annotations))
+    return node.new_pod("web", node.write_conflist())
+
+
+@pytest.mark.parametrize("fixture_name", ["node", "node6", "node46"])
+@pytest.mark.parametrize("mesh", ["none", "istio"])
+def test_passes_in_configured_pod(request, fixture_name, mesh):
+    node = request.getfixturevalue(fixture_name)
+    pod = configured_pod(node, {"sidecar.microgateway.airlock.com/serviceMesh": mesh})
+    code, verdict, message = run_validator(node, pod)
+    assert code == 0, verdict
+    assert verdict["verdict"] == "pass"
+    assert [p["family"] for p in verdict["probes"]] == [4, 6]  # ::1 exists in every pod here
+    assert all(p["outcome"] == "redirected" for p in verdict["probes"])
+    assert "passed" in message
+
+
+def assert_fails(node: Node, pod: Pod, outcome: str | None = None) -> dict:
+    code, verdict, message = run_validator(node, pod, "--deadline", "0.5")
+    assert code == 3, verdict
+    assert verdict["verdict"] == "fail"
+    if outcome:
+        assert outcome in [p["outcome"] for p in verdict.get("probes", [])] or verdict.get("reason") == outcome
+    assert "DaemonSet" in message and "delete this pod" in message
+    return verdict
+
+
+def test_fails_without_rules(node):
+    pod = node.new_pod("web", node.write_conflist(chained=False))
+    assert_fails(node, pod, "refused")
+
+
+def test_fails_when_rules_flushed_after_add(node):
+    pod = configured_pod(node)
+    node.exec(pod.netns, ["iptables-legacy", "-t", "nat", "-F", "MGW_INBOUND"])
+    assert_fails(node, pod)
+
+
+def test_fails_when_redirected_to_another_port(node):
+    pod = configured_pod(node)
+    redirect = ["MGW_INBOUND", "-p", "tcp", "-j", "REDIRECT", "--to-ports"]
+    node.exec(pod.netns, ["iptables-legacy", "-t", "nat", "-D", *redirect, "13378"])
+    node.exec(pod.netns, ["iptables-legacy", "-t", "nat", "-A", *redirect, "13379"])
+    assert_fails(node, pod)
+
+
+def test_not_fooled_by_a_listener_on_the_validation_port(node):
+    pod = node.new_pod("web", node.write_conflist(chained=False))
+    node.spawn(pod.netns, [sys.executable, "-m", "tests.support.standins", "engine", "--name", "impostor",
+                           "--port", "19003", "--host4", "127.0.0.1"], uid=1000)
+    assert_fails(node, pod, "foreign")
+
+
+def test_engine_port_already_taken_is_its_own_failure(node):
+    pod = configured_pod(node)
+    node.spawn(pod.netns, [sys.executable, "-m", "tests.support.standins", "engine", "--name", "early",
+                           "--port", "13378"], uid=1000)
+    verdict = assert_fails(node, pod, "engine-port-in-use")
+    assert verdict["reason"] == "engine-port-in-use"
+
+
+def test_fails_when_only_one_family_configured(node46):
+    pod = configured_pod(node46)
+    node46.exec(pod.netns, ["ip6tables-legacy", "-t", "nat", "-F", "MGW_INBOUND"])
+    verdict = assert_fails(node46, pod)
+    assert [p["ok"] for p in verdict["probes"]] == [True, False]
+
+
+def test_runs_as_non_root(node):
+    pod = configured_pod(node)
+    uid = node.exec(pod.netns, ["id", "-u"], uid=VALIDATOR_UID).stdout.strip()
+    assert uid == str(VALIDATOR_UID)
+    assert run_validator(node, pod)[0] == 0
