@@ -20,8 +20,11 @@ stamp="$venv/.installed-$(sha256sum "$root/pyproject.toml" | cut -c1-16)"
 if [[ ! -e "$stamp" ]]; then
   echo "setup: installing the project into $venv" >&2
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --upgrade pip >/dev/null
-  "$venv/bin/pip" install -q -e "$root[test]"
+  log="$venv/pip-install.log"
+  if ! { "$venv/bin/pip" install --upgrade pip && "$venv/bin/pip" install -e "$root[test]"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    exit 1
+  fi
   rm -f "$venv"/.installed-*
   touch "$stamp"
 fi

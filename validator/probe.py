@@ -58,6 +58,9 @@ def original_destination(conn: socket.socket, family: int) -> tuple[str, int]:
 
 def _listen(family: int, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_STREAM)
+    # Without SO_REUSEADDR a TIME_WAIT left by the probe blocks the Engine's bind on this port
+    # right after the validator exits (found by the demo).
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((LOOPBACK[family], port))
     except OSError as exc:
@@ -108,6 +111,7 @@ def _attempt(listener: socket.socket, family: int, validation_port: int, timeout
                 returned += chunk
             if returned != token:
                 return "token-mismatch", "the random token did not come back intact"
+            client.close()  # the client side closes first, so TIME_WAIT stays off the Engine port
             return "redirected", f"original destination [{addr}]:{port}"
     except OSError as exc:
         return "error", f"{type(exc).__name__}: {exc}"

@@ -99,3 +99,11 @@ def test_runs_as_non_root(node):
     uid = node.exec(pod.netns, ["id", "-u"], uid=VALIDATOR_UID).stdout.strip()
     assert uid == str(VALIDATOR_UID)
     assert run_validator(node, pod)[0] == 0
+
+
+def test_engine_can_bind_its_port_right_after_the_validator(node):
+    """Regression: the probe's TIME_WAIT on :13378 must not block the Engine that starts next."""
+    pod = configured_pod(node)
+    assert run_validator(node, pod)[0] == 0
+    node.spawn(pod.netns, [sys.executable, "-m", "tests.support.standins", "engine", "--name", "web",
+                           "--port", "13378", "--families", "4,6"], uid=1001)
