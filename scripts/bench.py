@@ -1,0 +1,115 @@
+"""ADD-path benchmark (a script, not a test): microgateway-cni vs Debian's portmap, same node, same run.
+
+Builds a node in network namespaces (tests/support/node.py), prepares one pod netns with bridge +
+host-local, then times whole plugin processes as the runtime runs them: protected ADD+DEL (pod
+lookup on the loopback kube-API stand-in included), non-protected ADD, portmap ADD+DEL with one
+port mapping, and the validator's verdict. Medians over --runs after --warmup; peak RSS per process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cni.netns import enter
+from tests.support.node import VALIDATOR_UID, Node, pod_fixture
+
+
+def timed(cmd: list[str], env: dict[str, str], stdin: bytes) -> tuple[float, int]:
+    """Wall milliseconds and peak RSS (KiB) of one process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None
+    proc.stdin.write(stdin)
+    proc.stdin.close()
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = (time.perf_counter() - start) * 1000
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed: {proc.stdout.read()!r} {proc.stderr.read()!r}")  # type: ignore[union-attr]
+    return elapsed, usage.ru_maxrss
+
+
+def series(runs: int, warmup: int, step) -> tuple[float, int]:
+    for _ in range(warmup):
+        step()
+    samples = [step() for _ in range(runs)]
+    return statistics.median(s[0] for s in samples), max(s[1] for s in samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--plugin", default=str(Path(sys.executable).parent / "microgateway-cni"),
+                        help="plugin executable (default: the virtualenv's console script)")
+    args = parser.parse_args()
+    with Node() as node:
+        node.write_pods({"default/web": pod_fixture("web"), "default/plain": pod_fixture("plain", protected=False)})
+        primary = node.write_conflist(chained=False, name="primary.conflist")
+        pod = node.new_pod("web", primary)
+        prev = pod.result
+        enter(f"/run/netns/{node.netns}")  # the runtime's netns: plugins inherit it, as under containerd
+        base_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_PATH": str(node.bin_dir),
+                    "CNI_CONTAINERID": pod.container_id, "CNI_NETNS": pod.netns_path, "CNI_IFNAME": "eth0"}
+        conf = {"cniVersion": "1.0.0", "name": "mgw-test", **node.plugin_entry(logLevel="info"), "prevResult": prev}
+        stdin = json.dumps(conf).encode()
+
+        def mgw(command: str, name: str) -> tuple[float, int]:
+            env = {**base_env, "CNI_COMMAND": command,
+                   "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"}
+            return timed([args.plugin], env, stdin)
+
+        def protected_add_del() -> tuple[float, int]:
+            add_ms, add_rss = mgw("ADD", "web")
+            del_ms, del_rss = mgw("DEL", "web")
+            return add_ms + del_ms, max(add_rss, del_rss)
+
+        portmap_conf = {"cniVersion": "1.0.0", "name": "mgw-test", "type": "portmap",
+                        "capabilities": {"portMappings": True}, "prevResult": prev,
+                        "runtimeConfig": {"portMappings": [{"hostPort": 18080, "containerPort": 80,
+                                                            "protocol": "tcp"}]}}
+
+        def portmap_add_del() -> tuple[float, int]:
+            data = json.dumps(portmap_conf).encode()
+            add = timed(["/usr/lib/cni/portmap"], {**base_env, "CNI_COMMAND": "ADD"}, data)
+            dele = timed(["/usr/lib/cni/portmap"], {**base_env, "CNI_COMMAND": "DEL"}, data)
+            return add[0] + dele[0], max(add[1], dele[1])
+
+        validator = str(Path(args.plugin).parent / "microgateway-network-validator")
+
+        def verdict() -> tuple[float, int]:
+            cmd = ["ip", "netns", "exec", pod.netns, "setpriv", f"--reuid={VALIDATOR_UID}",
+                   f"--regid={VALIDATOR_UID}", "--clear-groups", "--", validator, "--termination-log", "/dev/null"]
+            return timed(cmd, {"PATH": base_env["PATH"]}, b"")
+
+        portmap_ms, portmap_rss = series(args.runs, args.warmup, portmap_add_del)
+        protected_ms, protected_rss = series(args.runs, args.warmup, protected_add_del)
+        plain_ms, plain_rss = series(args.runs, args.warmup, lambda: mgw("ADD", "plain"))
+        mgw("ADD", "web")  # the validator needs a configured pod
+        verdict_ms, _ = series(args.runs, args.warmup, verdict)
+        netns_exec_ms, _ = series(args.runs, args.warmup, lambda: timed(
+            ["ip", "netns", "exec", pod.netns, "setpriv", f"--reuid={VALIDATOR_UID}", "--", "true"], {}, b""))
+        size = os.path.getsize(os.path.realpath(args.plugin))
+
+    print(f"plugin: {args.plugin} ({size} bytes{' , a launcher script' if size < 4096 else ''})")
+    print(f"median of {args.runs} runs after {args.warmup} warm-up runs; peak RSS is the max over the runs")
+    print(f"portmap ADD+DEL (1 mapping)            {portmap_ms:8.1f} ms   peak RSS {portmap_rss / 1024:6.1f} MiB")
+    print(f"microgateway-cni protected ADD+DEL     {protected_ms:8.1f} ms   peak RSS {protected_rss / 1024:6.1f} MiB")
+    print(f"microgateway-cni non-protected ADD     {plain_ms:8.1f} ms   peak RSS {plain_rss / 1024:6.1f} MiB")
+    print(f"validator verdict (working pod)        {verdict_ms - netns_exec_ms:8.1f} ms   "
+          f"(process {verdict_ms:.1f} ms minus {netns_exec_ms:.1f} ms for ip netns exec + setpriv)")
+    print(f"ratio protected ADD+DEL / portmap ADD+DEL: {protected_ms / portmap_ms:.2f} (target <= 1.0)")
+    print(f"ratio non-protected ADD / portmap ADD+DEL: {plain_ms / portmap_ms:.2f} (target <= 0.5)")
+
+
+if __name__ == "__main__":
+    main()

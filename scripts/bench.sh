@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# ADD-path benchmark against Debian's portmap in the same run (needs root). Not a test.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$root/scripts/setup.sh"
+cd "$root"
+exec .venv/bin/python scripts/bench.py "$@"
