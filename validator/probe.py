@@ -73,6 +73,17 @@ def _listen(family: int, port: int) -> socket.socket:
     return sock
 
 
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    """Up to `size` bytes; fewer only when the peer closed."""
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def _attempt(listener: socket.socket, family: int, validation_port: int, timeout: float) -> tuple[str, str]:
     """One connection; (outcome, detail). outcome 'redirected' is the only pass."""
     client = socket.socket(listener.family, socket.SOCK_STREAM)
@@ -96,20 +107,8 @@ def _attempt(listener: socket.socket, family: int, validation_port: int, timeout
                 return "wrong-port", f"original destination was port {port}, expected {validation_port}"
             token = secrets.token_bytes(16)
             conn.sendall(token)
-            echoed = b""
-            while len(echoed) < len(token):
-                chunk = client.recv(len(token) - len(echoed))
-                if not chunk:
-                    break
-                echoed += chunk
-            client.sendall(echoed)
-            returned = b""
-            while len(returned) < len(token):
-                chunk = conn.recv(len(token) - len(returned))
-                if not chunk:
-                    break
-                returned += chunk
-            if returned != token:
+            client.sendall(_recv_exact(client, len(token)))
+            if _recv_exact(conn, len(token)) != token:
                 return "token-mismatch", "the random token did not come back intact"
             client.close()  # the client side closes first, so TIME_WAIT stays off the Engine port
             return "redirected", f"original destination [{addr}]:{port}"

@@ -9,21 +9,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import socket
-import struct
 import sys
 import threading
 
-SO_ORIGINAL_DST = 80  # also IP6T_SO_ORIGINAL_DST at SOL_IPV6
+from validator import probe
 
 
 def original_destination(conn: socket.socket) -> tuple[str, int]:
-    if conn.family == socket.AF_INET:
-        raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
-        port, addr = struct.unpack_from("!2xH4s", raw)
-        return socket.inet_ntop(socket.AF_INET, addr), port
-    raw = conn.getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, 28)
-    port, addr = struct.unpack_from("!2xH4x16s", raw)
-    return socket.inet_ntop(socket.AF_INET6, addr), port
+    return probe.original_destination(conn, 4 if conn.family == socket.AF_INET else 6)
 
 
 def listeners(port: int, families: list[int], host4: str = "0.0.0.0", host6: str = "::") -> list[socket.socket]:
