@@ -11,9 +11,11 @@ run in parallel and the parent rolls back a family whose sibling failed.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import pickle
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -30,8 +32,6 @@ LIBDIR_CANDIDATES = ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/li
 
 
 def _locate_libraries() -> None:
-    # setuptools' distutils shim costs ~160 ms when python-iptables imports distutils.sysconfig.
-    os.environ.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")
     if "XTABLES_LIBDIR" in os.environ:
         return
     for libdir in LIBDIR_CANDIDATES:
@@ -41,9 +41,40 @@ def _locate_libraries() -> None:
             return
 
 
+def _find_library_fast(name: str) -> str | None:
+    """ctypes.util.find_library without spawning gcc and ldconfig: a direct look in the library dirs.
+
+    python-iptables resolves libc, libxtables and libip4tc/libip6tc through ctypes.util.find_library,
+    which costs ~80 ms per import (cProfile), paid by every family worker on every ADD and DEL.
+    """
+    if name == "c":
+        return "libc.so.6"
+    dirs = [*os.environ.get("IPTABLES_LIBDIR", "").split(":"), *LIBDIR_CANDIDATES]
+    for libdir in filter(None, dirs):
+        names = sorted(n for n in _shared_objects(libdir) if n.startswith(f"lib{name}.so"))
+        if names:
+            return os.path.join(libdir, names[0])
+    return None
+
+
+@functools.cache
+def _shared_objects(libdir: str) -> tuple[str, ...]:
+    try:
+        return tuple(n for n in os.listdir(libdir) if ".so" in n)
+    except OSError:
+        return ()
+
+
 def _iptc() -> Any:
-    """python-iptables is imported only by the commands that touch rules."""
+    """python-iptables is imported only by the commands that touch rules, in the family workers."""
     _locate_libraries()
+    if "iptc" not in sys.modules:
+        import ctypes.util
+
+        ctypes.util.find_library = _find_library_fast
+        # setuptools' distutils shim (installed by a .pth at start-up, so its env switch comes too late)
+        # costs ~300 ms when python-iptables imports distutils.sysconfig; the stdlib one does the job.
+        sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "DistutilsMetaFinder"]
     import iptc
 
     return iptc
