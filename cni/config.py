@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cni.errors import INVALID_CONFIG, CniError
 
@@ -19,8 +18,7 @@ DEFAULT_API_DEADLINE_SECONDS = 30.0
 INSTALLER_POD_PREFIX = "microgateway-cni-"
 
 
-@dataclass(frozen=True)
-class PluginConfig:
+class PluginConfig(NamedTuple):
     log_level: str = "info"
     log_file_path: str = ""
     kubeconfig: str = DEFAULT_KUBECONFIG

@@ -1,21 +1,20 @@
 """Reading one pod from the kube-apiserver with the kubeconfig the installer wrote.
 
-http.client + ssl instead of the official `kubernetes` client: that client's import alone takes
-~600 ms (python -X importtime), more than the whole ADD budget of DESIGN §6, for one GET.
+One HTTP/1.0 GET over ssl, by hand, instead of the official `kubernetes` client (its import alone
+takes ~600 ms, python -X importtime) or even http.client (34 ms of imports, the email package): the
+ADD budget of DESIGN §6 is smaller than either. HTTP/1.0 means no chunking: the body ends at EOF.
 """
 
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import os
+import socket
 import ssl
-import tempfile
 import time
 import urllib.parse
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cni.errors import INVALID_CONFIG, IO_FAILURE, TRY_AGAIN_LATER, UNKNOWN_CONTAINER, CniError
 
@@ -23,8 +22,7 @@ RETRY_INTERVAL_SECONDS = 0.5
 REQUEST_TIMEOUT_SECONDS = 5.0
 
 
-@dataclass(frozen=True)
-class Cluster:
+class Cluster(NamedTuple):
     host: str
     port: int
     context: ssl.SSLContext
@@ -61,6 +59,8 @@ def _named(doc: dict[str, Any], section: str, name: str | None, key: str) -> dic
 
 
 def _pem_file(data: str) -> str:
+    import tempfile
+
     fd, path = tempfile.mkstemp(prefix="mgw-cni-", suffix=".pem")
     with os.fdopen(fd, "wb") as f:
         f.write(base64.b64decode(data))
@@ -111,19 +111,34 @@ def load_cluster(path: str) -> Cluster:
     return Cluster(host=server.hostname, port=port, context=tls, token=token)
 
 
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+
+
 def _get(cluster: Cluster, path: str) -> tuple[int, bytes]:
-    connection = http.client.HTTPSConnection(
-        cluster.host, cluster.port, context=cluster.context, timeout=REQUEST_TIMEOUT_SECONDS
-    )
-    headers = {"Accept": "application/json", "User-Agent": "microgateway-cni"}
+    lines = [f"GET {path} HTTP/1.0", f"Host: {cluster.host}:{cluster.port}", "Accept: application/json",
+             "User-Agent: microgateway-cni"]
     if cluster.token:
-        headers["Authorization"] = "Bearer " + cluster.token
-    try:
-        connection.request("GET", path, headers=headers)
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
+        lines.append(f"Authorization: Bearer {cluster.token}")
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    with socket.create_connection((cluster.host, cluster.port), timeout=REQUEST_TIMEOUT_SECONDS) as raw, \
+            cluster.context.wrap_socket(raw, server_hostname=cluster.host) as tls:
+        tls.sendall(request)
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := tls.recv(65536):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                raise OSError(f"response larger than {MAX_RESPONSE_BYTES} bytes")
+    head, sep, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].split()
+    if not sep or len(status_line) < 2 or not status_line[1].isdigit():
+        raise OSError("truncated or malformed HTTP response")
+    for header in head.split(b"\r\n")[1:]:
+        name, _, value = header.partition(b":")
+        if name.strip().lower() == b"content-length" and len(body) < int(value.strip() or 0):
+            raise OSError("truncated HTTP response body")
+    return int(status_line[1]), body
 
 
 def get_pod(cluster: Cluster, namespace: str, name: str, deadline_seconds: float) -> dict[str, Any]:
@@ -137,7 +152,7 @@ def get_pod(cluster: Cluster, namespace: str, name: str, deadline_seconds: float
             status, body = _get(cluster, path)
         except ssl.SSLCertVerificationError as exc:
             raise CniError(IO_FAILURE, f"kube-apiserver certificate rejected: {exc.verify_message}") from None
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, ValueError) as exc:
             status, body, problem = 0, b"", f"{type(exc).__name__}: {exc}"
         else:
             problem = f"HTTP {status}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cni.config import INSTALLER_POD_PREFIX, PluginConfig
 from cni.errors import INVALID_CONFIG, CniError
@@ -18,8 +18,7 @@ ISTIO_INTERCEPTION_MODE = "sidecar.istio.io/interceptionMode"
 MESH_MODES = ("none", "istio")
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     """How one protected pod's inbound TCP is steered.
 
     istio_include is None when Istio captures every inbound port ("*"), else the ports it captures.

@@ -6,8 +6,7 @@ Pure functions only; reading env/stdin and writing stdout happen in cni.main.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from cni.errors import (
     DECODE_FAILURE,
@@ -26,8 +25,7 @@ def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     """One plugin invocation: the command, its environment and its decoded network config."""
 
     command: str
@@ -36,7 +34,7 @@ class Request:
     container_id: str = ""
     netns: str = ""
     ifname: str = ""
-    args: dict[str, str] = field(default_factory=dict)
+    args: dict[str, str] = {}  # noqa: RUF012 - never mutated; a NamedTuple default
 
 
 def parse_cni_args(raw: str) -> dict[str, str]:

@@ -17,7 +17,7 @@ Design (DESIGN.md §3), the same for IPv4 and IPv6:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cni.config import PluginConfig
 from cni.policy import Plan
@@ -34,8 +34,7 @@ LOOPBACK = {4: "127.0.0.1/32", 6: "::1/128"}
 ISTIO_PASSTHROUGH_SOURCE = {4: "127.0.0.6/32", 6: "::6/128"}
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     """One `-p tcp` rule in the nat table; fields left None do not match."""
 
     chain: str
@@ -67,8 +66,7 @@ class Rule:
         return " ".join(parts)
 
 
-@dataclass(frozen=True)
-class RuleSet:
+class RuleSet(NamedTuple):
     """Our chains' rules in order, and the jumps from the built-in chains."""
 
     family: int
