@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import ssl
 import sys
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 POD_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)$")
 LIST_PATH = re.compile(r"^/api/v1/(?:namespaces/([^/]+)/)?pods$")
 EVENTS_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/events$")
+DAEMONSET_PATH = re.compile(r"^/apis/apps/v1/namespaces/([^/]+)/daemonsets/([^/]+)$")
+WATCH_POLL_SECONDS = 0.1
 
 
 def make_handler(fixtures: str, journal: str, token: str):
@@ -39,9 +43,49 @@ def make_handler(fixtures: str, journal: str, token: str):
                 return False
             return True
 
-        def _pods(self) -> dict:
+        def _fixtures(self) -> dict:
             with open(fixtures) as f:
-                return json.load(f).get("pods", {})
+                return json.load(f)
+
+        def _pods(self) -> dict:
+            return self._fixtures().get("pods", {})
+
+        def _store_pods(self, pods: dict) -> None:
+            doc = self._fixtures()
+            doc["pods"] = pods
+            with open(fixtures + ".tmp", "w") as f:
+                json.dump(doc, f)
+            os.replace(fixtures + ".tmp", fixtures)
+
+        def _selected(self, namespace: str | None, query: dict) -> dict:
+            selector = dict(s.split("=", 1) for s in query.get("fieldSelector", [""])[0].split(",") if s)
+            node = selector.get("spec.nodeName")
+            return {key: pod for key, pod in self._pods().items()
+                    if (namespace is None or key.startswith(namespace + "/"))
+                    and (node is None or pod.get("spec", {}).get("nodeName") == node)}
+
+        def _watch(self, namespace: str | None, query: dict) -> None:
+            """Stream ADDED for the current pods, then MODIFIED/ADDED/DELETED as the fixture changes."""
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            timeout = min(float(query.get("timeoutSeconds", ["5"])[0]), 5.0)
+            known: dict = {}
+            deadline = time.monotonic() + timeout
+            try:
+                while time.monotonic() < deadline:
+                    current = self._selected(namespace, query)
+                    for key, pod in current.items():
+                        if known.get(key) != pod:
+                            kind = "MODIFIED" if key in known else "ADDED"
+                            self.wfile.write(json.dumps({"type": kind, "object": pod}).encode() + b"\n")
+                    for key in set(known) - set(current):
+                        self.wfile.write(json.dumps({"type": "DELETED", "object": known[key]}).encode() + b"\n")
+                    self.wfile.flush()
+                    known = current
+                    time.sleep(WATCH_POLL_SECONDS)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
 
         def _record(self, entry: dict) -> None:
             with open(journal, "a") as f:
@@ -59,24 +103,61 @@ def make_handler(fixtures: str, journal: str, token: str):
                     self._send(200, pod)
             elif match := LIST_PATH.match(url.path):
                 query = urllib.parse.parse_qs(url.query)
-                selector = dict(s.split("=", 1) for s in query.get("fieldSelector", [""])[0].split(",") if s)
-                items = [pod for key, pod in self._pods().items()
-                         if (match[1] is None or key.startswith(match[1] + "/"))
-                         and all(pod.get("spec", {}).get("nodeName") == v
-                                 for k, v in selector.items() if k == "spec.nodeName")]
+                if query.get("watch", [""])[0].lower() in ("true", "1"):
+                    self._watch(match[1], query)
+                    return
+                items = list(self._selected(match[1], query).values())
                 self._send(200, {"kind": "PodList", "apiVersion": "v1",
                                  "metadata": {"resourceVersion": "1"}, "items": items})
+            elif match := DAEMONSET_PATH.match(url.path):
+                ds = self._fixtures().get("daemonsets", {}).get(f"{match[1]}/{match[2]}")
+                if ds is None:
+                    self._send(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
+                else:
+                    self._send(200, ds)
             else:
                 self._send(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
+
+        def _body(self) -> dict:
+            length = int(self.headers.get("Content-Length") or 0)
+            return json.loads(self.rfile.read(length) or b"{}")
 
         def do_DELETE(self) -> None:
             if not self._authorized():
                 return
             if match := POD_PATH.match(urllib.parse.urlsplit(self.path).path):
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
-                self._record({"verb": "delete", "pod": f"{match[1]}/{match[2]}", "body": body})
-                self._send(200, {"kind": "Status", "status": "Success"})
+                body = self._body()
+                pods = self._pods()
+                key = f"{match[1]}/{match[2]}"
+                if key not in pods:
+                    self._send(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
+                    return
+                wanted = (body.get("preconditions") or {}).get("uid")
+                if wanted and pods[key]["metadata"]["uid"] != wanted:
+                    self._send(409, {"kind": "Status", "code": 409, "reason": "Conflict"})
+                    return
+                self._record({"verb": "delete", "pod": key, "body": body})
+                deleted = pods.pop(key)
+                self._store_pods(pods)
+                self._send(200, deleted)  # like the apiserver: the pod object being deleted
+            else:
+                self._send(404, {"kind": "Status", "code": 404})
+
+        def do_PATCH(self) -> None:
+            if not self._authorized():
+                return
+            if match := POD_PATH.match(urllib.parse.urlsplit(self.path).path):
+                body = self._body()
+                pods = self._pods()
+                key = f"{match[1]}/{match[2]}"
+                if key not in pods:
+                    self._send(404, {"kind": "Status", "code": 404})
+                    return
+                labels = (body.get("metadata") or {}).get("labels") or {}
+                pods[key]["metadata"].setdefault("labels", {}).update(labels)
+                self._store_pods(pods)
+                self._record({"verb": "patch", "pod": key, "body": body})
+                self._send(200, pods[key])
             else:
                 self._send(404, {"kind": "Status", "code": 404})
 
@@ -84,9 +165,9 @@ def make_handler(fixtures: str, journal: str, token: str):
             if not self._authorized():
                 return
             if match := EVENTS_PATH.match(urllib.parse.urlsplit(self.path).path):
-                length = int(self.headers.get("Content-Length") or 0)
-                self._record({"verb": "event", "namespace": match[1], "body": json.loads(self.rfile.read(length))})
-                self._send(201, {"kind": "Event"})
+                event = self._body()
+                self._record({"verb": "event", "namespace": match[1], "body": event})
+                self._send(201, event)  # like the apiserver: the created object
             else:
                 self._send(404, {"kind": "Status", "code": 404})
 

@@ -43,7 +43,8 @@ def pod_fixture(name: str, namespace: str = "default", protected: bool = True,
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": namespace, "uid": uid or str(uuid.uuid4()),
                          "labels": labels, "annotations": dict(annotations or {})},
-            "spec": {"nodeName": node}, "status": {}}
+            "spec": {"nodeName": node, "containers": [{"name": "app", "image": "registry.example/app:1"}]},
+            "status": {"phase": "Pending"}}
 
 
 @dataclass
@@ -158,8 +159,16 @@ class Node:
         self.api.wait()
 
     def write_pods(self, pods: dict[str, dict[str, Any]]) -> None:
+        self._write_fixture("pods", pods)
+
+    def write_daemonsets(self, daemonsets: dict[str, dict[str, Any]]) -> None:
+        self._write_fixture("daemonsets", daemonsets)
+
+    def _write_fixture(self, section: str, value: dict[str, Any]) -> None:
+        doc = json.loads(self.fixtures.read_text()) if self.fixtures.exists() else {}
+        doc[section] = value
         tmp = self.fixtures.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pods": pods}))
+        tmp.write_text(json.dumps(doc))
         tmp.replace(self.fixtures)
 
     def add_pod_fixture(self, pod: dict[str, Any]) -> None:

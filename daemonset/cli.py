@@ -1,0 +1,160 @@
+"""microgateway-cni-installer: the container of the kube-system DaemonSet (one per node)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import urllib.request
+from typing import Any
+
+import click
+
+from daemonset.settings import Settings, SettingsError, from_env
+
+log_ = logging.getLogger("microgateway-cni-installer")
+
+
+def _setup_logging(level: str) -> None:
+    from pythonjsonlogger.json import JsonFormatter
+
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(message)s", rename_fields={"levelname": "level"}))
+    log_.handlers[:] = [handler]
+    log_.setLevel({"warn": logging.WARNING}.get(level, level.upper()))
+    log_.propagate = False
+
+
+def log(level: str, msg: str, **fields: Any) -> None:
+    log_.log({"warn": logging.WARNING}.get(level, logging.getLevelName(level.upper())), msg, extra=fields)
+
+
+def _settings() -> Settings:
+    try:
+        return from_env(os.environ)
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def api_client(settings: Settings) -> Any:
+    """The official client, authenticated with the (rotating) projected service-account token."""
+    from kubernetes import client
+
+    sa = settings.service_account_dir
+    config = client.Configuration()
+    config.host = settings.api_server
+    config.ssl_ca_cert = os.path.join(sa, "ca.crt")
+
+    def refresh(cfg: Any) -> None:
+        with open(os.path.join(sa, "token")) as f:
+            cfg.api_key["authorization"] = f.read().strip()
+
+    config.api_key_prefix["authorization"] = "Bearer"
+    config.refresh_api_key_hook = refresh
+    refresh(config)
+    return client.ApiClient(config)
+
+
+def daemonset_deleted(api: Any, settings: Settings) -> bool:
+    """True only when the API says our DaemonSet is gone or going; any doubt keeps the plugin installed."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        ds = client.AppsV1Api(api).read_namespaced_daemon_set(settings.daemonset_name, settings.namespace)
+    except ApiException as exc:
+        return exc.status == 404
+    except Exception as exc:
+        log("warn", "cannot tell whether the DaemonSet is being deleted; leaving the plugin installed", error=str(exc))
+        return False
+    return ds.metadata.deletion_timestamp is not None
+
+
+@click.group(invoke_without_command=True)
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Install microgateway-cni on this node and keep it chained; serve health, readiness and metrics.
+
+    Configured by environment variables (set from the DaemonSet's ConfigMap): MGW_MODE (chained |
+    standalone | manual), MGW_CNI_NET_DIR, MGW_CNI_BIN_DIR, MGW_HOST_CNI_NET_DIR, MGW_PLUGIN_BINARY,
+    MGW_LOG_LEVEL, MGW_LOG_FILE_PATH, MGW_EXCLUDE_NAMESPACES, MGW_REPAIR_MODE (deletePods | labelPods |
+    none), MGW_LISTEN_PORT, NODE_NAME, POD_NAMESPACE, KUBERNETES_SERVICE_HOST/PORT.
+    """
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(run)
+
+
+@cli.command()
+def run() -> None:
+    """Install, watch and repair until SIGTERM (the default command)."""
+    from daemonset.install import Installer
+    from daemonset.repair import Repairer
+    from daemonset.server import Metrics, serve
+    from daemonset.watch import watch
+
+    settings = _settings()
+    _setup_logging(settings.log_level)
+    metrics = Metrics()
+    installer = Installer(settings, log, on_revert=metrics.reverts.inc)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server = serve(settings.listen_port, installer.ready, metrics)
+
+    def reconcile() -> None:
+        try:
+            result = installer.reconcile()
+            metrics.installs.labels(result=result).inc()
+            if result == "waiting":
+                log("info", "no primary CNI configuration yet; waiting", dir=settings.cni_net_dir)
+        except Exception as exc:
+            metrics.installs.labels(result="error").inc()
+            log("error", "install failed; will retry on the next change", error=f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=watch, args=([settings.cni_net_dir, settings.cni_bin_dir,
+                                                     settings.service_account_dir], reconcile, stop), daemon=True)]
+    api = api_client(settings) if settings.api_server else None
+    if api is not None and settings.node_name and settings.repair_mode != "none":
+        repairer = Repairer(api, settings.node_name, settings.repair_mode, log,
+                            lambda result: metrics.repairs.labels(result=result).inc())
+        threads += [threading.Thread(target=repairer.watch, args=(stop,), daemon=True),
+                    threading.Thread(target=repairer.work, args=(stop,), daemon=True)]
+    for thread in threads:
+        thread.start()
+    log("info", "installer running", mode=settings.mode, node=settings.node_name, port=settings.listen_port)
+    stop.wait()
+    if api is not None and daemonset_deleted(api, settings):
+        installer.uninstall()
+    else:
+        log("info", "stopping without uninstall (restart or upgrade): pods stay protected")
+    server.shutdown()
+
+
+@cli.command()
+def uninstall() -> None:
+    """Remove the chained entry (or standalone file) and the kubeconfig; keep the binary for DEL."""
+    from daemonset.install import Installer
+
+    settings = _settings()
+    _setup_logging(settings.log_level)
+    Installer(settings, log).uninstall()
+
+
+@cli.command()
+@click.option("--port", type=int, default=None, help="Installer port (default: MGW_LISTEN_PORT or 8000).")
+@click.option("--path", type=click.Choice(["/readyz", "/healthz"]), default="/readyz", show_default=True)
+def probe(port: int | None, path: str) -> None:
+    """Exec probe: exit 0 when the installer answers 200 on PATH."""
+    port = port or _settings().listen_port
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            sys.exit(0 if response.status == 200 else 1)
+    except OSError as exc:
+        click.echo(f"{path}: {exc}", err=True)
+        sys.exit(1)
+
+
+def main() -> None:
+    cli.main(prog_name="microgateway-cni-installer")

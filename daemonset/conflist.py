@@ -1,0 +1,86 @@
+"""Choosing and rewriting the node's CNI configuration. Pure: documents in, documents out.
+
+libcni (and so containerd and CRI-O) uses the lexically first file in the conf dir ending in
+.conf, .conflist or .json that parses; a .conf holds one plugin, which chaining turns into a
+.conflist with the same content as its first plugin.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NamedTuple
+
+PLUGIN_TYPE = "microgateway-cni"
+CONF_EXTENSIONS = (".conf", ".conflist", ".json")
+STANDALONE_NAME = "05-microgateway-cni.conflist"
+
+
+class Primary(NamedTuple):
+    """The config file libcni would load, parsed into a conflist document."""
+
+    name: str
+    document: dict[str, Any]
+    was_single: bool
+
+
+def parse(name: str, raw: bytes) -> Primary | None:
+    """A conflist document for a file libcni would accept, else None (skipped, like libcni does)."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    if isinstance(doc.get("plugins"), list) and doc["plugins"]:
+        if all(isinstance(p, dict) and p.get("type") for p in doc["plugins"]):
+            return Primary(name, doc, was_single=False)
+        return None
+    if name.endswith(".conflist"):
+        return None
+    if not doc.get("type"):
+        return None
+    single = dict(doc)
+    conflist = {"cniVersion": single.pop("cniVersion", "0.3.1"), "name": single.pop("name", "k8s-pod-network"),
+                "plugins": [single]}
+    return Primary(name, conflist, was_single=True)
+
+
+def choose_primary(files: dict[str, bytes], own_standalone: str = STANDALONE_NAME) -> Primary | None:
+    for name in sorted(files):
+        if not name.endswith(CONF_EXTENSIONS) or name == own_standalone:
+            continue
+        primary = parse(name, files[name])
+        if primary is not None:
+            return primary
+    return None
+
+
+def target_name(primary: Primary) -> str:
+    """A chained single-plugin .conf is written as .conflist beside the primary's base name."""
+    if primary.was_single:
+        return primary.name.rsplit(".", 1)[0] + ".conflist"
+    return primary.name
+
+
+def with_entry(document: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """The conflist with exactly one plugin entry of ours, last; everything else kept as it was."""
+    plugins = [p for p in document["plugins"] if p.get("type") != PLUGIN_TYPE]
+    return {**document, "plugins": [*plugins, entry]}
+
+
+def without_entry(document: dict[str, Any]) -> dict[str, Any]:
+    return {**document, "plugins": [p for p in document["plugins"] if p.get("type") != PLUGIN_TYPE]}
+
+
+def is_chained(document: dict[str, Any], entry: dict[str, Any]) -> bool:
+    ours = [p for p in document.get("plugins", []) if p.get("type") == PLUGIN_TYPE]
+    return len(ours) == 1 and document["plugins"][-1] == entry
+
+
+def render(document: dict[str, Any]) -> bytes:
+    return (json.dumps(document, indent=2) + "\n").encode()
+
+
+def standalone(entry: dict[str, Any], cni_version: str = "1.0.0") -> dict[str, Any]:
+    """Own conflist for Multus/OpenShift, which chain it themselves."""
+    return {"cniVersion": cni_version, "name": "microgateway-cni", "plugins": [entry]}

@@ -1,0 +1,168 @@
+"""Install, keep chained and uninstall microgateway-cni on this node (the I/O around daemonset.conflist)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from daemonset import conflist, files
+from daemonset.settings import Settings
+
+PLUGIN_NAME = "microgateway-cni"
+ORIGINAL_SUFFIX = ".mgw-original"  # not a CNI extension: libcni ignores the parked single-plugin .conf
+REVERT_WINDOW_SECONDS = 60.0
+
+
+def kubeconfig_document(server: str, ca_pem: bytes, token: str) -> dict[str, Any]:
+    """JSON (valid YAML): the plugin parses it without importing a YAML library on the ADD path."""
+    return {"apiVersion": "v1", "kind": "Config", "current-context": "microgateway-cni",
+            "clusters": [{"name": "local", "cluster": {
+                "server": server, "certificate-authority-data": base64.b64encode(ca_pem).decode()}}],
+            "users": [{"name": "microgateway-cni", "user": {"token": token}}],
+            "contexts": [{"name": "microgateway-cni", "context": {"cluster": "local", "user": "microgateway-cni"}}]}
+
+
+class Installer:
+    def __init__(self, settings: Settings, log: Callable[..., None],
+                 on_revert: Callable[[], None] = lambda: None) -> None:
+        self.settings = settings
+        self.log = log
+        self.on_revert = on_revert
+        self.written: dict[str, bytes] = {}  # what we last wrote per conflist path
+        self.reverts: deque[float] = deque()
+
+    # -- paths -------------------------------------------------------------------------------------
+    @property
+    def binary_path(self) -> str:
+        return os.path.join(self.settings.cni_bin_dir, PLUGIN_NAME)
+
+    @property
+    def kubeconfig_path(self) -> str:
+        return os.path.join(self.settings.cni_net_dir, self.settings.kubeconfig_name)
+
+    @property
+    def standalone_path(self) -> str:
+        return os.path.join(self.settings.cni_net_dir, conflist.STANDALONE_NAME)
+
+    def _conf_files(self) -> dict[str, bytes]:
+        directory = self.settings.cni_net_dir
+        found = {}
+        for name in os.listdir(directory):
+            if name.endswith(conflist.CONF_EXTENSIONS):
+                data = files.read(os.path.join(directory, name))
+                if data is not None:
+                    found[name] = data
+        return found
+
+    # -- install -----------------------------------------------------------------------------------
+    def install_binary(self) -> bool:
+        # A symlink (e.g. into a container's filesystem) is not an installation, whatever it points to.
+        if not os.path.islink(self.binary_path) and \
+                files.digest(self.binary_path) == files.digest(self.settings.plugin_binary):
+            return False
+        files.copy_atomic(self.settings.plugin_binary, self.binary_path)
+        self.log("info", "plugin binary installed", path=self.binary_path)
+        return True
+
+    def write_kubeconfig(self) -> bool:
+        sa = self.settings.service_account_dir
+        token = (files.read(os.path.join(sa, "token")) or b"").decode().strip()
+        ca = files.read(os.path.join(sa, "ca.crt")) or b""
+        if not token or not ca or not self.settings.api_server:
+            raise RuntimeError(f"service account token/ca.crt in {sa} or KUBERNETES_SERVICE_HOST missing")
+        data = (json.dumps(kubeconfig_document(self.settings.api_server, ca, token), indent=2) + "\n").encode()
+        if files.read(self.kubeconfig_path) == data:
+            return False
+        files.write_atomic(self.kubeconfig_path, data, mode=0o600)
+        self.log("info", "kubeconfig written", path=self.kubeconfig_path)
+        return True
+
+    def chain(self) -> str:
+        """Make the configuration contain our entry; returns 'unchanged', 'written' or 'waiting'."""
+        entry = self.settings.plugin_entry()
+        if self.settings.mode == "manual":
+            return "unchanged"
+        if self.settings.mode == "standalone":
+            data = conflist.render(conflist.standalone(entry))
+            if files.read(self.standalone_path) == data:
+                return "unchanged"
+            files.write_atomic(self.standalone_path, data)
+            return "written"
+        primary = conflist.choose_primary(self._conf_files())
+        if primary is None:
+            return "waiting"
+        if conflist.is_chained(primary.document, entry) and not primary.was_single:
+            return "unchanged"
+        target = os.path.join(self.settings.cni_net_dir, conflist.target_name(primary))
+        if target in self.written:
+            self._revert_seen(target)
+        data = conflist.render(conflist.with_entry(primary.document, entry))
+        files.write_atomic(target, data)
+        if primary.was_single:
+            source = os.path.join(self.settings.cni_net_dir, primary.name)
+            os.replace(source, source + ORIGINAL_SUFFIX)
+        self.written[target] = data
+        self.log("info", "plugin chained", conflist=target, primary=primary.name)
+        return "written"
+
+    def _revert_seen(self, path: str) -> None:
+        """Someone rewrote a file we chained: count, warn past the threshold, and back off."""
+        now = time.monotonic()
+        self.reverts.append(now)
+        while self.reverts and now - self.reverts[0] > REVERT_WINDOW_SECONDS:
+            self.reverts.popleft()
+        self.on_revert()
+        count = len(self.reverts)
+        self.log("info", "chained entry was removed by another agent; re-inserting", conflist=path)
+        if count >= self.settings.revert_warning_threshold:
+            self.log("warn", f"{path} was reverted {count} times in {REVERT_WINDOW_SECONDS:.0f}s: another agent keeps "
+                     "rewriting the CNI configuration (e.g. Cilium with cni.exclusive=true, or a primary CNI that "
+                     "owns the file); configure it to allow chaining or use MGW_MODE=standalone",
+                     reverts=count)
+            time.sleep(min(0.5 * (count - self.settings.revert_warning_threshold + 1), 10.0))
+
+    def reconcile(self) -> str:
+        self.install_binary()
+        self.write_kubeconfig()
+        return self.chain()
+
+    # -- readiness and uninstall ---------------------------------------------------------------------
+    def ready(self) -> bool:
+        if not os.path.exists(self.binary_path) or not os.path.exists(self.kubeconfig_path):
+            return False
+        entry = self.settings.plugin_entry()
+        if self.settings.mode == "standalone":
+            return files.read(self.standalone_path) == conflist.render(conflist.standalone(entry))
+        if self.settings.mode == "manual":
+            return True
+        primary = conflist.choose_primary(self._conf_files())
+        return primary is not None and not primary.was_single and conflist.is_chained(primary.document, entry)
+
+    def uninstall(self) -> None:
+        """Remove our entry (or standalone file) and the kubeconfig; keep the binary for later DELs."""
+        directory = self.settings.cni_net_dir
+        if self.settings.mode == "standalone":
+            files.remove(self.standalone_path)
+        elif self.settings.mode == "chained":
+            for name, data in self._conf_files().items():
+                path = os.path.join(directory, name)
+                parsed = conflist.parse(name, data)
+                if parsed is None or not any(p.get("type") == PLUGIN_NAME for p in parsed.document["plugins"]):
+                    continue
+                stem = path.rsplit(".", 1)[0]
+                parked = [stem + ext + ORIGINAL_SUFFIX for ext in (".conf", ".json")
+                          if os.path.exists(stem + ext + ORIGINAL_SUFFIX)]
+                if parked:
+                    os.replace(parked[0], parked[0].removesuffix(ORIGINAL_SUFFIX))
+                    files.remove(path)
+                else:
+                    files.write_atomic(path, conflist.render(conflist.without_entry(parsed.document)))
+                self.log("info", "plugin unchained", conflist=path)
+        files.remove(self.kubeconfig_path)
+        self.written.clear()
+        self.log("info", "uninstalled; binary kept for DEL of remaining pods", binary=self.binary_path)

@@ -1,0 +1,265 @@
+"""The installer against a temporary host root, the kube-API stand-in, and libcni with the real plugin."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from daemonset import conflist
+from daemonset.install import Installer
+from daemonset.settings import Settings
+from tests.integration.helpers import client_pod, target
+from tests.support.node import Node, pod_fixture, wait_for
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cni"
+INSTALLER = os.path.join(os.path.dirname(sys.executable), "microgateway-cni-installer")
+PLUGIN = os.path.join(os.path.dirname(sys.executable), "microgateway-cni")
+PRIMARIES = ["10-calico.conflist", "10-flannel.conflist", "05-cilium.conflist", "10-kindnet.conflist",
+             "10-weave.conflist", "10-bridge.conf"]
+
+
+class Host:
+    """A temporary host root: CNI dirs and a projected service-account dir with a ..data link."""
+
+    def __init__(self, root: Path, token: str, ca: bytes, net_dir: Path | None = None,
+                 bin_dir: Path | None = None) -> None:
+        self.net_dir = net_dir or root / "etc" / "cni" / "net.d"
+        self.bin_dir = bin_dir or root / "opt" / "cni" / "bin"
+        self.sa = root / "serviceaccount"
+        for d in (self.net_dir, self.bin_dir, self.sa):
+            d.mkdir(parents=True, exist_ok=True)
+        self.ca = ca
+        self.rotate(token)
+        for name in ("token", "ca.crt"):
+            (self.sa / name).symlink_to(Path("..data") / name)
+
+    def rotate(self, token: str) -> None:
+        """What the kubelet does for a projected volume: new timestamped dir, atomic ..data swap."""
+        data = self.sa / f"..{time.time_ns()}"
+        data.mkdir()
+        (data / "token").write_text(token)
+        (data / "ca.crt").write_bytes(self.ca)
+        link = self.sa / "..data_tmp"
+        link.symlink_to(data.name)
+        os.replace(link, self.sa / "..data")
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {"PATH": os.environ["PATH"], "MGW_CNI_NET_DIR": str(self.net_dir), "MGW_CNI_BIN_DIR": str(self.bin_dir),
+                "MGW_HOST_CNI_NET_DIR": str(self.net_dir), "MGW_PLUGIN_BINARY": PLUGIN,
+                "MGW_SERVICE_ACCOUNT_DIR": str(self.sa), "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+                "KUBERNETES_SERVICE_PORT": "6443", "NODE_NAME": "node-1", "POD_NAMESPACE": "kube-system",
+                "MGW_LISTEN_PORT": "8000", "MGW_LOG_LEVEL": "debug", **extra}
+
+    def settings(self, **extra: str) -> Settings:
+        from daemonset.settings import from_env
+
+        return from_env(self.env(**extra))
+
+    def conf(self, name: str) -> dict:
+        return json.loads((self.net_dir / name).read_text())
+
+
+@pytest.fixture
+def host(tmp_path):
+    return Host(tmp_path, "token-1", b"-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n")
+
+
+def installer_for(host: Host, **extra: str) -> Installer:
+    return Installer(host.settings(**extra), lambda *a, **k: None)
+
+
+@pytest.mark.parametrize("primary", PRIMARIES)
+def test_install_reinstall_uninstall(host, primary):
+    shutil.copy(FIXTURES / primary, host.net_dir / primary)
+    shutil.copy(FIXTURES / "00-invalid.conflist", host.net_dir / "00-invalid.conflist")
+    original = (FIXTURES / primary).read_bytes()
+    installer = installer_for(host)
+    assert installer.reconcile() == "written"
+    name = primary.replace(".conf", ".conflist") if primary.endswith(".conf") else primary
+    chained = host.conf(name)
+    entries = [p for p in chained["plugins"] if p["type"] == "microgateway-cni"]
+    assert len(entries) == 1 and chained["plugins"][-1] == entries[0]
+    assert chained["cniVersion"] == json.loads(original)["cniVersion"]
+    assert (host.bin_dir / "microgateway-cni").read_bytes() == Path(PLUGIN).read_bytes()
+    assert os.stat(host.bin_dir / "microgateway-cni").st_mode & 0o777 == 0o755
+    kubeconfig = host.net_dir / "microgateway-cni-kubeconfig"
+    assert os.stat(kubeconfig).st_mode & 0o777 == 0o600
+    assert json.loads(kubeconfig.read_text())["users"][0]["user"]["token"] == "token-1"
+    assert installer.ready()
+    before = {p.name: p.stat().st_mtime_ns for p in host.net_dir.iterdir()}
+    assert installer_for(host).reconcile() == "unchanged"  # a restarted installer: idempotent
+    assert {p.name: p.stat().st_mtime_ns for p in host.net_dir.iterdir()} == before
+    installer.uninstall()
+    if primary.endswith(".conf"):
+        assert (host.net_dir / primary).read_bytes() == original
+        assert not (host.net_dir / name).exists()
+    else:
+        assert host.conf(primary) == json.loads(original)
+    assert not kubeconfig.exists() and (host.bin_dir / "microgateway-cni").exists()
+    assert (host.net_dir / "00-invalid.conflist").read_bytes() == (FIXTURES / "00-invalid.conflist").read_bytes()
+
+
+def test_waits_without_primary_and_readiness_follows_the_entry(host):
+    installer = installer_for(host)
+    assert installer.reconcile() == "waiting" and not installer.ready()
+    shutil.copy(FIXTURES / "00-invalid.conflist", host.net_dir / "00-invalid.conflist")
+    assert installer.reconcile() == "waiting"
+    shutil.copy(FIXTURES / "10-flannel.conflist", host.net_dir / "10-flannel.conflist")
+    assert installer.reconcile() == "written" and installer.ready()
+    shutil.copy(FIXTURES / "10-flannel.conflist", host.net_dir / "10-flannel.conflist")  # primary rewrites
+    assert not installer.ready()
+    assert installer.reconcile() == "written" and installer.ready()
+
+
+def test_standalone_and_manual_modes(host):
+    shutil.copy(FIXTURES / "10-calico.conflist", host.net_dir / "10-calico.conflist")
+    standalone = installer_for(host, MGW_MODE="standalone")
+    assert standalone.reconcile() == "written" and standalone.ready()
+    assert host.conf(conflist.STANDALONE_NAME)["plugins"][0]["type"] == "microgateway-cni"
+    assert host.conf("10-calico.conflist") == json.loads((FIXTURES / "10-calico.conflist").read_text())
+    standalone.uninstall()
+    assert not (host.net_dir / conflist.STANDALONE_NAME).exists()
+    manual = installer_for(host, MGW_MODE="manual")
+    assert manual.reconcile() == "unchanged"
+    assert host.conf("10-calico.conflist") == json.loads((FIXTURES / "10-calico.conflist").read_text())
+
+
+# -- the daemon as a process, on a simulated node -----------------------------------------------------
+
+
+class Daemon:
+    def __init__(self, node: Node, host: Host, **extra: str) -> None:
+        self.node = node
+        self.out = open(node.dir / "installer.log", "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(["ip", "netns", "exec", node.netns, INSTALLER, "run"], env=host.env(**extra),
+                                     stdout=self.out, stderr=subprocess.STDOUT)
+        node.processes.append(self.proc)
+
+    def ready(self) -> bool:
+        done = subprocess.run(["ip", "netns", "exec", self.node.netns, INSTALLER, "probe", "--port", "8000"],
+                              capture_output=True)
+        return done.returncode == 0
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=20)
+        self.out.close()
+        return code
+
+    def log(self) -> list[dict]:
+        return [json.loads(line) for line in (self.node.dir / "installer.log").read_text().splitlines()
+                if line.startswith("{")]
+
+
+@pytest.fixture
+def node_host(node):
+    return node, Host(node.dir / "host", node.token, node.ca_pem, net_dir=node.conf_dir, bin_dir=node.bin_dir)
+
+
+def test_installed_chain_works_end_to_end_through_libcni(node_host):
+    node, host = node_host
+    primary = node.write_conflist(chained=False, name="10-primary.conflist")
+    daemon = Daemon(node, host, MGW_REPAIR_MODE="none")
+    assert wait_for(daemon.ready, timeout=15), daemon.log()
+    assert not (node.bin_dir / "microgateway-cni").is_symlink()  # a copy, installed atomically
+    node.add_pod_fixture(pod_fixture("web"))
+    pod = node.new_pod("web", primary)
+    node.start_workloads(pod, [8080])
+    client = client_pod(node)
+    assert node.connect(client.netns, [target(pod, 8080)])[target(pod, 8080)] == \
+        "engine=web orig=8080 -> app=web port=8080"
+    node.cni("check", pod, primary)
+    node.cni("del", pod, primary)
+    assert node.mgw_rules(pod) == []
+    assert daemon.stop() == 0
+
+
+def test_reinserts_after_rewrites_and_renames_and_follows_token_rotation(node_host, capsys):
+    node, host = node_host
+    shutil.copy(FIXTURES / "10-flannel.conflist", host.net_dir / "10-flannel.conflist")
+    daemon = Daemon(node, host, MGW_REPAIR_MODE="none", MGW_REVERT_WARNING_THRESHOLD="100")
+    assert wait_for(daemon.ready, timeout=15), daemon.log()
+    path = host.net_dir / "10-flannel.conflist"
+    delays = []
+    for _ in range(20):
+        start = time.monotonic()
+        shutil.copy(FIXTURES / "10-flannel.conflist", path)  # the primary agent rewrites its file
+        assert wait_for(lambda: conflist.is_chained(host.conf("10-flannel.conflist"),
+                                                    host.settings().plugin_entry()), timeout=1.0, interval=0.005)
+        delays.append((time.monotonic() - start) * 1000)
+    with capsys.disabled():
+        print(f"\nre-insert delay after a rewrite: median {statistics.median(delays):.1f} ms, "
+              f"max {max(delays):.1f} ms over 20 rewrites")
+    path.unlink()  # the primary replaces its file under a new name
+    shutil.copy(FIXTURES / "10-flannel.conflist", host.net_dir / "11-flannel.conflist")
+    assert wait_for(lambda: conflist.is_chained(host.conf("11-flannel.conflist"), host.settings().plugin_entry()),
+                    timeout=2)
+    kubeconfig = host.net_dir / "microgateway-cni-kubeconfig"
+    host.rotate("token-rotated")
+    assert wait_for(lambda: "token-rotated" in kubeconfig.read_text(), timeout=2)
+    assert daemon.stop() == 0
+    assert any(e.get("message", "").startswith("chained entry was removed") for e in daemon.log())
+    assert kubeconfig.exists(), "an ordinary restart (DaemonSet still there) must not uninstall"
+
+
+def test_sigterm_uninstalls_when_the_daemonset_is_deleted(node_host):
+    node, host = node_host
+    shutil.copy(FIXTURES / "10-calico.conflist", host.net_dir / "10-calico.conflist")
+    node.write_daemonsets({"kube-system/microgateway-cni": {
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "microgateway-cni", "namespace": "kube-system", "uid": "ds-uid",
+                     "deletionTimestamp": "2026-11-22T00:00:00Z"},
+        "spec": {"selector": {"matchLabels": {"app": "microgateway-cni"}},
+                 "template": {"metadata": {"labels": {"app": "microgateway-cni"}},
+                              "spec": {"containers": [{"name": "installer", "image": "microgateway-cni"}]}}}}})
+    daemon = Daemon(node, host, MGW_REPAIR_MODE="none")
+    assert wait_for(daemon.ready, timeout=15)
+    assert daemon.stop() == 0, daemon.log()
+    assert any(e.get("message", "").startswith("uninstalled") for e in daemon.log()), daemon.log()
+    assert host.conf("10-calico.conflist") == json.loads((FIXTURES / "10-calico.conflist").read_text())
+    assert not (host.net_dir / "microgateway-cni-kubeconfig").exists()
+    assert (host.bin_dir / "microgateway-cni").exists()
+
+
+def test_repair_deletes_failed_pods_once_with_an_event(node_host):
+    node, host = node_host
+    shutil.copy(FIXTURES / "10-flannel.conflist", host.net_dir / "10-flannel.conflist")
+
+    def with_validator(pod, exit_code):
+        terminated = {"exitCode": exit_code, "reason": "Error" if exit_code else "Completed"}
+        pod["status"] = {"phase": "Pending", "initContainerStatuses": [{
+            "name": "airlock-microgateway-network-validator", "image": "microgateway-network-validator:1",
+            "imageID": "", "ready": False, "restartCount": 1,
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}}, "lastState": {"terminated": terminated}}]}
+        return pod
+
+    broken = with_validator(pod_fixture("broken", uid="uid-broken"), 3)
+    node.write_pods({"default/broken": broken,
+                     "default/fine": with_validator(pod_fixture("fine"), 0),
+                     "default/plain": with_validator(pod_fixture("plain", protected=False), 3),
+                     "default/elsewhere": with_validator(pod_fixture("elsewhere", node="node-2"), 3)})
+    daemon = Daemon(node, host)
+    assert wait_for(lambda: any(e["verb"] == "event" for e in node.journal_entries()), timeout=15), daemon.log()
+    node.add_pod_fixture(broken)  # the same UID seen again must not be acted on twice
+    time.sleep(1.5)
+    deletes = [e for e in node.journal_entries() if e["verb"] == "delete"]
+    events = [e for e in node.journal_entries() if e["verb"] == "event"]
+    assert [d["pod"] for d in deletes] == ["default/broken"]
+    assert deletes[0]["body"]["preconditions"]["uid"] == "uid-broken"
+    assert len(events) == 1 and events[0]["body"]["type"] == "Warning"
+    assert events[0]["body"]["involvedObject"]["uid"] == "uid-broken"
+    metrics = subprocess.run(["ip", "netns", "exec", node.netns, sys.executable, "-c",
+                              "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:8000/metrics')"
+                              ".read().decode())"], capture_output=True, text=True).stdout
+    assert 'microgateway_cni_repairs_total{result="success"} 1.0' in metrics
+    assert "microgateway_cni_ready 1.0" in metrics
+    assert daemon.stop() == 0

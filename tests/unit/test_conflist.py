@@ -1,0 +1,81 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from daemonset import conflist
+from daemonset.settings import Settings, SettingsError, from_env
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cni"
+ENTRY = Settings().plugin_entry()
+
+
+def load(*names):
+    return {name: (FIXTURES / name).read_bytes() for name in names}
+
+
+@pytest.mark.parametrize(("files", "chosen"), [
+    (["10-calico.conflist"], "10-calico.conflist"),
+    (["00-invalid.conflist", "10-flannel.conflist"], "10-flannel.conflist"),
+    (["10-weave.conflist", "05-cilium.conflist"], "05-cilium.conflist"),
+    (["10-bridge.conf", "10-kindnet.conflist"], "10-bridge.conf"),
+    (["00-invalid.conflist"], None),
+    ([], None),
+])
+def test_choose_primary_like_libcni(files, chosen):
+    primary = conflist.choose_primary(load(*files))
+    assert (primary.name if primary else None) == chosen
+
+
+def test_non_config_extensions_and_own_standalone_are_ignored():
+    files = {"99-a.conflist.bak": b"{}", conflist.STANDALONE_NAME: conflist.render(conflist.standalone(ENTRY)),
+             **load("10-flannel.conflist")}
+    assert conflist.choose_primary(files).name == "10-flannel.conflist"
+
+
+@pytest.mark.parametrize("name", ["10-calico.conflist", "10-flannel.conflist", "05-cilium.conflist",
+                                  "10-kindnet.conflist", "10-weave.conflist"])
+def test_insert_last_once_and_keep_everything(name):
+    original = json.loads((FIXTURES / name).read_bytes())
+    primary = conflist.choose_primary(load(name))
+    chained = conflist.with_entry(primary.document, ENTRY)
+    assert chained["plugins"][-1] == ENTRY and chained["plugins"][:-1] == original["plugins"]
+    assert chained["cniVersion"] == original["cniVersion"]
+    assert {k: v for k, v in chained.items() if k != "plugins"} == {k: v for k, v in original.items() if k != "plugins"}
+    again = conflist.with_entry(chained, ENTRY)
+    assert again == chained and conflist.is_chained(again, ENTRY)
+    assert conflist.without_entry(chained) == original
+
+
+def test_single_plugin_conf_becomes_conflist():
+    primary = conflist.choose_primary(load("10-bridge.conf"))
+    original = json.loads((FIXTURES / "10-bridge.conf").read_bytes())
+    assert primary.was_single and conflist.target_name(primary) == "10-bridge.conflist"
+    doc = conflist.with_entry(primary.document, ENTRY)
+    assert doc["cniVersion"] == "0.4.0" and doc["name"] == "bridge"
+    assert {**doc["plugins"][0], "cniVersion": "0.4.0", "name": "bridge"} == original
+
+
+def test_changed_entry_replaces_old_one():
+    primary = conflist.choose_primary(load("10-flannel.conflist"))
+    old = conflist.with_entry(primary.document, {**ENTRY, "logLevel": "debug"})
+    assert not conflist.is_chained(old, ENTRY)
+    assert [p["type"] for p in conflist.with_entry(old, ENTRY)["plugins"]].count("microgateway-cni") == 1
+
+
+def test_settings_from_env():
+    settings = from_env({"MGW_MODE": "standalone", "MGW_EXCLUDE_NAMESPACES": "kube-system, istio-system",
+                         "KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "443",
+                         "MGW_LOG_LEVEL": "debug", "NODE_NAME": "n1"})
+    assert settings.mode == "standalone" and settings.api_server == "https://[fd00::1]:443"
+    assert settings.plugin_entry()["kubernetes"]["excludeNamespaces"] == ["kube-system", "istio-system"]
+    assert settings.plugin_entry()["logLevel"] == "debug"
+
+
+@pytest.mark.parametrize(("env", "name"), [
+    ({"MGW_MODE": "auto"}, "MGW_MODE"), ({"MGW_REPAIR_MODE": "kill"}, "MGW_REPAIR_MODE"),
+    ({"MGW_LOG_LEVEL": "loud"}, "MGW_LOG_LEVEL"), ({"MGW_LISTEN_PORT": "http"}, "MGW_LISTEN_PORT"),
+])
+def test_invalid_settings_name_the_variable(env, name):
+    with pytest.raises(SettingsError, match=name):
+        from_env(env)
