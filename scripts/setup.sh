@@ -9,6 +9,8 @@ missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
+# kubectl renders the DaemonSet manifests (kustomize) in the tests; Debian ships it as kubernetes-client.
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}" >&2
   apt-get update -qq
