@@ -11,7 +11,7 @@ import time
 
 import click
 
-from validator.probe import PortInUse, ProbeResult, ipv6_loopback_present, probe_family
+from validator.probe import PortInUse, ProbeResult, ipv6_loopback_present, probe_families
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_NOT_REDIRECTED = 0, 1, 2, 3
 
@@ -63,10 +63,8 @@ def probe(engine_port: int, validation_port: int, deadline: float, families: str
     3 redirection not working, 2 usage error, 1 internal error.
     """
     start = time.monotonic()
-    results: list[ProbeResult] = []
     try:
-        for family in _families(families):
-            results.append(probe_family(family, engine_port, validation_port, start + deadline))
+        results = probe_families(_families(families), engine_port, validation_port, start + deadline)
     except PortInUse as exc:
         message = (f"Airlock Microgateway network validation failed: port {engine_port} is already in use at {exc} "
                    f"before the Engine started, so the redirection cannot be verified. Another container in the pod "

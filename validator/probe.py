@@ -117,18 +117,33 @@ def _attempt(listener: socket.socket, family: int, validation_port: int, timeout
         client.close()
 
 
-def probe_family(family: int, engine_port: int, validation_port: int, deadline: float) -> ProbeResult:
+def probe_families(families: list[int], engine_port: int, validation_port: int,
+                   deadline: float) -> list[ProbeResult]:
+    """Probe every family in rounds until each passed or the deadline is reached.
+
+    All listeners are bound first, so a taken Engine port fails before any probing; rounds give every
+    family the same share of the deadline.
+    """
     start = time.monotonic()
-    listener = _listen(family, engine_port)
-    attempts = 0
+    listeners: dict[int, socket.socket] = {}
     try:
+        for family in families:
+            listeners[family] = _listen(family, engine_port)
+        results: dict[int, ProbeResult] = {}
+        attempts = dict.fromkeys(families, 0)
         while True:
-            attempts += 1
-            remaining = deadline - time.monotonic()
-            outcome, detail = _attempt(listener, family, validation_port, max(0.05, min(1.0, remaining)))
-            if outcome == "redirected" or time.monotonic() + RETRY_PAUSE_SECONDS >= deadline:
-                ms = (time.monotonic() - start) * 1000
-                return ProbeResult(family, outcome == "redirected", outcome, attempts, round(ms, 2), detail)
+            for family in families:
+                if family in results and results[family].ok:
+                    continue
+                attempts[family] += 1
+                remaining = deadline - time.monotonic()
+                timeout = max(0.05, min(1.0, remaining / len(families)))
+                outcome, detail = _attempt(listeners[family], family, validation_port, timeout)
+                ms = round((time.monotonic() - start) * 1000, 2)
+                results[family] = ProbeResult(family, outcome == "redirected", outcome, attempts[family], ms, detail)
+            if all(r.ok for r in results.values()) or time.monotonic() + RETRY_PAUSE_SECONDS >= deadline:
+                return [results[family] for family in families]
             time.sleep(RETRY_PAUSE_SECONDS)
     finally:
-        listener.close()
+        for listener in listeners.values():
+            listener.close()

@@ -8,12 +8,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 
+from tests.support.installer import INSTALLER, Daemon, Host
 from tests.support.istio import istio_rules
-from tests.support.node import VALIDATOR_UID, Node, Pod, pod_fixture
+from tests.support.node import VALIDATOR_UID, Node, Pod, pod_fixture, wait_for
 
 VALIDATOR = os.path.join(os.path.dirname(sys.executable), "microgateway-network-validator")
 MESH = {"sidecar.microgateway.airlock.com/serviceMesh": "istio"}
@@ -69,15 +71,21 @@ def run_demo(report: Report, keep: bool = False) -> bool:
     node = Node(families=(4,))
     node.start()
     try:
-        report.step("1. node: netns, bridge network, kube-API stand-in, microgateway-cni chained after bridge")
+        report.step("1. node: netns, bridge network, kube-API stand-in; the installer chains microgateway-cni")
         node.write_pods({})
         for pod in (pod_fixture("shop", annotations=EXCLUDE), pod_fixture("mesh-shop", annotations=MESH),
                     pod_fixture("plain", protected=False)):
             node.add_pod_fixture(pod)
-        conflist = node.write_conflist()
-        report.info(f"node netns {node.netns}, conflist {conflist}")
+        report.info(f"node netns {node.netns}, host root {node.dir}")
         report.info("pods in the API: default/shop (protected, 8081 excluded), default/mesh-shop (protected, "
                     "istio), default/plain (not protected)")
+        conflist = node.write_conflist(chained=False, name="10-bridge.conflist")
+        host = Host(node.dir / "host", node.token, node.ca_pem, net_dir=node.conf_dir, bin_dir=node.bin_dir)
+        installer = Daemon(node, host)
+        ready = wait_for(installer.ready, timeout=20)
+        chained = [p["type"] for p in json.loads(conflist.read_text())["plugins"]]
+        report.check("installer ready", ready, f"binary copied to {node.bin_dir.name}/, kubeconfig written, "
+                     f"{conflist.name} plugins: {' -> '.join(chained)}")
 
         report.step("2. pods created through libcni (ADD with K8S_POD_* CNI_ARGS)")
         shop = node.new_pod("shop", conflist)
@@ -113,18 +121,32 @@ def run_demo(report: Report, keep: bool = False) -> bool:
             report.check(f"{pod.name}:{port}", path_of(reply) == expected, f"{path_of(reply)}   ({reply})")
 
         report.step("5. failure story: a protected pod started while the plugin is not chained")
-        node.add_pod_fixture(pod_fixture("late"))
-        unchained = node.write_conflist(chained=False, name="00-primary-only.conflist")
-        late = node.new_pod("late", unchained)
+        subprocess.run(["ip", "netns", "exec", node.netns, INSTALLER, "uninstall"], env=host.env(),
+                       check=True, capture_output=True)
+        installer.stop()
+        report.info("installer stopped and `microgateway-cni-installer uninstall` run: conflist is bridge only")
+        late_fixture = pod_fixture("late", uid="late-uid-1")
+        node.add_pod_fixture(late_fixture)
+        late = node.new_pod("late", conflist)
         code, verdict, message = validate(node, late)
         report.check("validator refuses unprotected pod", code == 3, f"exit {code}")
         report.info(f"termination message: {message}")
-        report.info("repair by the installer DaemonSet (delete the pod) is not built yet: issue 4")
-        node.cni("del", late, unchained)
+        late_fixture["status"] = _validator_failed_status()  # what the kubelet reports for the init container
+        node.add_pod_fixture(late_fixture)
+        installer = Daemon(node, host)
+        repaired = wait_for(lambda: any(e["verb"] == "delete" and e["pod"] == "default/late"
+                                        for e in node.journal_entries()), timeout=20)
+        wait_for(lambda: any(e["verb"] == "event" for e in node.journal_entries()), timeout=5)
+        events = [e["body"]["reason"] for e in node.journal_entries() if e["verb"] == "event"]
+        report.check("installer repairs it", repaired and wait_for(installer.ready, timeout=10),
+                     f"re-chained, pod deleted with UID precondition, events: {events}")
+        node.cni("del", late, conflist)
         node.remove_netns(late)
+        node.add_pod_fixture(pod_fixture("late", uid="late-uid-2"))  # the ReplicaSet recreates it
         late = node.new_pod("late", conflist)
         code, verdict, _ = validate(node, late)
-        report.check("recreated pod protected", code == 0, f"exit {code} after re-creation with the plugin chained")
+        report.check("recreated pod protected", code == 0, f"exit {code}, {len(node.mgw_rules(late))} MGW_ rules")
+        installer.stop()
 
         if keep:
             report.step("node kept up (--keep); enter a pod with:")
@@ -142,10 +164,15 @@ def run_demo(report: Report, keep: bool = False) -> bool:
     return report.passed
 
 
+def _validator_failed_status() -> dict:
+    return {"phase": "Pending", "initContainerStatuses": [{
+        "name": "airlock-microgateway-network-validator", "image": "microgateway-network-validator", "imageID": "",
+        "ready": False, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 3, "reason": "Error"}}}]}
+
+
 def _istio_init(node: Node, pod: Pod) -> None:
     """What istio-init would do after all CNI plugins ran: Istio's REDIRECT-mode rules."""
-    import subprocess
-
     subprocess.run(["ip", "netns", "exec", pod.netns, "iptables-legacy-restore", "--noflush"],
                    input=istio_rules(4), text=True, check=True, capture_output=True)
 

@@ -1,0 +1,80 @@
+"""The installer on a simulated node: a temporary host root and the daemon run as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from daemonset.settings import Settings, from_env
+from tests.support.node import Node
+
+INSTALLER = os.path.join(os.path.dirname(sys.executable), "microgateway-cni-installer")
+PLUGIN = os.path.join(os.path.dirname(sys.executable), "microgateway-cni")
+
+
+class Host:
+    """A temporary host root: CNI dirs and a projected service-account dir with a ..data link."""
+
+    def __init__(self, root: Path, token: str, ca: bytes, net_dir: Path | None = None,
+                 bin_dir: Path | None = None) -> None:
+        self.net_dir = net_dir or root / "etc" / "cni" / "net.d"
+        self.bin_dir = bin_dir or root / "opt" / "cni" / "bin"
+        self.sa = root / "serviceaccount"
+        for d in (self.net_dir, self.bin_dir, self.sa):
+            d.mkdir(parents=True, exist_ok=True)
+        self.ca = ca
+        self.rotate(token)
+        for name in ("token", "ca.crt"):
+            (self.sa / name).symlink_to(Path("..data") / name)
+
+    def rotate(self, token: str) -> None:
+        """What the kubelet does for a projected volume: new timestamped dir, atomic ..data swap."""
+        data = self.sa / f"..{time.time_ns()}"
+        data.mkdir()
+        (data / "token").write_text(token)
+        (data / "ca.crt").write_bytes(self.ca)
+        link = self.sa / "..data_tmp"
+        link.symlink_to(data.name)
+        os.replace(link, self.sa / "..data")
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {"PATH": os.environ["PATH"], "MGW_CNI_NET_DIR": str(self.net_dir), "MGW_CNI_BIN_DIR": str(self.bin_dir),
+                "MGW_HOST_CNI_NET_DIR": str(self.net_dir), "MGW_PLUGIN_BINARY": PLUGIN,
+                "MGW_SERVICE_ACCOUNT_DIR": str(self.sa), "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+                "KUBERNETES_SERVICE_PORT": "6443", "NODE_NAME": "node-1", "POD_NAMESPACE": "kube-system",
+                "MGW_LISTEN_PORT": "8000", "MGW_LOG_LEVEL": "debug", **extra}
+
+    def settings(self, **extra: str) -> Settings:
+        return from_env(self.env(**extra))
+
+    def conf(self, name: str) -> dict:
+        return json.loads((self.net_dir / name).read_text())
+
+
+class Daemon:
+    def __init__(self, node: Node, host: Host, **extra: str) -> None:
+        self.node = node
+        self.out = open(node.dir / "installer.log", "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(["ip", "netns", "exec", node.netns, INSTALLER, "run"], env=host.env(**extra),
+                                     stdout=self.out, stderr=subprocess.STDOUT)
+        node.processes.append(self.proc)
+
+    def ready(self) -> bool:
+        done = subprocess.run(["ip", "netns", "exec", self.node.netns, INSTALLER, "probe", "--port", "8000"],
+                              capture_output=True)
+        return done.returncode == 0
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=20)
+        self.out.close()
+        return code
+
+    def log(self) -> list[dict]:
+        return [json.loads(line) for line in (self.node.dir / "installer.log").read_text().splitlines()
+                if line.startswith("{")]
