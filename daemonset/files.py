@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 
 
@@ -58,3 +59,43 @@ def remove(path: str) -> bool:
         return True
     except FileNotFoundError:
         return False
+
+
+def tree_digest(directory: str) -> str:
+    """One hash over every file's relative path, mode and content."""
+    total = hashlib.sha256()
+    for base, dirs, names in sorted(os.walk(directory)):
+        dirs.sort()
+        for name in sorted(names):
+            path = os.path.join(base, name)
+            total.update(os.path.relpath(path, directory).encode() + b"\0")
+            total.update(str(os.stat(path).st_mode).encode() + b"\0")
+            if not os.path.islink(path):
+                total.update((digest(path) or "").encode())
+    return total.hexdigest()
+
+
+def copy_tree_atomic(source: str, path: str) -> None:
+    """Copy a directory beside its destination, fsync it, then rename it into place."""
+    temp = f"{path}.tmp-{os.getpid()}"
+    shutil.rmtree(temp, ignore_errors=True)
+    shutil.copytree(source, temp, symlinks=True)
+    for base, _, names in os.walk(temp):
+        for name in names:
+            file_path = os.path.join(base, name)
+            if not os.path.islink(file_path):
+                fd = os.open(file_path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+    os.rename(temp, path)
+
+
+def symlink_atomic(target: str, path: str) -> None:
+    """Point `path` at `target` by renaming a fresh symlink over it: never absent, never half."""
+    temp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.link-{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp)
+    os.symlink(target, temp)
+    os.rename(temp, path)

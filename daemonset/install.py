@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import time
 from collections import deque
 from collections.abc import Callable
@@ -34,6 +35,7 @@ class Installer:
         self.log = log
         self.on_revert = on_revert
         self.written: dict[str, bytes] = {}  # what we last wrote per conflist path
+        self._bundle_digest: str | None = None
         self.reverts: deque[float] = deque()
 
     # -- paths -------------------------------------------------------------------------------------
@@ -61,12 +63,40 @@ class Installer:
 
     # -- install -----------------------------------------------------------------------------------
     def install_binary(self) -> bool:
+        source = self.settings.plugin_binary
+        if os.path.isdir(os.path.join(os.path.dirname(source), "_internal")):
+            return self._install_bundle(os.path.dirname(source))
         # A symlink (e.g. into a container's filesystem) is not an installation, whatever it points to.
-        if not os.path.islink(self.binary_path) and \
-                files.digest(self.binary_path) == files.digest(self.settings.plugin_binary):
+        if not os.path.islink(self.binary_path) and files.digest(self.binary_path) == files.digest(source):
             return False
-        files.copy_atomic(self.settings.plugin_binary, self.binary_path)
+        files.copy_atomic(source, self.binary_path)
         self.log("info", "plugin binary installed", path=self.binary_path)
+        return True
+
+    def _install_bundle(self, source_dir: str) -> bool:
+        """A PyInstaller one-dir bundle: versioned hidden directory + atomically swapped symlink.
+
+        The previous version stays until the next update: a kubelet may be running it for a DEL.
+        """
+        if self._bundle_digest is None:
+            self._bundle_digest = files.tree_digest(source_dir)  # the image is immutable: hash once
+        version_dir = f".{PLUGIN_NAME}-{self._bundle_digest[:16]}"
+        link_target = os.path.join(version_dir, PLUGIN_NAME)
+        bin_dir = self.settings.cni_bin_dir
+        try:
+            previous = os.readlink(self.binary_path)
+        except OSError:
+            previous = ""
+        if previous == link_target and os.path.isfile(os.path.join(bin_dir, link_target)):
+            return False
+        if not os.path.isdir(os.path.join(bin_dir, version_dir)):
+            files.copy_tree_atomic(source_dir, os.path.join(bin_dir, version_dir))
+        files.symlink_atomic(link_target, self.binary_path)
+        keep = {version_dir, previous.split(os.sep)[0]}
+        for name in os.listdir(bin_dir):
+            if name.startswith(f".{PLUGIN_NAME}-") and name not in keep and os.path.isdir(os.path.join(bin_dir, name)):
+                shutil.rmtree(os.path.join(bin_dir, name), ignore_errors=True)
+        self.log("info", "plugin bundle installed", path=self.binary_path, version=version_dir)
         return True
 
     def write_kubeconfig(self) -> bool:

@@ -194,3 +194,31 @@ def test_repair_deletes_failed_pods_once_with_an_event(node_host):
     assert 'microgateway_cni_repairs_total{result="success"} 1.0' in metrics
     assert "microgateway_cni_ready 1.0" in metrics
     assert daemon.stop() == 0
+
+
+def make_bundle(root: Path, version: str) -> Path:
+    """A PyInstaller one-dir layout: the executable beside the _internal directory it owns."""
+    bundle = root / f"bundle-{version}"
+    (bundle / "_internal").mkdir(parents=True)
+    (bundle / "_internal" / "VERSION").write_text(version)
+    shutil.copy(PLUGIN, bundle / "microgateway-cni")
+    return bundle / "microgateway-cni"
+
+
+def test_one_dir_bundle_installed_atomically_and_kept_for_running_dels(host, tmp_path):
+    shutil.copy(FIXTURES / "10-flannel.conflist", host.net_dir / "10-flannel.conflist")
+    first = installer_for(host, MGW_PLUGIN_BINARY=str(make_bundle(tmp_path, "1")))
+    assert first.reconcile() == "written"
+    link = host.bin_dir / "microgateway-cni"
+    assert link.is_symlink() and link.resolve().parent.name.startswith(".microgateway-cni-")
+    assert (link.resolve().parent / "_internal" / "VERSION").read_text() == "1"
+    v1 = link.resolve().parent.name
+    assert not first.install_binary()  # idempotent
+    second = installer_for(host, MGW_PLUGIN_BINARY=str(make_bundle(tmp_path, "2")))
+    assert second.install_binary()
+    assert (link.resolve().parent / "_internal" / "VERSION").read_text() == "2"
+    assert (host.bin_dir / v1).is_dir(), "the previous version stays for DELs in flight"
+    assert installer_for(host, MGW_PLUGIN_BINARY=str(make_bundle(tmp_path, "3"))).install_binary()
+    versions = sorted(p.name for p in host.bin_dir.iterdir() if p.name.startswith(".microgateway-cni-"))
+    assert len(versions) == 2 and v1 not in versions
+    assert not [p for p in host.bin_dir.iterdir() if ".tmp-" in p.name or ".link-" in p.name]

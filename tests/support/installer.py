@@ -57,15 +57,16 @@ class Host:
 
 
 class Daemon:
-    def __init__(self, node: Node, host: Host, **extra: str) -> None:
+    def __init__(self, node: Node, host: Host, installer: str = INSTALLER, **extra: str) -> None:
         self.node = node
+        self.installer = installer
         self.out = open(node.dir / "installer.log", "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(["ip", "netns", "exec", node.netns, INSTALLER, "run"], env=host.env(**extra),
+        self.proc = subprocess.Popen(["ip", "netns", "exec", node.netns, installer, "run"], env=host.env(**extra),
                                      stdout=self.out, stderr=subprocess.STDOUT)
         node.processes.append(self.proc)
 
     def ready(self) -> bool:
-        done = subprocess.run(["ip", "netns", "exec", self.node.netns, INSTALLER, "probe", "--port", "8000"],
+        done = subprocess.run(["ip", "netns", "exec", self.node.netns, self.installer, "probe", "--port", "8000"],
                               capture_output=True)
         return done.returncode == 0
 

@@ -1,0 +1,9 @@
+"""PyInstaller entry point for microgateway-cni-installer."""
+
+from cni.frozen import prepare
+
+prepare()
+
+from daemonset.cli import main  # noqa: E402
+
+main()

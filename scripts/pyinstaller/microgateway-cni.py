@@ -1,0 +1,9 @@
+"""PyInstaller entry point for microgateway-cni."""
+
+from cni.frozen import prepare
+
+prepare()
+
+from cni.main import main  # noqa: E402
+
+main()

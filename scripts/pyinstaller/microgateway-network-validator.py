@@ -1,0 +1,9 @@
+"""PyInstaller entry point for microgateway-network-validator."""
+
+from cni.frozen import prepare
+
+prepare()
+
+from validator.cli import main  # noqa: E402
+
+main()

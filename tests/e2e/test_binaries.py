@@ -1,0 +1,68 @@
+"""The self-contained binaries (scripts/build-binaries.sh) on a simulated node, end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.helpers import client_pod, target
+from tests.support.installer import Daemon, Host
+from tests.support.node import VALIDATOR_UID, pod_fixture, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+DIST = ROOT / "dist" / "bin"
+SOURCES = [ROOT / "cni", ROOT / "validator", ROOT / "daemonset", ROOT / "scripts" / "build-binaries.sh",
+           ROOT / "pyproject.toml"]
+
+
+def binary(name: str) -> Path:
+    return DIST / name / name
+
+
+def newest_source() -> float:
+    return max(p.stat().st_mtime for src in SOURCES for p in ([src] if src.is_file() else src.rglob("*.py")))
+
+
+@pytest.fixture(scope="session")
+def binaries() -> Path:
+    names = ("microgateway-cni", "microgateway-network-validator", "microgateway-cni-installer")
+    if not all(binary(n).exists() and binary(n).stat().st_mtime > newest_source() for n in names):
+        subprocess.run(["bash", str(ROOT / "scripts" / "build-binaries.sh")], check=True, capture_output=True)
+    return DIST
+
+
+def test_runs_without_python_or_iptables_in_the_environment(binaries):
+    done = subprocess.run([binary("microgateway-cni")], input=b'{"cniVersion": "0.4.0"}',
+                          env={"CNI_COMMAND": "VERSION"}, capture_output=True)
+    assert done.returncode == 0 and json.loads(done.stdout)["cniVersion"] == "0.4.0"
+    bad = subprocess.run([binary("microgateway-cni")], input=b"{", env={"CNI_COMMAND": "ADD"}, capture_output=True)
+    assert bad.returncode == 1 and json.loads(bad.stdout)["code"] == 6 and b"Traceback" not in bad.stderr
+
+
+def test_installer_plugin_and_validator_binaries_protect_a_pod(binaries, node):
+    host = Host(node.dir / "host", node.token, node.ca_pem, net_dir=node.conf_dir, bin_dir=node.bin_dir)
+    primary = node.write_conflist(chained=False, name="10-primary.conflist")
+    daemon = Daemon(node, host, installer=str(binary("microgateway-cni-installer")),
+                    MGW_PLUGIN_BINARY=str(binary("microgateway-cni")), MGW_REPAIR_MODE="none")
+    assert wait_for(daemon.ready, timeout=30), daemon.log()
+    installed = node.bin_dir / "microgateway-cni"
+    assert installed.is_symlink() and (installed.resolve().parent / "_internal").is_dir()
+    node.add_pod_fixture(pod_fixture("web"))
+    pod = node.new_pod("web", primary)
+    os.chmod(node.dir, 0o755)
+    verdict = node.exec(pod.netns, [str(binary("microgateway-network-validator")), "--termination-log", "/dev/null"],
+                        uid=VALIDATOR_UID, check=False)
+    assert verdict.returncode == 0, verdict.stdout + verdict.stderr
+    node.start_workloads(pod, [8080])
+    client = client_pod(node)
+    assert node.connect(client.netns, [target(pod, 8080), target(pod, 4321)]) == {
+        target(pod, 8080): "engine=web orig=8080 -> app=web port=8080", target(pod, 4321): "engine=web orig=4321"}
+    assert any("REDIRECT" in line for line in node.mgw_rules(pod, 6))
+    node.cni("check", pod, primary)
+    node.cni("del", pod, primary)
+    assert node.mgw_rules(pod) == [] and node.mgw_rules(pod, 6) == []
+    assert daemon.stop() == 0
