@@ -51,7 +51,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--plugin", default=str(Path(sys.executable).parent / "microgateway-cni"),
                         help="plugin executable (default: the virtualenv's console script)")
+    parser.add_argument("--validator", default="",
+                        help="validator executable (default: beside the plugin, or its one-dir bundle's sibling)")
+    parser.add_argument("--binaries", action="store_true",
+                        help="benchmark the built one-dir binaries in dist/bin (scripts/build-binaries.sh)")
     args = parser.parse_args()
+    dist = Path(__file__).resolve().parents[1] / "dist" / "bin"
+    if args.binaries:
+        args.plugin = str(dist / "microgateway-cni" / "microgateway-cni")
+        args.validator = str(dist / "microgateway-network-validator" / "microgateway-network-validator")
     with Node() as node:
         node.write_pods({"default/web": pod_fixture("web"), "default/plain": pod_fixture("plain", protected=False)})
         primary = node.write_conflist(chained=False, name="primary.conflist")
@@ -84,7 +92,7 @@ def main() -> None:
             dele = timed(["/usr/lib/cni/portmap"], {**base_env, "CNI_COMMAND": "DEL"}, data)
             return add[0] + dele[0], max(add[1], dele[1])
 
-        validator = str(Path(args.plugin).parent / "microgateway-network-validator")
+        validator = args.validator or str(Path(args.plugin).parent / "microgateway-network-validator")
 
         def verdict() -> tuple[float, int]:
             cmd = ["ip", "netns", "exec", pod.netns, "setpriv", f"--reuid={VALIDATOR_UID}",
@@ -99,8 +107,13 @@ def main() -> None:
         netns_exec_ms, _ = series(args.runs, args.warmup, lambda: timed(
             ["ip", "netns", "exec", pod.netns, "setpriv", f"--reuid={VALIDATOR_UID}", "--", "true"], {}, b""))
         size = os.path.getsize(os.path.realpath(args.plugin))
+    bundle = Path(args.plugin).parent / "_internal"
 
-    print(f"plugin: {args.plugin} ({size} bytes{' , a launcher script' if size < 4096 else ''})")
+    if bundle.is_dir():
+        total = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file()) + size
+        print(f"plugin: {args.plugin} (one-dir bundle, {total / 2**20:.1f} MiB on disk)")
+    else:
+        print(f"plugin: {args.plugin} ({size} bytes{', a launcher script' if size < 4096 else ''})")
     print(f"median of {args.runs} runs after {args.warmup} warm-up runs; peak RSS is the max over the runs")
     print(f"portmap ADD+DEL (1 mapping)            {portmap_ms:8.1f} ms   peak RSS {portmap_rss / 1024:6.1f} MiB")
     print(f"microgateway-cni protected ADD+DEL     {protected_ms:8.1f} ms   peak RSS {protected_rss / 1024:6.1f} MiB")

@@ -5,3 +5,4 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup.sh"
 cd "$root"
 exec .venv/bin/python scripts/bench.py "$@"
+# With --binaries it measures dist/bin (build first: scripts/build-binaries.sh).

@@ -6,12 +6,13 @@
 # measured at ~1 s per plugin invocation (scripts/bench.py), 6x portmap; one-dir starts in 70-100 ms.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-"$root/scripts/setup.sh"
+# In the image builder the test tooling (Go, libcni driver, test virtualenv) is not needed.
+[[ "${MGW_SKIP_SETUP:-}" == 1 ]] || "$root/scripts/setup.sh"
 cd "$root"
 mkdir -p "$root/build"
 # The binaries are built from Debian's Python, not the test virtualenv's: no DT_RUNPATH into a
 # build-machine path (pyenv sets one) may end up in a bundle that runs on other machines.
-for pkg in python3.11-venv libpython3.11 binutils; do
+for pkg in python3.11-venv libpython3.11 binutils libxtables12 libip4tc2 libip6tc2 iptables; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
     || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null
 done
