@@ -66,3 +66,12 @@ def test_installer_plugin_and_validator_binaries_protect_a_pod(binaries, node):
     node.cni("del", pod, primary)
     assert node.mgw_rules(pod) == [] and node.mgw_rules(pod, 6) == []
     assert daemon.stop() == 0
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: built on Debian 12, the bundles need GLIBC_2.36 (libexpat) and "
+                   "GLIBC_2.35 (libpython); 2.28 needs an older-glibc builder stage")
+def test_bundles_need_no_glibc_newer_than_rhel8(binaries):
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "glibc-check.sh"), "2.28"], capture_output=True, text=True)
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3 and all("needs GLIBC_2." in line for line in lines), done.stdout + done.stderr
+    assert done.returncode == 0, done.stdout
