@@ -107,3 +107,28 @@ def test_engine_can_bind_its_port_right_after_the_validator(node):
     assert run_validator(node, pod)[0] == 0
     node.spawn(pod.netns, [sys.executable, "-m", "tests.support.standins", "engine", "--name", "web",
                            "--port", "13378", "--families", "4,6"], uid=1001)
+
+
+def diagnose(node: Node, pod: Pod) -> tuple[int, dict]:
+    done = node.exec(pod.netns, [VALIDATOR, "diagnose", "--json"], check=False)
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_diagnose_configured_pod_is_healthy(node):
+    pod = configured_pod(node, {"sidecar.microgateway.airlock.com/serviceMesh": "istio"})
+    node.start_workloads(pod, [8080])
+    code, report = diagnose(node, pod)
+    assert code == 0, report["invariants"]
+    assert report["probes"]["4"]["syn_dport"] == 13378 and report["probes"]["4"]["reply"] == "SA"
+    assert report["chains"]["6"]["chains"] == ["MGW_INBOUND", "MGW_OUTPUT", "MGW_PREROUTING"]
+
+
+def test_diagnose_explains_flushed_rules_and_a_loop(node):
+    pod = configured_pod(node)
+    node.exec(pod.netns, ["iptables-legacy", "-t", "nat", "-F", "MGW_INBOUND"])
+    node.exec(pod.netns, ["iptables-legacy", "-t", "nat", "-A", "MGW_OUTPUT", "-p", "tcp", "-j", "MGW_INBOUND"])
+    code, report = diagnose(node, pod)
+    assert code == 3
+    findings = report["invariants"]
+    assert "REDIRECT" in findings["I1"] and "loop" in findings["I3"] and "reset" in findings["I4"]
+    assert findings["I2"] == "ok"
