@@ -222,3 +222,23 @@ def test_one_dir_bundle_installed_atomically_and_kept_for_running_dels(host, tmp
     versions = sorted(p.name for p in host.bin_dir.iterdir() if p.name.startswith(".microgateway-cni-"))
     assert len(versions) == 2 and v1 not in versions
     assert not [p for p in host.bin_dir.iterdir() if ".tmp-" in p.name or ".link-" in p.name]
+
+
+def test_repeated_reverts_warn_naming_the_culprit_and_throttle(host):
+    shutil.copy(FIXTURES / "05-cilium.conflist", host.net_dir / "05-cilium.conflist")
+    logged: list[tuple[str, str]] = []
+    reverts: list[int] = []
+    installer = Installer(host.settings(MGW_REVERT_WARNING_THRESHOLD="3"),
+                          lambda level, msg, **fields: logged.append((level, msg)),
+                          on_revert=lambda: reverts.append(1))
+    installer.reconcile()
+    timings = []
+    for _ in range(4):  # Cilium with cni.exclusive=true rewrites its file without us
+        shutil.copy(FIXTURES / "05-cilium.conflist", host.net_dir / "05-cilium.conflist")
+        start = time.monotonic()
+        assert installer.reconcile() == "written"
+        timings.append(time.monotonic() - start)
+    warnings = [msg for level, msg in logged if level == "warn"]
+    assert len(reverts) == 4 and len(warnings) == 2
+    assert "cni.exclusive" in warnings[0] and "MGW_MODE=standalone" in warnings[0]
+    assert timings[0] < 0.2 and timings[2] >= 0.5 and timings[3] >= 1.0  # backing off
