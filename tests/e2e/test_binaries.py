@@ -5,34 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import ROOT, binary
 from tests.integration.helpers import client_pod, target
 from tests.support.installer import Daemon, Host
 from tests.support.node import VALIDATOR_UID, pod_fixture, wait_for
-
-ROOT = Path(__file__).resolve().parents[2]
-DIST = ROOT / "dist" / "bin"
-SOURCES = [ROOT / "cni", ROOT / "validator", ROOT / "daemonset", ROOT / "scripts" / "build-binaries.sh",
-           ROOT / "pyproject.toml"]
-
-
-def binary(name: str) -> Path:
-    return DIST / name / name
-
-
-def newest_source() -> float:
-    return max(p.stat().st_mtime for src in SOURCES for p in ([src] if src.is_file() else src.rglob("*.py")))
-
-
-@pytest.fixture(scope="session")
-def binaries() -> Path:
-    names = ("microgateway-cni", "microgateway-network-validator", "microgateway-cni-installer")
-    if not all(binary(n).exists() and binary(n).stat().st_mtime > newest_source() for n in names):
-        subprocess.run(["bash", str(ROOT / "scripts" / "build-binaries.sh")], check=True, capture_output=True)
-    return DIST
 
 
 def test_runs_without_python_or_iptables_in_the_environment(binaries):
