@@ -76,9 +76,14 @@ def main() -> None:
                    "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"}
             return timed([args.plugin], env, stdin)
 
+        add_samples: list[float] = []
+        del_samples: list[float] = []
+
         def protected_add_del() -> tuple[float, int]:
             add_ms, add_rss = mgw("ADD", "web")
             del_ms, del_rss = mgw("DEL", "web")
+            add_samples.append(add_ms)
+            del_samples.append(del_ms)
             return add_ms + del_ms, max(add_rss, del_rss)
 
         portmap_conf = {"cniVersion": "1.0.0", "name": "mgw-test", "type": "portmap",
@@ -117,6 +122,9 @@ def main() -> None:
     print(f"median of {args.runs} runs after {args.warmup} warm-up runs; peak RSS is the max over the runs")
     print(f"portmap ADD+DEL (1 mapping)            {portmap_ms:8.1f} ms   peak RSS {portmap_rss / 1024:6.1f} MiB")
     print(f"microgateway-cni protected ADD+DEL     {protected_ms:8.1f} ms   peak RSS {protected_rss / 1024:6.1f} MiB")
+    runs = slice(args.warmup, None)
+    print(f"  of which protected ADD                 {statistics.median(add_samples[runs]):8.1f} ms")
+    print(f"  of which protected DEL                 {statistics.median(del_samples[runs]):8.1f} ms")
     print(f"microgateway-cni non-protected ADD     {plain_ms:8.1f} ms   peak RSS {plain_rss / 1024:6.1f} MiB")
     print(f"validator verdict (working pod)        {verdict_ms - netns_exec_ms:8.1f} ms   "
           f"(process {verdict_ms:.1f} ms minus {netns_exec_ms:.1f} ms for ip netns exec + setpriv)")

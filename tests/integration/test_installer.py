@@ -161,18 +161,19 @@ def test_sigterm_uninstalls_when_the_daemonset_is_deleted(node_host):
     assert (host.bin_dir / "microgateway-cni").exists()
 
 
+def with_validator(pod, exit_code):
+    """The status the kubelet reports for a pod whose validator init container exited."""
+    terminated = {"exitCode": exit_code, "reason": "Error" if exit_code else "Completed"}
+    pod["status"] = {"phase": "Pending", "initContainerStatuses": [{
+        "name": "airlock-microgateway-network-validator", "image": "microgateway-network-validator:1",
+        "imageID": "", "ready": False, "restartCount": 1,
+        "state": {"waiting": {"reason": "CrashLoopBackOff"}}, "lastState": {"terminated": terminated}}]}
+    return pod
+
+
 def test_repair_deletes_failed_pods_once_with_an_event(node_host):
     node, host = node_host
     shutil.copy(FIXTURES / "10-flannel.conflist", host.net_dir / "10-flannel.conflist")
-
-    def with_validator(pod, exit_code):
-        terminated = {"exitCode": exit_code, "reason": "Error" if exit_code else "Completed"}
-        pod["status"] = {"phase": "Pending", "initContainerStatuses": [{
-            "name": "airlock-microgateway-network-validator", "image": "microgateway-network-validator:1",
-            "imageID": "", "ready": False, "restartCount": 1,
-            "state": {"waiting": {"reason": "CrashLoopBackOff"}}, "lastState": {"terminated": terminated}}]}
-        return pod
-
     broken = with_validator(pod_fixture("broken", uid="uid-broken"), 3)
     node.write_pods({"default/broken": broken,
                      "default/fine": with_validator(pod_fixture("fine"), 0),
@@ -242,3 +243,17 @@ def test_repeated_reverts_warn_naming_the_culprit_and_throttle(host):
     assert len(reverts) == 4 and len(warnings) == 2
     assert "cni.exclusive" in warnings[0] and "MGW_MODE=standalone" in warnings[0]
     assert timings[0] < 0.2 and timings[2] >= 0.5 and timings[3] >= 1.0  # backing off
+
+
+def test_repair_label_mode_marks_instead_of_deleting(node_host):
+    node, host = node_host
+    shutil.copy(FIXTURES / "10-flannel.conflist", host.net_dir / "10-flannel.conflist")
+    node.write_pods({"default/broken": with_validator(pod_fixture("broken", uid="uid-b"), 3)})
+    daemon = Daemon(node, host, MGW_REPAIR_MODE="labelPods")
+    assert wait_for(lambda: any(e["verb"] == "event" for e in node.journal_entries()), timeout=15), daemon.log()
+    verbs = [e["verb"] for e in node.journal_entries()]
+    assert verbs == ["patch", "event"]
+    pods = json.loads(node.fixtures.read_text())["pods"]
+    labels = pods["default/broken"]["metadata"]["labels"]
+    assert labels["sidecar.microgateway.airlock.com/network-validation"] == "failed"
+    assert daemon.stop() == 0

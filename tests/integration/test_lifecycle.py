@@ -114,6 +114,23 @@ def test_wrong_token_is_a_clear_error(node):
     assert pod.add_output.returncode != 0 and "HTTP 401" in pod.add_output.stderr
 
 
+def test_client_certificate_kubeconfig(node):
+    """Kubeconfigs with client certificates (no token) work; the temporary PEM files are removed."""
+    node.write_kubeconfig("https://127.0.0.1:6443", user=node.client_certificate())
+    before = set(os.listdir("/tmp"))
+    pod = protected_pod(node, "web")
+    assert any("REDIRECT" in line for line in node.mgw_rules(pod))
+    assert not [n for n in set(os.listdir("/tmp")) - before if n.startswith("mgw-cni-")]
+
+
+def test_yaml_kubeconfig(node):
+    import yaml
+
+    node.kubeconfig.write_text(yaml.safe_dump(json.loads(node.kubeconfig.read_text())))
+    pod = protected_pod(node, "web")
+    assert any("REDIRECT" in line for line in node.mgw_rules(pod))
+
+
 def test_invalid_annotation_fails_add_with_code_7_and_no_rules(node):
     node.add_pod_fixture(pod_fixture("web", annotations={"sidecar.microgateway.airlock.com/serviceMesh": "linkerd"}))
     pod = node.new_pod("web", node.write_conflist(), check=False)

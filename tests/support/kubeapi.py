@@ -38,6 +38,8 @@ def make_handler(fixtures: str, journal: str, token: str):
             self.wfile.write(data)
 
         def _authorized(self) -> bool:
+            if self.connection.getpeercert():  # a client certificate the CA verified
+                return True
             if self.headers.get("Authorization") != f"Bearer {token}":
                 self._send(401, {"kind": "Status", "code": 401, "reason": "Unauthorized"})
                 return False
@@ -186,6 +188,8 @@ def main() -> None:
     server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(args.fixtures, args.journal, args.token))
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(args.cert, args.key)
+    tls.verify_mode = ssl.CERT_OPTIONAL  # client certificates signed by the stand-in's CA authenticate too
+    tls.load_verify_locations(args.cert)
     server.socket = tls.wrap_socket(server.socket, server_side=True)
     print("ready", flush=True)
     server.serve_forever()

@@ -145,11 +145,21 @@ class Node:
                                            "--fixtures", str(self.fixtures), "--journal", str(self.journal)])
         self.write_kubeconfig(f"https://127.0.0.1:{API_PORT}")
 
-    def write_kubeconfig(self, server: str) -> None:
+    def client_certificate(self) -> dict[str, str]:
+        """A client certificate signed by the stand-in's CA, as kubeconfig user data."""
+        cert, key, csr = self.dir / "client.crt", self.dir / "client.key", self.dir / "client.csr"
+        run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-subj", "/CN=system:serviceaccount:kube-system:microgateway-cni", "-keyout", str(key), "-out", str(csr)])
+        run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(self.dir / "api.crt"), "-CAkey",
+             str(self.dir / "api.key"), "-CAcreateserial", "-days", "1", "-out", str(cert)])
+        return {"client-certificate-data": base64.b64encode(cert.read_bytes()).decode(),
+                "client-key-data": base64.b64encode(key.read_bytes()).decode()}
+
+    def write_kubeconfig(self, server: str, user: dict[str, str] | None = None) -> None:
         doc = {"apiVersion": "v1", "kind": "Config", "current-context": "mgw",
                "clusters": [{"name": "local", "cluster": {
                    "server": server, "certificate-authority-data": base64.b64encode(self.ca_pem).decode()}}],
-               "users": [{"name": "cni", "user": {"token": self.token}}],
+               "users": [{"name": "cni", "user": user or {"token": self.token}}],
                "contexts": [{"name": "mgw", "context": {"cluster": "local", "user": "cni"}}]}
         self.kubeconfig.write_text(json.dumps(doc))
 
