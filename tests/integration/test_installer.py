@@ -93,7 +93,8 @@ def test_standalone_and_manual_modes(host):
 
 @pytest.fixture
 def node_host(node):
-    return node, Host(node.dir / "host", node.token, node.ca_pem, net_dir=node.conf_dir, bin_dir=node.bin_dir)
+    return node, Host(node.dir / "host", node.token, node.ca_pem, net_dir=node.conf_dir, bin_dir=node.bin_dir,
+                log_file=node.log_file)
 
 
 def test_installed_chain_works_end_to_end_through_libcni(node_host):

@@ -67,7 +67,11 @@ def path_of(reply: str) -> str:
     return " -> ".join(hops)
 
 
+DEFAULT_LOG = "/var/log/microgateway-cni.log"  # the plugin's production default: the demo must not write it
+
+
 def run_demo(report: Report, keep: bool = False) -> bool:
+    log_existed = os.path.exists(DEFAULT_LOG)
     node = Node(families=(4,))
     node.start()
     try:
@@ -80,7 +84,8 @@ def run_demo(report: Report, keep: bool = False) -> bool:
         report.info("pods in the API: default/shop (protected, 8081 excluded), default/mesh-shop (protected, "
                     "istio), default/plain (not protected)")
         conflist = node.write_conflist(chained=False, name="10-bridge.conflist")
-        host = Host(node.dir / "host", node.token, node.ca_pem, net_dir=node.conf_dir, bin_dir=node.bin_dir)
+        host = Host(node.dir / "host", node.token, node.ca_pem, net_dir=node.conf_dir, bin_dir=node.bin_dir,
+                log_file=node.log_file)
         installer = Daemon(node, host)
         ready = wait_for(installer.ready, timeout=20)
         chained = [p["type"] for p in json.loads(conflist.read_text())["plugins"]]
@@ -148,6 +153,15 @@ def run_demo(report: Report, keep: bool = False) -> bool:
         report.check("recreated pod protected", code == 0, f"exit {code}, {len(node.mgw_rules(late))} MGW_ rules")
         installer.stop()
 
+        if report.verbose:
+            report.step("logs (--verbose)")
+            report.info("microgateway-cni (JSON lines, logFilePath):")
+            for line in node.log_file.read_text().splitlines():
+                report.info(f"  {line}")
+            report.info("microgateway-cni-installer (JSON lines on stdout):")
+            for line in (node.dir / "installer.log").read_text().splitlines()[-15:]:
+                report.info(f"  {line}")
+
         if keep:
             report.step("node kept up (--keep); enter a pod with:")
             for pod in node.pods.values():
@@ -160,7 +174,9 @@ def run_demo(report: Report, keep: bool = False) -> bool:
         report.step("6. teardown: pods, namespaces, processes, files")
         node.close()
         left = [ns for ns in os.popen("ip netns list").read().split() if ns.startswith(f"mgwt-{node.id}")]
-        report.check("nothing left behind", not left and not node.dir.exists(), f"namespaces left: {left or 'none'}")
+        stray = os.path.exists(DEFAULT_LOG) and not log_existed
+        report.check("nothing left behind", not left and not node.dir.exists() and not stray,
+                     f"namespaces left: {left or 'none'}; files outside the node dir: {DEFAULT_LOG if stray else 'none'}")
     return report.passed
 
 

@@ -21,7 +21,8 @@ class Host:
     """A temporary host root: CNI dirs and a projected service-account dir with a ..data link."""
 
     def __init__(self, root: Path, token: str, ca: bytes, net_dir: Path | None = None,
-                 bin_dir: Path | None = None) -> None:
+                 bin_dir: Path | None = None, log_file: Path | None = None) -> None:
+        self.log_file = log_file or root / "microgateway-cni.log"
         self.net_dir = net_dir or root / "etc" / "cni" / "net.d"
         self.bin_dir = bin_dir or root / "opt" / "cni" / "bin"
         self.sa = root / "serviceaccount"
@@ -47,7 +48,8 @@ class Host:
                 "MGW_HOST_CNI_NET_DIR": str(self.net_dir), "MGW_PLUGIN_BINARY": PLUGIN,
                 "MGW_SERVICE_ACCOUNT_DIR": str(self.sa), "KUBERNETES_SERVICE_HOST": "127.0.0.1",
                 "KUBERNETES_SERVICE_PORT": "6443", "NODE_NAME": "node-1", "POD_NAMESPACE": "kube-system",
-                "MGW_LISTEN_PORT": "8000", "MGW_LOG_LEVEL": "debug", **extra}
+                "MGW_LISTEN_PORT": "8000", "MGW_LOG_LEVEL": "debug",
+                "MGW_LOG_FILE_PATH": str(self.log_file), **extra}
 
     def settings(self, **extra: str) -> Settings:
         return from_env(self.env(**extra))
