@@ -176,7 +176,7 @@ def run_demo(report: Report, keep: bool = False) -> bool:
         left = [ns for ns in os.popen("ip netns list").read().split() if ns.startswith(f"mgwt-{node.id}")]
         stray = os.path.exists(DEFAULT_LOG) and not log_existed
         report.check("nothing left behind", not left and not node.dir.exists() and not stray,
-                     f"namespaces left: {left or 'none'}; files outside the node dir: {DEFAULT_LOG if stray else 'none'}")
+                     f"namespaces left: {left or 'none'}; stray files: {DEFAULT_LOG if stray else 'none'}")
     return report.passed
 
 
