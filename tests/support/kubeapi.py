@@ -124,44 +124,40 @@ def make_handler(fixtures: str, journal: str, token: str):
             length = int(self.headers.get("Content-Length") or 0)
             return json.loads(self.rfile.read(length) or b"{}")
 
-        def do_DELETE(self) -> None:
+        def _existing_pod(self) -> tuple[str, dict, dict] | None:
+            """(key, all pods, request body) for a mutating request on an existing pod; else replies itself."""
             if not self._authorized():
+                return None
+            match = POD_PATH.match(urllib.parse.urlsplit(self.path).path)
+            pods = self._pods() if match else {}
+            key = f"{match[1]}/{match[2]}" if match else ""
+            if key not in pods:
+                self._send(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
+                return None
+            return key, pods, self._body()
+
+        def do_DELETE(self) -> None:
+            if (found := self._existing_pod()) is None:
                 return
-            if match := POD_PATH.match(urllib.parse.urlsplit(self.path).path):
-                body = self._body()
-                pods = self._pods()
-                key = f"{match[1]}/{match[2]}"
-                if key not in pods:
-                    self._send(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
-                    return
-                wanted = (body.get("preconditions") or {}).get("uid")
-                if wanted and pods[key]["metadata"]["uid"] != wanted:
-                    self._send(409, {"kind": "Status", "code": 409, "reason": "Conflict"})
-                    return
-                self._record({"verb": "delete", "pod": key, "body": body})
-                deleted = pods.pop(key)
-                self._store_pods(pods)
-                self._send(200, deleted)  # like the apiserver: the pod object being deleted
-            else:
-                self._send(404, {"kind": "Status", "code": 404})
+            key, pods, body = found
+            wanted = (body.get("preconditions") or {}).get("uid")
+            if wanted and pods[key]["metadata"]["uid"] != wanted:
+                self._send(409, {"kind": "Status", "code": 409, "reason": "Conflict"})
+                return
+            self._record({"verb": "delete", "pod": key, "body": body})
+            deleted = pods.pop(key)
+            self._store_pods(pods)
+            self._send(200, deleted)  # like the apiserver: the pod object being deleted
 
         def do_PATCH(self) -> None:
-            if not self._authorized():
+            if (found := self._existing_pod()) is None:
                 return
-            if match := POD_PATH.match(urllib.parse.urlsplit(self.path).path):
-                body = self._body()
-                pods = self._pods()
-                key = f"{match[1]}/{match[2]}"
-                if key not in pods:
-                    self._send(404, {"kind": "Status", "code": 404})
-                    return
-                labels = (body.get("metadata") or {}).get("labels") or {}
-                pods[key]["metadata"].setdefault("labels", {}).update(labels)
-                self._store_pods(pods)
-                self._record({"verb": "patch", "pod": key, "body": body})
-                self._send(200, pods[key])
-            else:
-                self._send(404, {"kind": "Status", "code": 404})
+            key, pods, body = found
+            labels = (body.get("metadata") or {}).get("labels") or {}
+            pods[key]["metadata"].setdefault("labels", {}).update(labels)
+            self._store_pods(pods)
+            self._record({"verb": "patch", "pod": key, "body": body})
+            self._send(200, pods[key])
 
         def do_POST(self) -> None:
             if not self._authorized():
