@@ -4,7 +4,8 @@
 # pyproject.toml changed, and builds the libcni test driver offline from Debian's Go sources.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-packages=(iptables containernetworking-plugins golang-go golang-github-appc-cni-dev iproute2 openssl util-linux)
+packages=(iptables containernetworking-plugins golang-go golang-github-appc-cni-dev iproute2 openssl util-linux
+          debootstrap binutils)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

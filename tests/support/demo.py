@@ -199,7 +199,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="leave the node up for exploring until Enter")
     args = parser.parse_args()
     if os.geteuid() != 0:
-        sys.exit("the demo builds network namespaces and needs root: sudo bash scripts/demo.sh")
+        sys.exit("the demo builds network namespaces and needs root: run bash scripts/demo.sh as root")
     started = time.monotonic()
     report = Report(verbose=args.verbose)
     try:
