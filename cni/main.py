@@ -70,11 +70,10 @@ def _enter(request: Request) -> None:
         raise CniError(INVALID_ENV, f"CNI_NETNS {request.netns!r} does not exist") from None
 
 
-def _expected_rulesets(request: Request, config: PluginConfig, annotations: dict[str, str]) -> list[Any]:
-    from cni.policy import plan_for
+def _expected_rulesets(request: Request, config: PluginConfig, plan: Any) -> list[Any]:
+    """Call inside the pod netns: the families come from its addresses."""
     from cni.rules import build_ruleset
 
-    plan = plan_for(annotations)
     return [build_ruleset(plan, config, family) for family in _families(request)]
 
 
@@ -90,14 +89,13 @@ def cmd_add(request: Request, config: PluginConfig, logger: Logger) -> dict[str,
         return result
     from cni.policy import plan_for
 
-    plan_for(annotations)  # invalid annotations fail before the netns is touched
+    plan = plan_for(annotations)  # invalid annotations fail before the netns is touched
     _enter(request)
-    rulesets = _expected_rulesets(request, config, annotations)
+    rulesets = _expected_rulesets(request, config, plan)
     from cni import netfilter
 
     netfilter.apply(rulesets)
-    logger.info("redirection configured", families=[rs.family for rs in rulesets],
-                mesh=annotations.get("sidecar.microgateway.airlock.com/serviceMesh", "none"))
+    logger.info("redirection configured", families=[rs.family for rs in rulesets], mesh=plan.mesh)
     return result
 
 
@@ -145,8 +143,11 @@ def cmd_check(request: Request, config: PluginConfig, logger: Logger) -> None:
     protected, annotations = _pod_metadata(request, config, logger)
     if not protected:
         return
+    from cni.policy import plan_for
+
+    plan = plan_for(annotations)
     _enter(request)
-    expected = _expected_rulesets(request, config, annotations)
+    expected = _expected_rulesets(request, config, plan)
     from cni import netfilter
 
     live = netfilter.read([rs.family for rs in expected])
