@@ -52,7 +52,7 @@ def parse_port_list(key: str, raw: str) -> tuple[int, ...]:
         item = item.strip()
         if not item:
             continue
-        if not item.isdigit() or not 1 <= int(item) <= 65535:
+        if not (item.isascii() and item.isdigit()) or not 1 <= int(item) <= 65535:  # "²".isdigit() is True
             raise CniError(INVALID_CONFIG, f"invalid annotation {key}: {raw!r} ({item!r} is not a port 1-65535)")
         ports.append(int(item))
     return tuple(sorted(set(ports)))

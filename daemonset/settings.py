@@ -69,7 +69,7 @@ def from_env(env: Mapping[str, str]) -> Settings:
         values["exclude_namespaces"] = tuple(n.strip() for n in env["MGW_EXCLUDE_NAMESPACES"].split(",") if n.strip())
     for var, attr in (("MGW_LISTEN_PORT", "listen_port"), ("MGW_REVERT_WARNING_THRESHOLD", "revert_warning_threshold")):
         if env.get(var):
-            if not env[var].isdigit() or not 0 < int(env[var]) < 65536:
+            if not (env[var].isascii() and env[var].isdigit()) or not 0 < int(env[var]) < 65536:
                 raise SettingsError(f"{var}={env[var]!r} is invalid; expected a positive integer")
             values[attr] = int(env[var])
     host, port = env.get("KUBERNETES_SERVICE_HOST", ""), env.get("KUBERNETES_SERVICE_PORT", "443")

@@ -75,6 +75,7 @@ def test_settings_from_env():
 @pytest.mark.parametrize(("env", "name"), [
     ({"MGW_MODE": "auto"}, "MGW_MODE"), ({"MGW_REPAIR_MODE": "kill"}, "MGW_REPAIR_MODE"),
     ({"MGW_LOG_LEVEL": "loud"}, "MGW_LOG_LEVEL"), ({"MGW_LISTEN_PORT": "http"}, "MGW_LISTEN_PORT"),
+    ({"MGW_LISTEN_PORT": "\u00b2"}, "MGW_LISTEN_PORT"),
 ])
 def test_invalid_settings_name_the_variable(env, name):
     with pytest.raises(SettingsError, match=name):
