@@ -113,7 +113,7 @@ def diagnose(engine_port: int, validation_port: int, as_json: bool) -> None:
     """
     from validator.diagnose import chain_report, invariants, trace_probe
 
-    families = [4, 6] if ipv6_loopback_present() else [4]
+    families = _families("auto")
     chains = chain_report(families, engine_port)
     traces = {family: trace_probe(family, validation_port, engine_port) for family in families}
     findings = invariants(chains, traces, engine_port)

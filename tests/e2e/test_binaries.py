@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from tests.e2e.conftest import ROOT, binary
 from tests.integration.helpers import client_pod, target
 from tests.support.installer import Daemon, Host
-from tests.support.node import VALIDATOR_UID, pod_fixture, wait_for
+from tests.support.node import pod_fixture, wait_for
 
 
 def test_runs_without_python_or_iptables_in_the_environment(binaries):
@@ -33,10 +32,8 @@ def test_installer_plugin_and_validator_binaries_protect_a_pod(binaries, node):
     assert installed.is_symlink() and (installed.resolve().parent / "_internal").is_dir()
     node.add_pod_fixture(pod_fixture("web"))
     pod = node.new_pod("web", primary)
-    os.chmod(node.dir, 0o755)
-    verdict = node.exec(pod.netns, [str(binary("microgateway-network-validator")), "--termination-log", "/dev/null"],
-                        uid=VALIDATOR_UID, check=False)
-    assert verdict.returncode == 0, verdict.stdout + verdict.stderr
+    code, verdict, message = node.validate(pod, validator=str(binary("microgateway-network-validator")))
+    assert code == 0 and json.loads(verdict)["verdict"] == "pass", verdict + message
     node.start_workloads(pod, [8080])
     client = client_pod(node)
     assert node.connect(client.netns, [target(pod, 8080), target(pod, 4321)]) == {

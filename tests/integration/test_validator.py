@@ -14,15 +14,10 @@ VALIDATOR = os.path.join(os.path.dirname(sys.executable), "microgateway-network-
 
 
 def run_validator(node: Node, pod: Pod, *args: str) -> tuple[int, dict, str]:
-    termination = node.dir / f"termination-{pod.name}"
-    termination.write_text("")
-    os.chown(termination, VALIDATOR_UID, VALIDATOR_UID)
-    os.chmod(node.dir, 0o755)
-    done = node.exec(pod.netns, [VALIDATOR, "--termination-log", str(termination), *args],
-                     uid=VALIDATOR_UID, check=False)
-    lines = done.stdout.splitlines()
-    assert len(lines) == 1, done.stdout  # one JSON line on stdout, nothing else
-    return done.returncode, json.loads(lines[0]), termination.read_text()
+    code, stdout, message = node.validate(pod, *args)
+    lines = stdout.splitlines()
+    assert len(lines) == 1, stdout  # one JSON line on stdout, nothing else
+    return code, json.loads(lines[0]), message
 
 
 def configured_pod(node: Node, annotations: dict[str, str] | None = None) -> Pod:

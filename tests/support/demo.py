@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 
 from tests.support.installer import INSTALLER, Daemon, Host
 from tests.support.istio import istio_rules
-from tests.support.node import VALIDATOR_UID, Node, Pod, pod_fixture, wait_for
+from tests.support.node import Node, Pod, pod_fixture, wait_for
 
-VALIDATOR = os.path.join(os.path.dirname(sys.executable), "microgateway-network-validator")
 MESH = {"sidecar.microgateway.airlock.com/serviceMesh": "istio"}
 EXCLUDE = {"sidecar.microgateway.airlock.com/excludeInboundPorts": "8081"}
 PORTS = [8080, 8081]
@@ -51,13 +50,8 @@ class Report:
 
 
 def validate(node: Node, pod: Pod) -> tuple[int, dict, str]:
-    termination = node.dir / f"termination-{pod.name}"
-    termination.write_text("")
-    os.chown(termination, VALIDATOR_UID, VALIDATOR_UID)
-    os.chmod(node.dir, 0o755)
-    done = node.exec(pod.netns, [VALIDATOR, "--deadline", "1", "--termination-log", str(termination)],
-                     uid=VALIDATOR_UID, check=False)
-    return done.returncode, json.loads(done.stdout), termination.read_text()
+    code, stdout, message = node.validate(pod, "--deadline", "1")
+    return code, json.loads(stdout), message
 
 
 def path_of(reply: str) -> str:

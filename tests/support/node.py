@@ -292,6 +292,17 @@ class Node:
             self.spawn(pod.netns, [sys.executable, "-m", "tests.support.standins", "istio", "--name", pod.name,
                                    "--port", "15006", "--families", fams], uid=ISTIO_UID)
 
+    def validate(self, pod: Pod, *args: str, validator: str | None = None) -> tuple[int, str, str]:
+        """Run the validator in the pod as an unprivileged uid: (exit code, stdout, termination message)."""
+        validator = validator or str(VENV_BIN / "microgateway-network-validator")
+        termination = self.dir / f"termination-{pod.name}"
+        termination.write_text("")
+        os.chown(termination, VALIDATOR_UID, VALIDATOR_UID)
+        os.chmod(self.dir, 0o755)
+        done = self.exec(pod.netns, [validator, "--termination-log", str(termination), *args],
+                         uid=VALIDATOR_UID, check=False)
+        return done.returncode, done.stdout, termination.read_text()
+
     def connect(self, from_netns: str, targets: list[str], uid: int | None = None) -> dict[str, str]:
         done = self.exec(from_netns, [sys.executable, "-m", "tests.support.client", *targets], uid=uid)
         return json.loads(done.stdout)
