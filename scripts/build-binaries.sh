@@ -4,6 +4,7 @@
 # xtables extension, so a node needs neither Python nor iptables.
 # Why one-dir: a one-file build (with staticx for glibc independence) unpacks ~13 MB on every run,
 # measured at ~1 s per plugin invocation (scripts/bench.py), 6x portmap; one-dir starts in 70-100 ms.
+# Usage: scripts/build-binaries.sh [NAME...]   (default: all three)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # In the image builder the test tooling (Go, libcni driver, test virtualenv) is not needed.
@@ -31,25 +32,20 @@ site="$("$venv/bin/python" -c 'import iptc, os; print(os.path.dirname(os.path.di
 wrapper="$(ls "$site"/libxtwrapper*.so)"
 work="$root/build/pyinstaller"
 mkdir -p "$root/dist/bin" "$work"
-common=(--noconfirm --clean --onedir --log-level WARN --workpath "$work" --specpath "$work"
-        --distpath "$work/dist" --paths "$root")
-# python-iptables imports distutils only to find itself, with a sysconfig fallback; without these
-# excludes PyInstaller adds setuptools/pkg_resources runtime hooks that cost ~250 ms per start.
-lean=(--exclude-module setuptools --exclude-module pkg_resources --exclude-module distutils
-      --exclude-module _distutils_hack --exclude-module yaml --exclude-module kubernetes)
-iptables=(--add-binary "$libdir/libxtables.so.12:iptables-lib" --add-binary "$libdir/libip4tc.so.2:iptables-lib"
-          --add-binary "$libdir/libip6tc.so.2:iptables-lib" --add-binary "$libdir/xtables/*.so:xtables"
-          --add-binary "$wrapper:." --collect-submodules iptc)
-build() {
-  local name="$1"; shift
-  "$venv/bin/pyinstaller" "${common[@]}" --name "$name" "$@" "$root/scripts/pyinstaller/$name.py"
+names=(microgateway-cni microgateway-network-validator microgateway-cni-installer)
+if (($#)); then
+  for name in "$@"; do
+    [[ " ${names[*]} " == *" $name "* ]] || { echo "unknown binary '$name' (one of: ${names[*]})" >&2; exit 2; }
+  done
+  names=("$@")
+fi
+MGW_ROOT="$root" MGW_LIBDIR="$libdir" MGW_XTWRAPPER="$wrapper" MGW_BUNDLES="${names[*]}" \
+  "$venv/bin/pyinstaller" --noconfirm --clean --log-level WARN --workpath "$work" --distpath "$work/dist" \
+  "$root/scripts/pyinstaller/bundles.spec"
+for name in "${names[@]}"; do
   rm -rf "$root/dist/bin/$name.tmp"
   cp -a "$work/dist/$name" "$root/dist/bin/$name.tmp"
   rm -rf "$root/dist/bin/$name"
   mv "$root/dist/bin/$name.tmp" "$root/dist/bin/$name"
   echo "built dist/bin/$name/$name ($(du -sh "$root/dist/bin/$name" | cut -f1))"
-}
-build microgateway-cni "${iptables[@]}" "${lean[@]}"
-build microgateway-network-validator "${lean[@]}"
-build microgateway-cni-installer --collect-submodules kubernetes --copy-metadata kubernetes \
-  --exclude-module setuptools --exclude-module pkg_resources
+done

@@ -96,6 +96,12 @@ def test_protected_pod_on_a_node_without_python_or_iptables(binaries, minbase, n
     verdict = rootfs.run(pod.netns, ["/opt/mgw/microgateway-network-validator/microgateway-network-validator",
                                      "--termination-log", "/dev/null"], userspec=f"{VALIDATOR_UID}:{VALIDATOR_UID}")
     assert verdict.returncode == 0, verdict.stdout + verdict.stderr
+    # diagnose (as root, like kubectl debug) reads the chains with the bundled python-iptables
+    diagnose = rootfs.run(pod.netns, ["/opt/mgw/microgateway-network-validator/microgateway-network-validator",
+                                      "diagnose", "--json"], userspec="0:0")
+    assert diagnose.returncode == 0, diagnose.stdout + diagnose.stderr
+    report = json.loads(diagnose.stdout)
+    assert set(report["invariants"].values()) == {"ok"} and report["chains"]["4"]["rules"], report
     node.start_workloads(pod, [8080])
     node.add_pod_fixture(pod_fixture("client", protected=False))
     client_netns = f"mgwt-{node.id}-minclient"
