@@ -4,6 +4,6 @@ from cni.frozen import prepare
 
 prepare()
 
-from validator.cli import main  # noqa: E402
+from validator.main import main  # noqa: E402
 
 main()
