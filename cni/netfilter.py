@@ -1,4 +1,5 @@
-"""Applying, reading and removing a RuleSet in the current netns with python-iptables (legacy x_tables).
+"""Applying and reading a RuleSet in the current netns with python-iptables (legacy x_tables), and
+removing ours (with libiptc directly, cni/libiptc.py).
 
 One libiptc handle per family: everything (old state removed, new chains, jumps) goes into it and is
 committed as a single table replace, so a rule set is never half-written (I6).
@@ -6,12 +7,11 @@ committed as a single table replace, so a rule set is never half-written (I6).
 libxtables registers an extension for the first family that loads it, so one process cannot use
 REDIRECT for IPv4 and IPv6 (python-iptables issues #135, #316, #325; reproduced here). Each family's
 work therefore runs in its own forked child of a parent that never imports iptc; the two families
-run in parallel and the parent rolls back a family whose sibling failed.
+run in parallel and the parent takes back out a family whose sibling failed.
 """
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import os
 import pickle
@@ -19,59 +19,20 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from cni import libraries
 from cni.errors import NETFILTER_FAILURE, CniError
 from cni.rules import BUILTIN_JUMPS, CHAIN_PREFIX, OWN_CHAINS, Rule, RuleSet
 
 COMMIT_ATTEMPTS = 3
 
 
-# Where distributions keep libxtables and its extension modules. Without XTABLES_LIBDIR and
-# IPTABLES_LIBDIR python-iptables runs `ldconfig -v` and ctypes.util.find_library (subprocesses,
-# ~100 ms at import, measured with -X importtime) and may pick a directory without the extensions.
-LIBDIR_CANDIDATES = ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/lib/x86_64-linux-gnu")
-
-
-def _locate_libraries() -> None:
-    if "XTABLES_LIBDIR" in os.environ:
-        return
-    for libdir in LIBDIR_CANDIDATES:
-        if os.path.exists(os.path.join(libdir, "xtables", "libxt_REDIRECT.so")):
-            os.environ["XTABLES_LIBDIR"] = os.path.join(libdir, "xtables")
-            os.environ.setdefault("IPTABLES_LIBDIR", libdir)
-            return
-
-
-def _find_library_fast(name: str) -> str | None:
-    """ctypes.util.find_library without spawning gcc and ldconfig: a direct look in the library dirs.
-
-    python-iptables resolves libc, libxtables and libip4tc/libip6tc through ctypes.util.find_library,
-    which costs ~80 ms per import (cProfile), paid by every family worker on every ADD and DEL.
-    """
-    if name == "c":
-        return "libc.so.6"
-    dirs = [*os.environ.get("IPTABLES_LIBDIR", "").split(":"), *LIBDIR_CANDIDATES]
-    for libdir in filter(None, dirs):
-        names = sorted(n for n in _shared_objects(libdir) if n.startswith(f"lib{name}.so"))
-        if names:
-            return os.path.join(libdir, names[0])
-    return None
-
-
-@functools.cache
-def _shared_objects(libdir: str) -> tuple[str, ...]:
-    try:
-        return tuple(n for n in os.listdir(libdir) if ".so" in n)
-    except OSError:
-        return ()
-
-
 def _iptc() -> Any:
     """python-iptables is imported only by the commands that touch rules, in the family workers."""
-    _locate_libraries()
+    libraries.locate()
     if "iptc" not in sys.modules:
         import ctypes.util
 
-        ctypes.util.find_library = _find_library_fast
+        ctypes.util.find_library = libraries.find_library_fast
         # setuptools' distutils shim (installed by a .pth at start-up, so its env switch comes too late)
         # costs ~300 ms when python-iptables imports distutils.sysconfig; the stdlib one does the job.
         sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "DistutilsMetaFinder"]
@@ -162,15 +123,6 @@ def _apply_one(ruleset: RuleSet) -> None:
             last = exc
     assert last is not None
     raise last
-
-
-def _remove_one(family: int) -> bool:
-    """Remove everything of ours in one commit; True if something was removed."""
-    table = _open_nat(family)
-    if not _remove_ours(table):
-        return False
-    _commit(table, family, "remove")
-    return True
 
 
 def _normalize_net(value: str | None, family: int) -> str | None:
@@ -288,16 +240,26 @@ def apply(rulesets: list[RuleSet]) -> None:
     outcomes = _run([(rs.family, _apply_one, (rs,)) for rs in rulesets])
     failed = [o for o in outcomes.values() if isinstance(o, CniError)]
     if failed:
-        done = [family for family, outcome in outcomes.items() if not isinstance(outcome, CniError)]
-        _run([(family, _remove_one, (family,)) for family in done])
+        remove([family for family, outcome in outcomes.items() if not isinstance(outcome, CniError)])
         raise failed[0]
 
 
 def remove(families: list[int]) -> bool:
-    """Remove everything of ours from each family; True if anything existed."""
-    outcomes = _run([(family, _remove_one, (family,)) for family in families])
-    _raise_first(outcomes)
-    return any(outcomes.values())
+    """Remove everything of ours from each family, in this process; True if anything existed.
+
+    Every family is tried before the first failure is raised."""
+    from cni import libiptc
+
+    removed = False
+    failures = []
+    for family in families:
+        try:
+            removed = libiptc.remove_ours(family) or removed
+        except CniError as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]
+    return removed
 
 
 def read(families: list[int]) -> dict[int, tuple[list[Rule | str], list[Rule | str]]]:

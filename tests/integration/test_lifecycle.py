@@ -36,6 +36,45 @@ def test_del_twice_removes_everything_and_succeeds(node):
     node.cni("del", pod, conflist)
 
 
+def _without_ours(save: str) -> list[str]:
+    return [line for line in save.splitlines() if "MGW_" not in line and not line.startswith(("#", "["))]
+
+
+def test_del_removes_only_ours_and_keeps_foreign_rules(node):
+    pod = protected_pod(node, "web")
+    for family, tool in ((4, "iptables-legacy"), (6, "ip6tables-legacy")):
+        for rule in (["-N", "FOREIGN"], ["-A", "FOREIGN", "-p", "tcp", "-j", "RETURN"],
+                     ["-I", "PREROUTING", "1", "-p", "udp", "-j", "FOREIGN"],
+                     ["-A", "PREROUTING", "-p", "tcp", "--dport", "9", "-j", "RETURN"],
+                     ["-A", "OUTPUT", "-p", "tcp", "-j", "FOREIGN"]):
+            node.exec(pod.netns, [tool, "-t", "nat", *rule])
+    before = {family: _without_ours(node.nat_rules(pod, family)) for family in (4, 6)}
+    assert all(node.mgw_rules(pod, family) for family in (4, 6))
+    node.cni("del", pod, node.conf_dir / "10-mgw.conflist")
+    assert node.mgw_rules(pod) == [] and node.mgw_rules(pod, 6) == []
+    assert {family: _without_ours(node.nat_rules(pod, family)) for family in (4, 6)} == before
+
+
+def test_add_failing_in_one_family_takes_the_other_back_out(node):
+    """I6 across families: IPv6 cannot be configured (a foreign rule jumps to MGW_INBOUND, so the
+    chain cannot be replaced); IPv4 succeeded first and must be rolled back, and ADD fails."""
+    node.add_pod_fixture(pod_fixture("web"))
+    pod = node.new_pod("web", node.write_conflist(chained=False, name="primary.conflist"))
+    for rule in (["-N", "MGW_INBOUND"], ["-N", "FOREIGN"], ["-A", "FOREIGN", "-j", "MGW_INBOUND"]):
+        node.exec(pod.netns, ["ip6tables-legacy", "-t", "nat", *rule])
+    ipv6_before = node.nat_rules(pod, 6)
+    add = exec_plugin(node, env_for(node, pod), json.dumps(
+        {**plugin_conf(node, "1.0.0"), "prevResult": pod.result}).encode())
+    error = cni_error(add)
+    assert error["code"] == 100 and "IPv6" in error["msg"], error
+    assert node.mgw_rules(pod) == []
+    assert _without_counters(node.nat_rules(pod, 6)) == _without_counters(ipv6_before)
+
+
+def _without_counters(save: str) -> list[str]:
+    return [line for line in save.splitlines() if not line.startswith(("#", ":"))]
+
+
 def test_del_with_netns_gone_and_never_configured(node):
     pod = protected_pod(node, "web")
     node.remove_netns(pod)
