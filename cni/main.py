@@ -1,7 +1,8 @@
 """microgateway-cni entry point: read env and stdin, run one CNI command, write one JSON to stdout.
 
-Only the modules a command needs are imported (python-iptables only where rules are touched, and only
-in forked per-family workers), because this runs on every pod start of every node.
+Only the modules a command needs are imported (python-iptables only for ADD and CHECK, and only in a
+forked worker that imports it while the parent asks the API), because this runs on every pod start
+of every node.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from typing import Any
 
 from cni.config import PluginConfig, parse_config
-from cni.errors import CHECK_MISMATCH, INVALID_ENV, STATUS_NOT_AVAILABLE, CniError
+from cni.errors import CHECK_MISMATCH, STATUS_NOT_AVAILABLE, CniError
 from cni.log import Logger
 from cni.protocol import (
     NEWEST_VERSION,
@@ -62,12 +63,9 @@ def _families(request: Request) -> list[int]:
 
 
 def _enter(request: Request) -> None:
-    from cni.netns import NetnsGone, enter
+    from cni.netns import enter_pod
 
-    try:
-        enter(request.netns)
-    except NetnsGone:
-        raise CniError(INVALID_ENV, f"CNI_NETNS {request.netns!r} does not exist") from None
+    enter_pod(request.netns)
 
 
 def _expected_rulesets(request: Request, config: PluginConfig, plan: Any) -> list[Any]:
@@ -83,18 +81,19 @@ def cmd_add(request: Request, config: PluginConfig, logger: Logger) -> dict[str,
     if reason:
         logger.debug("passed through", reason=reason)
         return result
-    protected, annotations = _pod_metadata(request, config, logger)
-    if not protected:
-        logger.debug("passed through", reason="pod is not protected")
-        return result
-    from cni.policy import plan_for
-
-    plan = plan_for(annotations)  # invalid annotations fail before the netns is touched
-    _enter(request)
-    rulesets = _expected_rulesets(request, config, plan)
     from cni import netfilter
 
-    netfilter.apply(rulesets)
+    with netfilter.worker() as worker:  # imports python-iptables while the API is asked
+        protected, annotations = _pod_metadata(request, config, logger)
+        if not protected:
+            logger.debug("passed through", reason="pod is not protected")
+            return result
+        from cni.policy import plan_for
+
+        plan = plan_for(annotations)  # invalid annotations fail before the netns is touched
+        _enter(request)
+        rulesets = _expected_rulesets(request, config, plan)
+        worker.run(request.netns, netfilter.apply_families, rulesets)
     logger.info("redirection configured", families=[rs.family for rs in rulesets], mesh=plan.mesh)
     return result
 
@@ -140,17 +139,18 @@ def _diff(family: int, expected: list[Any], live: list[Any]) -> str:
 def cmd_check(request: Request, config: PluginConfig, logger: Logger) -> None:
     if _skip_reason(request, config):
         return
-    protected, annotations = _pod_metadata(request, config, logger)
-    if not protected:
-        return
-    from cni.policy import plan_for
-
-    plan = plan_for(annotations)
-    _enter(request)
-    expected = _expected_rulesets(request, config, plan)
     from cni import netfilter
 
-    live = netfilter.read([rs.family for rs in expected])
+    with netfilter.worker() as worker:
+        protected, annotations = _pod_metadata(request, config, logger)
+        if not protected:
+            return
+        from cni.policy import plan_for
+
+        plan = plan_for(annotations)
+        _enter(request)
+        expected = _expected_rulesets(request, config, plan)
+        live = worker.run(request.netns, netfilter.read_families, [rs.family for rs in expected])
     problems = []
     for ruleset in expected:
         rules, jumps = live[ruleset.family]

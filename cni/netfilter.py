@@ -1,33 +1,25 @@
-"""Applying and reading a RuleSet in the current netns with python-iptables (legacy x_tables), and
-removing ours (with libiptc directly, cni/libiptc.py).
+"""Our rules in the current netns: applied and read with python-iptables (legacy x_tables), in a
+Worker (cni/worker.py); removed with libiptc directly (cni/libiptc.py).
 
 One libiptc handle per family: everything (old state removed, new chains, jumps) goes into it and is
 committed as a single table replace, so a rule set is never half-written (I6).
-
-libxtables registers an extension for the first family that loads it, so one process cannot use
-REDIRECT for IPv4 and IPv6 (python-iptables issues #135, #316, #325; reproduced here). Each family's
-work therefore runs in its own forked child of a parent that never imports iptc; the two families
-run in parallel and the parent takes back out a family whose sibling failed.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import os
-import pickle
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from cni import libraries
 from cni.errors import NETFILTER_FAILURE, CniError
 from cni.rules import BUILTIN_JUMPS, CHAIN_PREFIX, OWN_CHAINS, Rule, RuleSet
+from cni.worker import Worker, fan_out
 
 COMMIT_ATTEMPTS = 3
 
 
 def _iptc() -> Any:
-    """python-iptables is imported only by the commands that touch rules, in the family workers."""
+    """python-iptables, imported only by a Worker (ADD and CHECK)."""
     libraries.locate()
     if "iptc" not in sys.modules:
         import ctypes.util
@@ -128,6 +120,8 @@ def _apply_one(ruleset: RuleSet) -> None:
 def _normalize_net(value: str | None, family: int) -> str | None:
     if not value:
         return None
+    import ipaddress
+
     network = ipaddress.ip_network(value, strict=False)
     return None if network.prefixlen == 0 else f"{network.network_address}/{network.prefixlen}"
 
@@ -185,59 +179,10 @@ def _read_one(family: int) -> tuple[list[Rule | str], list[Rule | str]]:
     return rules, jumps
 
 
-def _start(family: int, body: Callable[..., Any], *args: Any) -> tuple[int, int]:
-    """Fork a child that runs body(*args) and pickles its outcome into a pipe."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_end)
-        os.dup2(2, 1)  # libxtables may print; stdout belongs to the CNI result alone
-        try:
-            outcome: tuple[str, Any] = ("ok", body(*args))
-        except CniError as exc:
-            outcome = ("error", (exc.code, exc.msg, exc.details))
-        except BaseException as exc:
-            outcome = ("error", (NETFILTER_FAILURE, f"IPv{family}: {type(exc).__name__}: {exc}", ""))
-        with os.fdopen(write_end, "wb") as pipe:
-            pipe.write(pickle.dumps(outcome))
-        os._exit(0)
-    os.close(write_end)
-    return pid, read_end
-
-
-def _finish(family: int, child: tuple[int, int]) -> Any:
-    pid, read_end = child
-    with os.fdopen(read_end, "rb") as pipe:
-        data = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    if not data:
-        raise CniError(NETFILTER_FAILURE, f"IPv{family} netfilter worker died (wait status {status})")
-    kind, value = pickle.loads(data)
-    if kind == "error":
-        raise CniError(*value)
-    return value
-
-
-def _run(jobs: list[tuple[int, Callable[..., Any], tuple[Any, ...]]]) -> dict[int, Any | CniError]:
-    children = [(family, _start(family, body, *args)) for family, body, args in jobs]
-    outcomes: dict[int, Any | CniError] = {}
-    for family, child in children:
-        try:
-            outcomes[family] = _finish(family, child)
-        except CniError as exc:
-            outcomes[family] = exc
-    return outcomes
-
-
-def _raise_first(outcomes: dict[int, Any | CniError]) -> None:
-    for outcome in outcomes.values():
-        if isinstance(outcome, CniError):
-            raise outcome
-
-
-def apply(rulesets: list[RuleSet]) -> None:
-    """Replace our rules in every family; if any family fails, take the others back out (I6)."""
-    outcomes = _run([(rs.family, _apply_one, (rs,)) for rs in rulesets])
+def apply_families(rulesets: list[RuleSet]) -> None:
+    """Job for a Worker, in the pod netns: replace our rules in every family; if any family fails,
+    take the others back out (I6)."""
+    outcomes = fan_out([(rs.family, _apply_one, (rs,)) for rs in rulesets])
     failed = [o for o in outcomes.values() if isinstance(o, CniError)]
     if failed:
         remove([family for family, outcome in outcomes.items() if not isinstance(outcome, CniError)])
@@ -262,7 +207,15 @@ def remove(families: list[int]) -> bool:
     return removed
 
 
-def read(families: list[int]) -> dict[int, tuple[list[Rule | str], list[Rule | str]]]:
-    outcomes = _run([(family, _read_one, (family,)) for family in families])
-    _raise_first(outcomes)
+def read_families(families: list[int]) -> dict[int, tuple[list[Rule | str], list[Rule | str]]]:
+    """Our chains' rules and jumps per family, in the pod netns (a Worker's job, or diagnose's)."""
+    outcomes = fan_out([(family, _read_one, (family,)) for family in families])
+    for outcome in outcomes.values():
+        if isinstance(outcome, CniError):
+            raise outcome
     return outcomes  # type: ignore[return-value]
+
+
+def worker() -> Worker:
+    """A Worker that imports python-iptables while the caller asks the API (cni/worker.py)."""
+    return Worker(_iptc)

@@ -45,6 +45,14 @@ def enter(path: str) -> None:
         os.close(fd)
 
 
+def enter_pod(path: str) -> None:
+    """enter() for ADD and CHECK, where a missing netns is the caller's error (CNI error 4)."""
+    try:
+        enter(path)
+    except NetnsGone:
+        raise CniError(INVALID_ENV, f"CNI_NETNS {path!r} does not exist") from None
+
+
 def has_ipv6() -> bool:
     """True when the current netns has any IPv6 address, link-local and loopback included.
 

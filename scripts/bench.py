@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,11 +39,19 @@ def timed(cmd: list[str], env: dict[str, str], stdin: bytes) -> tuple[float, int
     return elapsed, usage.ru_maxrss
 
 
-def series(runs: int, warmup: int, step) -> tuple[float, int]:
-    for _ in range(warmup):
-        step()
-    samples = [step() for _ in range(runs)]
-    return statistics.median(s[0] for s in samples), max(s[1] for s in samples)
+Step = Callable[[], tuple[float, int]]
+
+
+def interleaved(runs: int, warmup: int, steps: dict[str, Step]) -> dict[str, tuple[float, int]]:
+    """Median ms and peak RSS per step; the steps take turns in every round, so a slow spell of the
+    machine hits all of them alike and the ratios stay fair."""
+    samples: dict[str, list[tuple[float, int]]] = {name: [] for name in steps}
+    for round_ in range(warmup + runs):
+        for name, step in steps.items():
+            sample = step()
+            if round_ >= warmup:
+                samples[name].append(sample)
+    return {name: (statistics.median(s[0] for s in got), max(s[1] for s in got)) for name, got in samples.items()}
 
 
 def main() -> None:
@@ -100,17 +109,21 @@ def main() -> None:
         validator = args.validator or str(Path(args.plugin).parent / "microgateway-network-validator")
 
         def verdict() -> tuple[float, int]:
-            cmd = ["ip", "netns", "exec", pod.netns, "setpriv", f"--reuid={VALIDATOR_UID}",
-                   f"--regid={VALIDATOR_UID}", "--clear-groups", "--", validator, "--termination-log", "/dev/null"]
-            return timed(cmd, {"PATH": base_env["PATH"]}, b"")
+            mgw("ADD", "web")  # the validator needs a configured pod
+            try:
+                cmd = ["ip", "netns", "exec", pod.netns, "setpriv", f"--reuid={VALIDATOR_UID}",
+                       f"--regid={VALIDATOR_UID}", "--clear-groups", "--", validator, "--termination-log", "/dev/null"]
+                return timed(cmd, {"PATH": base_env["PATH"]}, b"")
+            finally:
+                mgw("DEL", "web")
 
-        portmap_ms, portmap_rss = series(args.runs, args.warmup, portmap_add_del)
-        protected_ms, protected_rss = series(args.runs, args.warmup, protected_add_del)
-        plain_ms, plain_rss = series(args.runs, args.warmup, lambda: mgw("ADD", "plain"))
-        mgw("ADD", "web")  # the validator needs a configured pod
-        verdict_ms, _ = series(args.runs, args.warmup, verdict)
-        netns_exec_ms, _ = series(args.runs, args.warmup, lambda: timed(
-            ["ip", "netns", "exec", pod.netns, "setpriv", f"--reuid={VALIDATOR_UID}", "--", "true"], {}, b""))
+        results = interleaved(args.runs, args.warmup, {
+            "portmap": portmap_add_del, "protected": protected_add_del, "plain": lambda: mgw("ADD", "plain"),
+            "verdict": verdict, "netns_exec": lambda: timed(
+                ["ip", "netns", "exec", pod.netns, "setpriv", f"--reuid={VALIDATOR_UID}", "--", "true"], {}, b"")})
+        (portmap_ms, portmap_rss), (protected_ms, protected_rss) = results["portmap"], results["protected"]
+        (plain_ms, plain_rss), (verdict_ms, _), (netns_exec_ms, _) = results["plain"], results["verdict"], \
+            results["netns_exec"]
         size = os.path.getsize(os.path.realpath(args.plugin))
     bundle = Path(args.plugin).parent / "_internal"
 
@@ -119,10 +132,11 @@ def main() -> None:
         print(f"plugin: {args.plugin} (one-dir bundle, {total / 2**20:.1f} MiB on disk)")
     else:
         print(f"plugin: {args.plugin} ({size} bytes{', a launcher script' if size < 4096 else ''})")
-    print(f"median of {args.runs} runs after {args.warmup} warm-up runs; peak RSS is the max over the runs")
+    print(f"median of {args.runs} interleaved rounds after {args.warmup} warm-up rounds; peak RSS is the max over "
+          f"the runs")
     print(f"portmap ADD+DEL (1 mapping)            {portmap_ms:8.1f} ms   peak RSS {portmap_rss / 1024:6.1f} MiB")
     print(f"microgateway-cni protected ADD+DEL     {protected_ms:8.1f} ms   peak RSS {protected_rss / 1024:6.1f} MiB")
-    runs = slice(args.warmup, None)
+    runs = slice(args.warmup, None)  # the warm-up rounds' samples are not counted
     print(f"  of which protected ADD                 {statistics.median(add_samples[runs]):8.1f} ms")
     print(f"  of which protected DEL                 {statistics.median(del_samples[runs]):8.1f} ms")
     print(f"microgateway-cni non-protected ADD     {plain_ms:8.1f} ms   peak RSS {plain_rss / 1024:6.1f} MiB")

@@ -42,7 +42,7 @@ def _without_ours(save: str) -> list[str]:
 
 def test_del_removes_only_ours_and_keeps_foreign_rules(node):
     pod = protected_pod(node, "web")
-    for family, tool in ((4, "iptables-legacy"), (6, "ip6tables-legacy")):
+    for tool in ("iptables-legacy", "ip6tables-legacy"):
         for rule in (["-N", "FOREIGN"], ["-A", "FOREIGN", "-p", "tcp", "-j", "RETURN"],
                      ["-I", "PREROUTING", "1", "-p", "udp", "-j", "FOREIGN"],
                      ["-A", "PREROUTING", "-p", "tcp", "--dport", "9", "-j", "RETURN"],
@@ -136,6 +136,30 @@ def test_api_down_for_protected_pod_is_error_11_and_no_rules(node):
     assert node.mgw_rules(pod) == [] and node.mgw_rules(pod, 6) == []
     log = [json.loads(line) for line in node.log_file.read_text().splitlines()]
     assert any(entry.get("code") == 11 for entry in log)
+
+
+def _plugin_processes(node) -> list[str]:
+    plugin = str(node.bin_dir / "microgateway-cni").encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if plugin in cmdline:
+            found.append(entry)
+    return found
+
+
+def test_no_netfilter_worker_outlives_the_plugin(node):
+    """ADD forks a worker before asking the API; it is reaped for an unprotected pod and on API failure."""
+    node.add_pod_fixture(pod_fixture("plain", protected=False))
+    plain = node.new_pod("plain", node.write_conflist())
+    assert node.mgw_rules(plain) == [] and _plugin_processes(node) == []
+    node.stop_api()
+    failed = node.new_pod("web", node.write_conflist(), check=False)
+    assert failed.add_output.returncode != 0 and _plugin_processes(node) == []
 
 
 def test_runtime_annotations_are_conclusive_without_api(node):

@@ -1,0 +1,108 @@
+"""The netfilter Worker (cni/worker.py): real forks, real pipes, a real pod netns."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from cni.errors import NETFILTER_FAILURE, CniError
+from cni.worker import Worker, fan_out
+
+
+@pytest.fixture
+def netns(node):
+    name = f"mgwt-{node.id}-worker"
+    node._add_netns(name)
+    return f"/run/netns/{name}"
+
+
+def _netns_and_pid(tag: str) -> tuple[int, int, str]:
+    return os.stat("/proc/self/ns/net").st_ino, os.getpid(), tag
+
+
+def _fail(code: int) -> None:
+    raise CniError(code, "refused on purpose", "details")
+
+
+def _crash() -> None:
+    raise KeyError("bug")
+
+
+def _die() -> None:
+    os._exit(3)
+
+
+def _broken_prepare() -> None:
+    raise OSError("libxtables.so.12: cannot open shared object file")
+
+
+def _children() -> set[int]:
+    """This process's children (the node harness has its own, e.g. the API stand-in)."""
+    with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as f:
+        return {int(pid) for pid in f.read().split()}
+
+
+def test_job_runs_once_in_the_named_netns_in_another_process(netns):
+    before = _children()
+    with Worker(lambda: None) as worker:
+        where, pid, tag = worker.run(netns, _netns_and_pid, "x")
+    assert tag == "x" and pid != os.getpid()
+    assert where == os.stat(netns).st_ino != os.stat("/proc/self/ns/net").st_ino
+    assert _children() == before
+
+
+def test_errors_come_back_as_cni_errors(netns):
+    before = _children()
+    with Worker(lambda: None) as worker, pytest.raises(CniError) as refused:
+        worker.run(netns, _fail, 7)
+    assert (refused.value.code, refused.value.msg, refused.value.details) == (7, "refused on purpose", "details")
+    with Worker(lambda: None) as worker, pytest.raises(CniError) as crashed:
+        worker.run(netns, _crash)
+    assert crashed.value.code == NETFILTER_FAILURE and "KeyError" in crashed.value.msg
+    with Worker(lambda: None) as worker, pytest.raises(CniError, match="worker died"):
+        worker.run(netns, _die)
+    with Worker(_broken_prepare) as worker, pytest.raises(CniError, match=r"libxtables\.so\.12"):
+        worker.run(netns, _netns_and_pid, "never")
+    assert _children() == before
+
+
+def test_a_vanished_netns_is_reported(node):
+    with Worker(lambda: None) as worker, pytest.raises(CniError, match="does not exist"):
+        worker.run("/run/netns/mgw-no-such-netns", _netns_and_pid, "x")
+
+
+def test_dismissed_unused_worker_exits_and_is_reaped():
+    before = _children()
+    worker = Worker(lambda: None)
+    assert len(_children() - before) == 1
+    worker.dismiss()
+    assert _children() == before
+
+
+def test_fork_failure_at_prewarm_is_retried_when_a_job_comes(netns, monkeypatch):
+    """A failing fork cannot be provoked for root here, so os.fork is made to fail once (simulated)."""
+    real_fork = os.fork
+    calls = []
+
+    def fork_failing_once() -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return real_fork()
+
+    before = _children()
+    monkeypatch.setattr(os, "fork", fork_failing_once)
+    worker = Worker(lambda: None)
+    assert _children() == before
+    assert worker.run(netns, _netns_and_pid, "late")[2] == "late"
+    assert len(calls) == 2
+
+
+def test_fan_out_runs_the_first_job_here_and_the_others_in_siblings():
+    before = _children()
+    outcomes = fan_out([(4, _netns_and_pid, ("a",)), (6, _netns_and_pid, ("b",)), (8, _fail, (5,))])
+    assert outcomes[4][1] == os.getpid() and outcomes[4][2] == "a"
+    assert outcomes[6][1] != os.getpid() and outcomes[6][2] == "b"
+    assert isinstance(outcomes[8], CniError) and outcomes[8].code == 5
+    assert _children() == before
