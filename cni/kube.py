@@ -7,7 +7,7 @@ ADD budget of DESIGN §6 is smaller than either. HTTP/1.0 means no chunking: the
 
 from __future__ import annotations
 
-import base64
+import binascii
 import json
 import os
 import socket
@@ -63,7 +63,7 @@ def _pem_file(data: str) -> str:
 
     fd, path = tempfile.mkstemp(prefix="mgw-cni-", suffix=".pem")
     with os.fdopen(fd, "wb") as f:
-        f.write(base64.b64decode(data))
+        f.write(binascii.a2b_base64(data))
     return path
 
 
@@ -82,7 +82,7 @@ def load_cluster(path: str) -> Cluster:
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
         if cluster.get("certificate-authority-data"):
-            tls.load_verify_locations(cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
+            tls.load_verify_locations(cadata=binascii.a2b_base64(cluster["certificate-authority-data"]).decode())
         elif cluster.get("certificate-authority"):
             tls.load_verify_locations(cafile=cluster["certificate-authority"])
         if user.get("client-certificate-data") or user.get("client-certificate"):
@@ -120,8 +120,10 @@ def _get(cluster: Cluster, path: str) -> tuple[int, bytes]:
     if cluster.token:
         lines.append(f"Authorization: Bearer {cluster.token}")
     request = ("\r\n".join(lines) + "\r\n\r\n").encode()
-    with socket.create_connection((cluster.host, cluster.port), timeout=REQUEST_TIMEOUT_SECONDS) as raw, \
-            cluster.context.wrap_socket(raw, server_hostname=cluster.host) as tls:
+    # An ASCII host as bytes skips the IDNA encoding of getaddrinfo and ssl (the codec costs ~2 ms to import).
+    address = cluster.host.encode() if cluster.host.isascii() else cluster.host
+    with socket.create_connection((address, cluster.port), timeout=REQUEST_TIMEOUT_SECONDS) as raw, \
+            cluster.context.wrap_socket(raw, server_hostname=address) as tls:
         tls.sendall(request)
         chunks: list[bytes] = []
         size = 0

@@ -16,12 +16,14 @@ family state behind, so the forked siblings start clean and do not import again.
 from __future__ import annotations
 
 import os
-import pickle
-import signal
 from collections.abc import Callable
 from typing import Any
 
 from cni.errors import NETFILTER_FAILURE, CniError
+
+# pickle (and signal for SIGKILL) are left out of the module imports: an unprotected pod's ADD only
+# forks and kills a worker, and the two imports cost ~3 ms of its start-up (-X importtime).
+SIGKILL = 9
 
 
 def _read_all(fd: int) -> bytes:
@@ -40,6 +42,8 @@ def _guarded(body: Callable[[], Any], label: str) -> tuple[str, Any]:
 
 
 def _report(fd: int, outcome: tuple[str, Any]) -> None:
+    import pickle
+
     with os.fdopen(fd, "wb") as pipe:
         pipe.write(pickle.dumps(outcome))
 
@@ -55,6 +59,8 @@ def _outcome(data: bytes, pid: int, label: str) -> Any:
     _, status = os.waitpid(pid, 0)
     if not data:
         raise CniError(NETFILTER_FAILURE, f"{label} worker died (wait status {status})")
+    import pickle
+
     return _raise_or_return(pickle.loads(data))
 
 
@@ -98,6 +104,8 @@ class Worker:
         job = _read_all(job_read)
         if not job:
             return
+        import pickle
+
         netns, function, args = pickle.loads(job)
 
         def body() -> Any:
@@ -114,6 +122,8 @@ class Worker:
         if self._pid is None:
             self._spawn()
         assert self._pid is not None
+        import pickle
+
         with os.fdopen(self._jobs, "wb") as pipe:
             pipe.write(pickle.dumps((netns, function, args)))
         pid, self._pid = self._pid, None
@@ -123,7 +133,7 @@ class Worker:
         """Stop an unused worker at once, mid-import if need be: it has no job, so it touched nothing."""
         if self._pid is None:
             return
-        os.kill(self._pid, signal.SIGKILL)
+        os.kill(self._pid, SIGKILL)
         os.close(self._jobs)
         os.close(self._outcomes)
         os.waitpid(self._pid, 0)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import pytest
 
 from tests.integration.helpers import client_pod, cni_error, exec_plugin, plugin_conf, protected_pod, target
-from tests.support.node import pod_fixture
+from tests.support.node import API_PORT, pod_fixture
 
 
 def env_for(node, pod, command="ADD"):
@@ -167,6 +168,26 @@ def test_runtime_annotations_are_conclusive_without_api(node):
     conflist = node.write_conflist(capabilities=True)
     pod = node.new_pod("web", conflist, annotations={"sidecar.microgateway.airlock.com/inject": "true"})
     assert any("REDIRECT" in line for line in node.mgw_rules(pod))
+
+
+@pytest.mark.parametrize("case", ["foreign CA", "wrong host name"])
+def test_api_certificate_is_verified(node, case):
+    """The pod lookup trusts only the kubeconfig's CA, for the kubeconfig's host (fails closed otherwise)."""
+    if case == "foreign CA":
+        other = node.dir / "other-ca.crt"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-days", "1", "-subj", "/CN=kube-apiserver", "-addext",
+                        "subjectAltName=IP:127.0.0.1", "-keyout", str(node.dir / "other-ca.key"), "-out", str(other)],
+                       check=True, capture_output=True)
+        node.ca_pem = other.read_bytes()
+        node.write_kubeconfig(f"https://127.0.0.1:{API_PORT}")
+    else:  # the stand-in's certificate names only IP:127.0.0.1
+        node.write_kubeconfig(f"https://localhost:{API_PORT}")
+    node.add_pod_fixture(pod_fixture("web"))
+    pod = node.new_pod("web", node.write_conflist(), check=False)
+    assert pod.add_output.returncode != 0
+    assert "kube-apiserver certificate rejected" in pod.add_output.stderr, pod.add_output.stderr
+    assert node.mgw_rules(pod) == []
 
 
 def test_wrong_token_is_a_clear_error(node):
