@@ -3,7 +3,8 @@
 # executable plus the _internal directory it owns. They bundle python-iptables' C libraries and every
 # xtables extension, so a node needs neither Python nor iptables.
 # Why one-dir: a one-file build (with staticx for glibc independence) unpacks ~13 MB on every run,
-# measured at ~1 s per plugin invocation (scripts/bench.py), 6x portmap; one-dir starts in 70-100 ms.
+# measured at ~1 s per plugin invocation (scripts/bench.py), 6x portmap; a one-dir bundle starts in
+# ~25 ms (empty program). What goes into each bundle is in scripts/pyinstaller/bundles.spec.
 # Usage: scripts/build-binaries.sh [NAME...]   (default: all three)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
