@@ -20,7 +20,7 @@ def chain_report(families: list[int], engine_port: int) -> dict[int, dict[str, A
 
     report: dict[int, dict[str, Any]] = {}
     loaded = [family for family in families if legacy_nat_loaded(family)]
-    live = netfilter.read(loaded) if loaded else {}
+    live = netfilter.read_families(loaded) if loaded else {}
     for family in families:
         rules, jumps = live.get(family, ([], []))
         decoded = [r for r in rules if isinstance(r, Rule)]
