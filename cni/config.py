@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 from cni.errors import INVALID_CONFIG, CniError
+from cni.records import record
+
+TYPE_CHECKING = False  # typing costs ~8 ms of a frozen start (cni/records.py): annotations only
+if TYPE_CHECKING:
+    from typing import Any
 
 ENGINE_PORT = 13378
 ENGINE_OWN_PORTS = (19000, 19001, 19002)
@@ -18,7 +21,8 @@ DEFAULT_API_DEADLINE_SECONDS = 30.0
 INSTALLER_POD_PREFIX = "microgateway-cni-"
 
 
-class PluginConfig(NamedTuple):
+@record
+class PluginConfig:
     log_level: str = "info"
     log_file_path: str = ""
     kubeconfig: str = DEFAULT_KUBECONFIG

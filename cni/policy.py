@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple
 
 from cni.config import INSTALLER_POD_PREFIX, PluginConfig
 from cni.errors import INVALID_CONFIG, CniError
+from cni.records import record
 
 PREFIX = "sidecar.microgateway.airlock.com/"
 INJECT = PREFIX + "inject"
@@ -18,7 +18,8 @@ ISTIO_INTERCEPTION_MODE = "sidecar.istio.io/interceptionMode"
 MESH_MODES = ("none", "istio")
 
 
-class Plan(NamedTuple):
+@record
+class Plan:
     """How one protected pod's inbound TCP is steered.
 
     istio_include is None when Istio captures every inbound port ("*"), else the ports it captures.

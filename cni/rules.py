@@ -17,10 +17,9 @@ Design (DESIGN.md §3), the same for IPv4 and IPv6:
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from cni.config import PluginConfig
 from cni.policy import Plan
+from cni.records import record
 
 CHAIN_PREFIX = "MGW_"
 INBOUND = "MGW_INBOUND"
@@ -34,7 +33,8 @@ LOOPBACK = {4: "127.0.0.1/32", 6: "::1/128"}
 ISTIO_PASSTHROUGH_SOURCE = {4: "127.0.0.6/32", 6: "::6/128"}
 
 
-class Rule(NamedTuple):
+@record
+class Rule:
     """One `-p tcp` rule in the nat table; fields left None do not match."""
 
     chain: str
@@ -66,7 +66,8 @@ class Rule(NamedTuple):
         return " ".join(parts)
 
 
-class RuleSet(NamedTuple):
+@record
+class RuleSet:
     """Our chains' rules in order, and the jumps from the built-in chains."""
 
     family: int

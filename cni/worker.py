@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
 
 from cni.errors import NETFILTER_FAILURE, CniError
+
+TYPE_CHECKING = False  # typing costs ~8 ms of a frozen start (cni/records.py): annotations only
+if TYPE_CHECKING:
+    from typing import Any
 
 # pickle (and signal for SIGKILL) are left out of the module imports: an unprotected pod's ADD only
 # forks and kills a worker, and the two imports cost ~3 ms of its start-up (-X importtime).

@@ -10,13 +10,15 @@ have to reject) goes to click, which keeps the one source of usage errors and he
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+
+from cni.records import record
 
 ENV_PREFIX = "MGW_VALIDATOR_"
 FAMILY_CHOICES = ("auto", "4", "6", "4,6")
 
 
-class Option(NamedTuple):
+@record
+class Option:
     name: str  # the long option without its dashes
     kind: str  # "port", "seconds", "families" or "path"
     default: int | float | str
@@ -45,7 +47,8 @@ OPTIONS = (
 BY_NAME = {option.name: option for option in OPTIONS}
 
 
-class ProbeOptions(NamedTuple):
+@record
+class ProbeOptions:
     engine_port: int
     validation_port: int
     deadline: float

@@ -13,7 +13,8 @@ import select
 import socket
 import struct
 import time
-from typing import NamedTuple
+
+from cni.records import record
 
 SO_ORIGINAL_DST = 80  # IP6T_SO_ORIGINAL_DST is the same number at SOL_IPV6
 LOOPBACK = {4: "127.0.0.1", 6: "::1"}
@@ -24,7 +25,8 @@ class PortInUse(Exception):
     """Something else already listens on the Engine port: the probe cannot tell what it would reach."""
 
 
-class ProbeResult(NamedTuple):
+@record
+class ProbeResult:
     family: int
     ok: bool
     outcome: str
