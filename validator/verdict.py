@@ -3,10 +3,10 @@ return the exit code (DESIGN §2): 0 redirection works, 3 redirection not workin
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
+from validator.jsonline import dumps
 from validator.options import ProbeOptions
 from validator.probe import PortInUse, ProbeResult, ipv6_loopback_present, probe_families
 
@@ -40,7 +40,7 @@ def _failure_message(results: list[ProbeResult], engine_port: int, validation_po
 
 
 def _print_line(document: dict[str, object]) -> None:
-    sys.stdout.write(json.dumps(document) + "\n")
+    sys.stdout.write(dumps(document) + "\n")
     sys.stdout.flush()
 
 
