@@ -98,6 +98,7 @@ def _our_chains(lib: Libiptc, handle: int) -> list[bytes]:
 
 
 def _remove_in_handle(lib: Libiptc, handle: int) -> bool:
+    """What netfilter._remove_ours drops inside ADD's python-iptables handle, here for DEL and rollback."""
     found = False
     for builtin, _ in BUILTIN_JUMPS:
         numbers = _jumps_to_ours(lib, handle, builtin.encode())

@@ -69,7 +69,10 @@ def _new_rule(family: int, spec: Rule) -> Any:
 
 
 def _remove_ours(table: Any) -> bool:
-    """Drop every jump to an MGW_ chain and every MGW_ chain from the handle; True if any existed."""
+    """Drop every jump to an MGW_ chain and every MGW_ chain from the handle; True if any existed.
+
+    The same selection as libiptc._remove_in_handle (DEL, rollback): this one works inside the
+    python-iptables handle ADD commits, so clearing the old state and writing the new is one commit."""
     iptc = _iptc()
     found = False
     for builtin, _ in BUILTIN_JUMPS:
