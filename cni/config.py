@@ -15,6 +15,9 @@ VALIDATION_PORT = 19003
 ISTIO_PROXY_UID = 1337
 ISTIO_PORTS = (15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 15053, 15090)
 LOG_LEVELS = ("debug", "info", "warn", "error")
+# What happens to new inbound flows that are neither TCP nor ICMP (docs/design.md, I7): the Engine
+# carries only TCP, so "allow" opens a path around it.
+NON_TCP_INBOUND_MODES = ("drop", "allow")
 DEFAULT_KUBECONFIG = "/etc/cni/net.d/microgateway-cni-kubeconfig"
 DEFAULT_API_DEADLINE_SECONDS = 30.0
 # The installer DaemonSet's pods; skipped before any API call (Istio's node-reboot deadlock lesson).
@@ -34,6 +37,7 @@ class PluginConfig:
     validation_port: int = VALIDATION_PORT
     istio_proxy_uid: int = ISTIO_PROXY_UID
     istio_ports: tuple[int, ...] = ISTIO_PORTS
+    non_tcp_inbound: str = "drop"
 
 
 def _bad(key: str, value: Any, expected: str) -> CniError:
@@ -99,6 +103,11 @@ def parse_config(conf: dict[str, Any]) -> PluginConfig:
     for key, attr in (("engineOwnPorts", "engine_own_ports"), ("istioPorts", "istio_ports")):
         if key in conf:
             values[attr] = _ports(key, conf[key])
+    if "nonTCPInbound" in conf:
+        mode = conf["nonTCPInbound"]
+        if mode not in NON_TCP_INBOUND_MODES:
+            raise _bad("nonTCPInbound", mode, "expected drop or allow")
+        values["non_tcp_inbound"] = mode
     if "istioProxyUid" in conf:
         uid = conf["istioProxyUid"]
         if isinstance(uid, bool) or not isinstance(uid, int) or not 0 < uid < 2**32 - 1:

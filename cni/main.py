@@ -93,7 +93,7 @@ def cmd_add(request: Request, config: PluginConfig, logger: Logger) -> dict[str,
             return result
         from cni.policy import plan_for
 
-        plan = plan_for(annotations)  # invalid annotations fail before the netns is touched
+        plan = plan_for(annotations, config.non_tcp_inbound)  # invalid annotations fail before the netns is touched
         _enter(request)
         rulesets = _expected_rulesets(request, config, plan)
         worker.run(request.netns, netfilter.apply_families, rulesets)
@@ -150,7 +150,7 @@ def cmd_check(request: Request, config: PluginConfig, logger: Logger) -> None:
             return
         from cni.policy import plan_for
 
-        plan = plan_for(annotations)
+        plan = plan_for(annotations, config.non_tcp_inbound)
         _enter(request)
         expected = _expected_rulesets(request, config, plan)
         live = worker.run(request.netns, netfilter.read_families, [rs.family for rs in expected])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from cni.config import INSTALLER_POD_PREFIX, PluginConfig
+from cni.config import INSTALLER_POD_PREFIX, NON_TCP_INBOUND_MODES, PluginConfig
 from cni.errors import INVALID_CONFIG, CniError
 from cni.records import record
 
@@ -12,6 +12,8 @@ PREFIX = "sidecar.microgateway.airlock.com/"
 INJECT = PREFIX + "inject"
 SERVICE_MESH = PREFIX + "serviceMesh"
 EXCLUDE_INBOUND_PORTS = PREFIX + "excludeInboundPorts"
+NON_TCP_INBOUND = PREFIX + "nonTCPInbound"
+ALLOW_INBOUND_UDP_PORTS = PREFIX + "allowInboundUDPPorts"
 ISTIO_INCLUDE_INBOUND = "traffic.sidecar.istio.io/includeInboundPorts"
 ISTIO_EXCLUDE_INBOUND = "traffic.sidecar.istio.io/excludeInboundPorts"
 ISTIO_INTERCEPTION_MODE = "sidecar.istio.io/interceptionMode"
@@ -23,12 +25,15 @@ class Plan:
     """How one protected pod's inbound TCP is steered.
 
     istio_include is None when Istio captures every inbound port ("*"), else the ports it captures.
+    non_tcp_inbound "drop" keeps every other new inbound flow out but for allowed_udp_ports (I7).
     """
 
     mesh: str = "none"
     excluded_ports: tuple[int, ...] = ()
     istio_include: tuple[int, ...] | None = None
     istio_exclude: tuple[int, ...] = ()
+    non_tcp_inbound: str = "drop"
+    allowed_udp_ports: tuple[int, ...] = ()
 
 
 def skip_reason(namespace: str, name: str, config: PluginConfig) -> str:
@@ -59,13 +64,20 @@ def parse_port_list(key: str, raw: str) -> tuple[int, ...]:
     return tuple(sorted(set(ports)))
 
 
-def plan_for(annotations: Mapping[str, str]) -> Plan:
+def plan_for(annotations: Mapping[str, str], non_tcp_default: str = "drop") -> Plan:
+    """The pod's annotations over the node's defaults (the conflist's nonTCPInbound)."""
     mesh = annotations.get(SERVICE_MESH, "none")
     if mesh not in MESH_MODES:
         raise CniError(INVALID_CONFIG, f"invalid annotation {SERVICE_MESH}: {mesh!r} (expected none or istio)")
     excluded = parse_port_list(EXCLUDE_INBOUND_PORTS, annotations.get(EXCLUDE_INBOUND_PORTS, ""))
+    non_tcp = annotations.get(NON_TCP_INBOUND, non_tcp_default)
+    if non_tcp not in NON_TCP_INBOUND_MODES:
+        raise CniError(INVALID_CONFIG, f"invalid annotation {NON_TCP_INBOUND}: {non_tcp!r} (expected drop or allow)")
+    # Parsed in "allow" mode too, so a typo fails the pod now rather than when someone switches to drop.
+    udp_ports = parse_port_list(ALLOW_INBOUND_UDP_PORTS, annotations.get(ALLOW_INBOUND_UDP_PORTS, ""))
+    inbound = {"excluded_ports": excluded, "non_tcp_inbound": non_tcp, "allowed_udp_ports": udp_ports}
     if mesh == "none":
-        return Plan(mesh=mesh, excluded_ports=excluded)
+        return Plan(mesh=mesh, **inbound)
     mode = annotations.get(ISTIO_INTERCEPTION_MODE, "REDIRECT")
     if mode != "REDIRECT":
         raise CniError(INVALID_CONFIG,
@@ -73,4 +85,4 @@ def plan_for(annotations: Mapping[str, str]) -> Plan:
     include_raw = annotations.get(ISTIO_INCLUDE_INBOUND, "*").strip()
     include = None if include_raw == "*" else parse_port_list(ISTIO_INCLUDE_INBOUND, include_raw)
     istio_exclude = parse_port_list(ISTIO_EXCLUDE_INBOUND, annotations.get(ISTIO_EXCLUDE_INBOUND, ""))
-    return Plan(mesh=mesh, excluded_ports=excluded, istio_include=include, istio_exclude=istio_exclude)
+    return Plan(mesh=mesh, istio_include=include, istio_exclude=istio_exclude, **inbound)

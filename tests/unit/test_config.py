@@ -16,6 +16,8 @@ from cni.errors import CniError
     ({"kubernetes": {"apiDeadlineSeconds": 2}}, PluginConfig(api_deadline_seconds=2.0)),
     ({"enginePort": 14000, "engineOwnPorts": [1, 2], "istioProxyUid": 2000},
      PluginConfig(engine_port=14000, engine_own_ports=(1, 2), istio_proxy_uid=2000)),
+    ({"nonTCPInbound": "allow"}, PluginConfig(non_tcp_inbound="allow")),
+    ({"nonTCPInbound": "drop"}, PluginConfig()),
 ])
 def test_valid(conf, expected):
     assert parse_config(conf) == expected
@@ -36,6 +38,10 @@ def test_valid(conf, expected):
     ({"engineOwnPorts": [13378]}, "engineOwnPorts"),
     ({"istioPorts": "15000"}, "istioPorts"),
     ({"istioProxyUid": 0}, "istioProxyUid"),
+    ({"nonTCPInbound": "reject"}, "nonTCPInbound"),
+    ({"nonTCPInbound": "DROP"}, "nonTCPInbound"),
+    ({"nonTCPInbound": False}, "nonTCPInbound"),
+    ({"nonTCPInbound": ["drop"]}, "nonTCPInbound"),
 ])
 def test_invalid_names_key_and_value(conf, key):
     with pytest.raises(CniError) as err:

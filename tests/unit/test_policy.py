@@ -5,11 +5,13 @@ from hypothesis import strategies as st
 from cni.config import PluginConfig
 from cni.errors import CniError
 from cni.policy import (
+    ALLOW_INBOUND_UDP_PORTS,
     EXCLUDE_INBOUND_PORTS,
     INJECT,
     ISTIO_EXCLUDE_INBOUND,
     ISTIO_INCLUDE_INBOUND,
     ISTIO_INTERCEPTION_MODE,
+    NON_TCP_INBOUND,
     SERVICE_MESH,
     Plan,
     is_protected,
@@ -63,6 +65,23 @@ def test_plan_for(annotations, plan):
     assert plan_for(annotations) == plan
 
 
+@pytest.mark.parametrize(("annotations", "default", "non_tcp", "udp_ports"), [
+    ({}, "drop", "drop", ()),
+    ({}, "allow", "allow", ()),
+    ({NON_TCP_INBOUND: "allow"}, "drop", "allow", ()),
+    ({NON_TCP_INBOUND: "drop"}, "allow", "drop", ()),
+    ({ALLOW_INBOUND_UDP_PORTS: "5353, 9000"}, "drop", "drop", (5353, 9000)),
+    ({ALLOW_INBOUND_UDP_PORTS: " 9000,5353,,9000 "}, "drop", "drop", (5353, 9000)),
+    ({ALLOW_INBOUND_UDP_PORTS: ""}, "drop", "drop", ()),
+    ({SERVICE_MESH: "istio", ALLOW_INBOUND_UDP_PORTS: "443"}, "drop", "drop", (443,)),
+    ({NON_TCP_INBOUND: "allow", ALLOW_INBOUND_UDP_PORTS: "443"}, "drop", "allow", (443,)),
+])
+def test_non_tcp_inbound_annotation_overrides_the_node_default(annotations, default, non_tcp, udp_ports):
+    """The conflist sets the node's default; a pod's annotation wins in either direction."""
+    plan = plan_for(annotations, default)
+    assert (plan.non_tcp_inbound, plan.allowed_udp_ports) == (non_tcp, udp_ports)
+
+
 @pytest.mark.parametrize(("annotations", "named"), [
     ({SERVICE_MESH: "linkerd"}, SERVICE_MESH),
     ({SERVICE_MESH: ""}, SERVICE_MESH),
@@ -74,6 +93,15 @@ def test_plan_for(annotations, plan):
     ({EXCLUDE_INBOUND_PORTS: "\u0968\u0966"}, EXCLUDE_INBOUND_PORTS),
     ({SERVICE_MESH: "istio", ISTIO_INCLUDE_INBOUND: "8080;9090"}, ISTIO_INCLUDE_INBOUND),
     ({SERVICE_MESH: "istio", ISTIO_INTERCEPTION_MODE: "TPROXY"}, ISTIO_INTERCEPTION_MODE),
+    ({NON_TCP_INBOUND: "reject"}, NON_TCP_INBOUND),
+    ({NON_TCP_INBOUND: "Allow"}, NON_TCP_INBOUND),
+    ({NON_TCP_INBOUND: ""}, NON_TCP_INBOUND),
+    ({ALLOW_INBOUND_UDP_PORTS: "443,quic"}, ALLOW_INBOUND_UDP_PORTS),
+    ({ALLOW_INBOUND_UDP_PORTS: "0"}, ALLOW_INBOUND_UDP_PORTS),
+    ({ALLOW_INBOUND_UDP_PORTS: "65536"}, ALLOW_INBOUND_UDP_PORTS),
+    ({ALLOW_INBOUND_UDP_PORTS: "\u00b2"}, ALLOW_INBOUND_UDP_PORTS),
+    ({NON_TCP_INBOUND: "allow", ALLOW_INBOUND_UDP_PORTS: "53-54"}, ALLOW_INBOUND_UDP_PORTS),
+    ({SERVICE_MESH: "istio", ALLOW_INBOUND_UDP_PORTS: "5353;9000"}, ALLOW_INBOUND_UDP_PORTS),
 ])
 def test_invalid_annotations_fail_with_code_7_naming_them(annotations, named):
     with pytest.raises(CniError) as err:
@@ -96,7 +124,8 @@ def test_port_list_parser_returns_ports_or_cni_error(raw):
 
 @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(st.dictionaries(st.sampled_from([SERVICE_MESH, EXCLUDE_INBOUND_PORTS, ISTIO_INCLUDE_INBOUND,
-                                        ISTIO_EXCLUDE_INBOUND, ISTIO_INTERCEPTION_MODE, "other"]),
+                                        ISTIO_EXCLUDE_INBOUND, ISTIO_INTERCEPTION_MODE, NON_TCP_INBOUND,
+                                        ALLOW_INBOUND_UDP_PORTS, "other"]),
                        st.text(max_size=20)))
 def test_plan_for_returns_plan_or_cni_error(annotations):
     try:
@@ -105,3 +134,4 @@ def test_plan_for_returns_plan_or_cni_error(annotations):
         assert err.code == 7
     else:
         assert plan.mesh in ("none", "istio")
+        assert plan.non_tcp_inbound in ("drop", "allow")
