@@ -116,8 +116,13 @@ def main() -> None:
         def handle(conn, peer):
             request = read_request(conn)
             addr, port = original_destination(conn)
+            if port == args.port:  # Envoy's inbound listener refuses its own port too: no relay loop
+                return f"istio={args.name} refused {port}\n".encode()
             source = "127.0.0.6" if conn.family == socket.AF_INET else "::6"
-            return f"istio={args.name} -> ".encode() + relay((addr, port), source, request)
+            try:
+                return f"istio={args.name} -> ".encode() + relay((addr, port), source, request)
+            except OSError as exc:  # e.g. a link-local original destination, which has no scope here
+                return f"istio={args.name} failed: {exc}\n".encode()
 
     serve(sockets, handle)
 
