@@ -9,6 +9,8 @@ import os
 from cni.errors import INVALID_ENV, CniError
 
 CLONE_NEWNET = 0x40000000
+CLONE_NEWUSER = 0x10000000
+NS_GET_USERNS = 0xB701  # linux/nsfs.h: _IO(0xb7, 0x1)
 NSFS_MAGIC = 0x6E736673
 
 
@@ -25,6 +27,8 @@ def enter(path: str) -> None:
 
     Refuses the namespace the plugin was started in: rewriting the node's own nat table would take
     the whole node's traffic with it, and no pod shares it (hostNetwork pods never reach CNI).
+    A netns owned by a user namespace (a `hostUsers: false` pod) is entered together with that user
+    namespace (enter_owner).
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -41,8 +45,34 @@ def enter(path: str) -> None:
             if err == errno.EINVAL:
                 raise CniError(INVALID_ENV, f"CNI_NETNS {path!r} is not a network namespace")
             raise CniError(INVALID_ENV, f"CNI_NETNS {path!r}: setns failed: {os.strerror(err)}")
+        enter_owner(fd, path, libc)
     finally:
         os.close(fd)
+
+
+def enter_owner(netns_fd: int, path: str, libc: ctypes.CDLL) -> None:
+    """Join the user namespace that owns the netns, when it is not ours (docs/design.md, "User
+    namespaces").
+
+    The kernel checks an owner match (`-m owner`, Istio's rules and ours in istio mode) against the
+    writer's user namespace: from any other one, every commit of a table holding such a rule fails with
+    EINVAL - ours to write, and Istio's already there on every later replace, DEL's included. Root
+    of the node may join any user namespace below its own, keeping its capabilities inside it."""
+    import fcntl
+
+    try:
+        owner = fcntl.ioctl(netns_fd, NS_GET_USERNS)
+    except OSError as exc:
+        raise CniError(INVALID_ENV, f"CNI_NETNS {path!r}: cannot find its user namespace: {exc.strerror}") from None
+    try:
+        if _same_file(os.fstat(owner), os.stat("/proc/self/ns/user")):
+            return
+        if libc.setns(owner, CLONE_NEWUSER) != 0:
+            raise CniError(INVALID_ENV, f"CNI_NETNS {path!r} belongs to a user namespace (hostUsers: false) the "
+                                        f"plugin cannot join ({os.strerror(ctypes.get_errno())}); its rules "
+                                        "cannot be written from outside it")
+    finally:
+        os.close(owner)
 
 
 def enter_pod(path: str) -> None:
