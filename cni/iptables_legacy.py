@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 # python-iptables' name for "no -p": a rule without a protocol matches all of them.
 ANY_PROTOCOL = ("ip", "all", "0")
+# The model speaks iptables-save's protocol names; python-iptables has its own for ICMPv6.
+IPTC_PROTOCOL = {"ipv6-icmp": "icmpv6"}
+MODEL_PROTOCOL = {iptc: model for model, iptc in IPTC_PROTOCOL.items()}
 PORT_MATCHES = ("tcp", "udp")
 
 
@@ -64,7 +67,7 @@ def _encode(family: int, spec: Rule) -> Any:
     iptc = _iptc()
     rule = iptc.Rule() if family == 4 else iptc.Rule6()
     if spec.protocol:
-        rule.protocol = spec.protocol
+        rule.protocol = IPTC_PROTOCOL.get(spec.protocol, spec.protocol)
     if spec.src:
         rule.src = spec.src
     if spec.dst:
@@ -137,7 +140,7 @@ def _net(value: str | None, family: int) -> str | None:
 def _decode(rule: Any, chain: str, family: int) -> Rule | Foreign:
     """A live rule as a Rule, or as Foreign when it has anything our rules never have."""
     odd: list[str] = []
-    protocol = None if rule.protocol in ANY_PROTOCOL else rule.protocol
+    protocol = None if rule.protocol in ANY_PROTOCOL else MODEL_PROTOCOL.get(rule.protocol, rule.protocol)
     fields = {"src": rule.src, "dst": rule.dst, "in_iface": rule.in_interface, "out_iface": rule.out_interface}
     if any((value or "").startswith("!") for value in (protocol, *fields.values())):
         odd.append("inverted match")

@@ -1,4 +1,4 @@
-"""Plan -> our nat-table rule sets, one per address family. Pure: no I/O.
+"""Plan -> our rule sets: per address family one in the nat table, one in the filter table. Pure: no I/O.
 
 Design (docs/design.md, "Rule design"), the same for IPv4 and IPv6:
 
@@ -13,6 +13,14 @@ Design (docs/design.md, "Rule design"), the same for IPv4 and IPv6:
                   proxy's uid on lo, from the inbound passthrough source or to loopback -> MGW_INBOUND;
                   Istio itself never NATs those packets, so again no competition (I2). Nothing else
                   in OUTPUT is touched, so the Engine's own connection to the app is never redirected (I3).
+
+  filter table (docs/design.md, "I7: nothing but TCP gets in"):
+  INPUT      -j MGW_INPUT                 inserted first
+  MGW_INPUT  RETURN for lo, replies (RELATED,ESTABLISHED), TCP some redirect took (ctstate DNAT, ours or
+             Istio's) and TCP to exempt ports; other TCP DROP, so no address or family the nat rules miss
+             is a way around the Engine (I1). With nonTCPInbound drop: RETURN for ICMP/ICMPv6 and the
+             allowed UDP ports, then DROP for everything else (I7). RETURN, not ACCEPT: rules of others
+             after our jump stay in force; DROP, not REJECT: no ICMP errors towards spoofed sources.
 """
 
 from __future__ import annotations
@@ -28,6 +36,14 @@ PREROUTING = "MGW_PREROUTING"
 OUTPUT = "MGW_OUTPUT"
 NAT_CHAINS = (INBOUND, OUTPUT, PREROUTING)
 NAT_JUMPS = (("PREROUTING", PREROUTING), ("OUTPUT", OUTPUT))
+
+FILTER = "filter"
+GUARD = "MGW_INPUT"
+FILTER_CHAINS = (GUARD,)
+FILTER_JUMPS = (("INPUT", GUARD),)
+ICMP = {4: "icmp", 6: "ipv6-icmp"}  # iptables-save's names
+REPLIES = "RELATED,ESTABLISHED"  # in the order libxt_conntrack prints states
+REDIRECTED = "DNAT"  # conntrack's mark on a connection that a REDIRECT (a destination NAT) took
 
 HOST_PREFIX = {4: "/32", 6: "/128"}
 # Source address of Istio's inbound passthrough connections to the application.
@@ -82,6 +98,23 @@ def build_ruleset(plan: Plan, config: PluginConfig, family: int) -> RuleSet:
     return RuleSet(family=family, table=NAT, chains=NAT_CHAINS, rules=tuple(rules), jumps=jumps)
 
 
+def build_guard(plan: Plan, config: PluginConfig, family: int) -> RuleSet:
+    """The filter-table rule set of one family: what may come in at all."""
+    rules = [Rule(GUARD, "RETURN", protocol=None, in_iface="lo"),
+             Rule(GUARD, "RETURN", protocol=None, ctstate=REPLIES),
+             Rule(GUARD, "RETURN", ctstate=REDIRECTED)]
+    rules.extend(Rule(GUARD, "RETURN", dport=dport) for dport in port_ranges(exempt_ports(plan, config)))
+    rules.append(Rule(GUARD, "DROP"))
+    if plan.non_tcp_inbound == "drop":
+        rules.append(Rule(GUARD, "RETURN", protocol=ICMP[family]))
+        rules.extend(Rule(GUARD, "RETURN", protocol="udp", dport=dport)
+                     for dport in port_ranges(set(plan.allowed_udp_ports)))
+        rules.append(Rule(GUARD, "DROP", protocol=None))
+    jumps = tuple(Rule(builtin, own, protocol=None) for builtin, own in FILTER_JUMPS)
+    return RuleSet(family=family, table=FILTER, chains=FILTER_CHAINS, rules=tuple(rules), jumps=jumps)
+
+
 def build_rulesets(plan: Plan, config: PluginConfig, families: list[int]) -> list[RuleSet]:
-    """Every rule set a protected pod gets, per family and table."""
-    return [build_ruleset(plan, config, family) for family in families]
+    """Every rule set a protected pod gets: per family the nat set, then the filter set."""
+    return [ruleset for family in families
+            for ruleset in (build_ruleset(plan, config, family), build_guard(plan, config, family))]

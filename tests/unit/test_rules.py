@@ -2,7 +2,7 @@ import pytest
 
 from cni.config import PluginConfig
 from cni.policy import Plan
-from cni.rules import INBOUND, OUTPUT, PREROUTING, Rule, build_ruleset, port_ranges
+from cni.rules import INBOUND, OUTPUT, PREROUTING, Rule, build_guard, build_ruleset, build_rulesets, port_ranges
 
 CONFIG = PluginConfig()
 
@@ -64,3 +64,45 @@ def test_render_is_iptables_save_syntax():
     rule = Rule(OUTPUT, INBOUND, src="127.0.0.6/32", out_iface="lo", dport="80", uid_owner=1337)
     assert rule.render() == ("-A MGW_OUTPUT -s 127.0.0.6/32 -o lo -p tcp -m tcp --dport 80 "
                              "-m owner --uid-owner 1337 -j MGW_INBOUND")
+
+
+def guard_lines(plan, family):
+    return [rule.render() for rule in build_guard(plan, CONFIG, family).rules]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_guard_drops_non_tcp_and_tcp_that_no_redirect_took(family):
+    icmp = "icmp" if family == 4 else "ipv6-icmp"
+    assert guard_lines(Plan(excluded_ports=(8081,), allowed_udp_ports=(5353, 9000, 9001)), family) == [
+        "-A MGW_INPUT -i lo -j RETURN",
+        "-A MGW_INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+        "-A MGW_INPUT -p tcp -m conntrack --ctstate DNAT -j RETURN",
+        "-A MGW_INPUT -p tcp -m tcp --dport 8081 -j RETURN",
+        "-A MGW_INPUT -p tcp -m tcp --dport 13378 -j RETURN",
+        "-A MGW_INPUT -p tcp -m tcp --dport 19000:19002 -j RETURN",
+        "-A MGW_INPUT -p tcp -j DROP",
+        f"-A MGW_INPUT -p {icmp} -j RETURN",
+        "-A MGW_INPUT -p udp -m udp --dport 5353 -j RETURN",
+        "-A MGW_INPUT -p udp -m udp --dport 9000:9001 -j RETURN",
+        "-A MGW_INPUT -j DROP",
+    ]
+    guard = build_guard(Plan(), CONFIG, family)
+    assert (guard.table, guard.chains, [j.render() for j in guard.jumps]) == (
+        "filter", ("MGW_INPUT",), ["-A INPUT -j MGW_INPUT"])
+
+
+def test_guard_in_allow_mode_keeps_only_the_tcp_part():
+    lines = guard_lines(Plan(non_tcp_inbound="allow", allowed_udp_ports=(5353,)), 4)
+    assert lines[-1] == "-A MGW_INPUT -p tcp -j DROP"
+    assert not any("udp" in line or "icmp" in line for line in lines)
+
+
+def test_guard_exempts_istio_ports_in_istio_mode_only():
+    none, istio = guard_lines(Plan(), 4), guard_lines(Plan(mesh="istio"), 4)
+    assert "-A MGW_INPUT -p tcp -m tcp --dport 15000:15001 -j RETURN" in istio
+    assert not any("1500" in line for line in none)
+
+
+def test_rulesets_per_family_nat_then_filter():
+    sets = build_rulesets(Plan(), CONFIG, [4, 6])
+    assert [(rs.family, rs.table) for rs in sets] == [(4, "nat"), (4, "filter"), (6, "nat"), (6, "filter")]
