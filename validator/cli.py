@@ -61,7 +61,7 @@ def diagnose(engine_port: int, validation_port: int, as_json: bool) -> None:
     """Explain why the redirection fails (needs NET_ADMIN in the pod's netns, e.g. kubectl debug).
 
     Lists the MGW_ chains per family, traces a connection to the validation port on lo with scapy
-    (redirected, reset or dropped) and says which of the invariants I1-I4 look broken.
+    (redirected, reset or dropped) and says which of the invariants I1-I4 and I7 look broken.
     Exit 0 when all look fine, 3 otherwise.
     """
     from validator.diagnose import chain_report, invariants, trace_probe
@@ -80,7 +80,10 @@ def diagnose(engine_port: int, validation_port: int, as_json: bool) -> None:
                        f"OUTPUT jump {'yes' if info['output_jump'] else 'NO'}")
             for rule in info["rules"]:
                 click.echo(f"    {rule}")
+            click.echo(f"  filter guard (non-TCP inbound: {info['guard']['non_tcp']}):")
+            for rule in info["guard"]["rules"]:
+                click.echo(f"    {rule}")
             click.echo(f"  probe to [{'127.0.0.1' if family == 4 else '::1'}]:{validation_port}: {trace['verdict']}")
         for name, finding in findings.items():
             click.echo(f"{name}: {finding}")
-    sys.exit(EXIT_OK if all(v == "ok" for v in findings.values()) else EXIT_NOT_REDIRECTED)
+    sys.exit(EXIT_OK if all(v.startswith("ok") for v in findings.values()) else EXIT_NOT_REDIRECTED)

@@ -9,15 +9,33 @@ import time
 from typing import Any
 
 from cni.contract import LOOPBACK
-from cni.rules import INBOUND, NAT, OUTPUT, PREROUTING
+from cni.model import Live, Rule
+from cni.rules import FILTER, GUARD, INBOUND, NAT, OUTPUT, PREROUTING
+
+CATCH_ALL_DROP = Rule(GUARD, "DROP", protocol=None)
+
+
+def guard_report(live: Live) -> dict[str, Any]:
+    """Our filter-table guard of one family: its rules and what non-TCP inbound meets (I7)."""
+    jumped = any(j.target == GUARD for j in live.jumps)
+    if GUARD not in live.chains or not jumped:
+        non_tcp = "missing"
+    else:
+        non_tcp = "drop" if live.rules and live.rules[-1] == CATCH_ALL_DROP else "allow"
+    return {"rules": [r.render() for r in (*live.jumps, *live.rules)]
+            + [f"{f.text}  [unexpected: {f.reason}]" for f in live.foreign], "non_tcp": non_tcp}
 
 
 def chain_report(families: list[int], engine_port: int) -> dict[int, dict[str, Any]]:
-    """Our nat chains and jumps per family, read through the plugin's own backend."""
+    """Our nat chains and jumps and our filter guard per family, read through the plugin's own backend."""
     from cni import backend
 
     report: dict[int, dict[str, Any]] = {}
-    for live in backend.load().read(families, (NAT,)):
+    lives = backend.load().read(families, (NAT, FILTER))
+    guards = {live.family: guard_report(live) for live in lives if live.table == FILTER}
+    for live in lives:
+        if live.table != NAT:
+            continue
         rules = live.rules
         unrestricted_output = [r.render() for r in rules
                                if r.chain == OUTPUT and r.dport is None and r.uid_owner is None]
@@ -30,6 +48,7 @@ def chain_report(families: list[int], engine_port: int) -> dict[int, dict[str, A
                                        for r in rules),
             "unrestricted_output": unrestricted_output,
             "istio_mode": any(r.uid_owner is not None for r in rules),
+            "guard": guards[live.family],
         }
     return report
 
@@ -83,7 +102,8 @@ def trace_probe(family: int, validation_port: int, engine_port: int, timeout: fl
 
 def invariants(chains: dict[int, dict[str, Any]], traces: dict[int, dict[str, Any]],
                engine_port: int) -> dict[str, str]:
-    """Which of I1-I4 look broken, from the rules and the traced probe. Pure."""
+    """Which of I1-I4 and I7 look broken, from the rules and the traced probe; a finding that is not
+    broken starts with "ok". Pure."""
     findings: dict[str, str] = {}
     for family, info in chains.items():
         where = f"IPv{family}"
@@ -94,12 +114,19 @@ def invariants(chains: dict[int, dict[str, Any]], traces: dict[int, dict[str, An
         if info["unrestricted_output"]:
             findings.setdefault("I3", f"{where}: OUTPUT redirects without port/uid restriction (Engine loop): "
                                 + "; ".join(info["unrestricted_output"]))
+        non_tcp = info["guard"]["non_tcp"]
+        if non_tcp == "missing":
+            findings.setdefault("I7", f"{where}: no {GUARD} guard in the filter table: UDP, SCTP and every other "
+                                      "non-TCP protocol reach the application unfiltered")
+        elif non_tcp == "allow":
+            findings.setdefault("I7", f"ok ({where}: nonTCPInbound allow - non-TCP inbound reaches the "
+                                      "application without the Engine, as configured)")
         trace = traces.get(family)
         if trace and trace["syn_dport"] != engine_port:
             findings.setdefault("I4", f"{where}: {trace['verdict']}")
     istio = [f for f, info in chains.items() if info["istio_mode"]]
     if istio and any(not chains[f]["output_jump"] for f in istio):
         findings["I2"] = "istio mode but OUTPUT does not jump to MGW_OUTPUT: Istio's connections bypass the Engine"
-    for name in ("I1", "I2", "I3", "I4"):
+    for name in ("I1", "I2", "I3", "I4", "I7"):
         findings.setdefault(name, "ok")
     return findings

@@ -127,3 +127,16 @@ def test_diagnose_explains_flushed_rules_and_a_loop(node):
     findings = report["invariants"]
     assert "REDIRECT" in findings["I1"] and "loop" in findings["I3"] and "reset" in findings["I4"]
     assert findings["I2"] == "ok"
+
+
+def test_diagnose_shows_the_filter_guard_and_names_it_missing(node):
+    """I7 in diagnose: the guard's rules per family; without it, the finding says what gets in."""
+    pod = configured_pod(node)
+    code, report = diagnose(node, pod)
+    assert code == 0 and report["invariants"]["I7"] == "ok", report["invariants"]
+    guard = report["chains"]["6"]["guard"]
+    assert guard["non_tcp"] == "drop" and guard["rules"][0] == "-A INPUT -j MGW_INPUT", guard
+    assert "-A MGW_INPUT -p ipv6-icmp -j RETURN" in guard["rules"]
+    node.exec(pod.netns, ["ip6tables-legacy", "-t", "filter", "-D", "INPUT", "-j", "MGW_INPUT"])
+    code, report = diagnose(node, pod)
+    assert code == 3 and report["invariants"]["I7"].startswith("IPv6: no MGW_INPUT guard"), report["invariants"]
