@@ -160,7 +160,8 @@ def test_no_way_around_the_engine(request, fixture_name, mesh):
     if 6 in node.families:
         destinations.append(("IPv6", pod.ip(6), ""))
     destinations.append(("IPv6-link-local", link_local(node, pod), "eth0"))
-    # A dropped SYN costs the whole timeout: many at once, and 2 s leaves room for one retransmission.
+    # A dropped SYN costs the whole connect timeout: many at once, and 2 s leaves room for one
+    # retransmission (the stand-ins' backlog is large enough that only the guard drops SYNs).
     plan: dict[str, Any] = {"tcp": [], "udp": [], "raw": [], "concurrency": 384, "timeout": 2.0}
     meaning: dict[str, tuple[str, str, int]] = {}
     for where, host, scope in destinations:

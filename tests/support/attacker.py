@@ -19,6 +19,7 @@ import time
 
 SCTP, UDPLITE = 132, 136
 PACE_EVERY, PACE_SECONDS = 64, 0.002
+READ_TIMEOUT = 15.0  # a shared 2-core CI machine can keep an accepted connection waiting that long
 
 
 def crc32c(data: bytes) -> int:
@@ -66,6 +67,7 @@ def family_of(host: str) -> socket.AddressFamily:
 
 
 async def _tcp_one(attempt: list, limit: asyncio.Semaphore, timeout: float) -> tuple[str, str]:
+    """Connect within `timeout` (a dropped SYN ends here), then allow the busy listener READ_TIMEOUT."""
     key, host, port, scope = attempt
     loop = asyncio.get_running_loop()
     async with limit:
@@ -75,7 +77,7 @@ async def _tcp_one(attempt: list, limit: asyncio.Semaphore, timeout: float) -> t
             await asyncio.wait_for(loop.sock_connect(sock, address(host, port, scope)), timeout)
             await loop.sock_sendall(sock, f"MGWATK{key}.\n".encode())
             data = b""
-            while chunk := await asyncio.wait_for(loop.sock_recv(sock, 4096), timeout):
+            while chunk := await asyncio.wait_for(loop.sock_recv(sock, 4096), READ_TIMEOUT):
                 data += chunk
             return str(key), data.decode(errors="replace").strip()
         except (OSError, TimeoutError) as exc:

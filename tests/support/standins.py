@@ -27,7 +27,7 @@ def listeners(port: int, families: list[int], host4: str = "0.0.0.0", host6: str
         if family == 6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host4 if family == 4 else host6, port))
-        sock.listen(256)
+        sock.listen(4096)  # a burst of attack connections must not overflow the SYN backlog
         sockets.append(sock)
     return sockets
 
