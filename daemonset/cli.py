@@ -139,7 +139,8 @@ def uninstall() -> None:
 
     settings = _settings()
     _setup_logging(settings.log_level)
-    Installer(settings, log).uninstall()
+    if not Installer(settings, log).uninstall():
+        sys.exit(1)
 
 
 @cli.command()

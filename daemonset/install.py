@@ -135,6 +135,9 @@ class Installer:
                     result = self._chain_primary(count_revert=attempt == 0)
                 if result not in (None, "paused"):
                     return result
+                if result is None:
+                    self.log("debug", "the CNI configuration changed between our read and our commit; re-reading",
+                             dir=self.settings.cni_net_dir)
             self.log("warn", "the CNI configuration kept changing while we chained it; retrying on the next "
                      "change", dir=self.settings.cni_net_dir, attempts=MAX_ATTEMPTS)
             return "contended"
@@ -216,11 +219,11 @@ class Installer:
         primary = conflist.choose_primary(self._conf_files())
         return primary is not None and not primary.was_single and conflist.is_chained(primary.document, entry)
 
-    def uninstall(self) -> None:
+    def uninstall(self) -> bool:
         """Remove our entry (or standalone file) and the kubeconfig; keep the binary for later DELs.
 
-        Files are changed conditionally, like in chain(). The kubeconfig stays while an entry of ours
-        could not be removed: the plugin it configures is still being called.
+        Files are changed conditionally, like in chain(). False when an entry of ours could not be
+        removed: then the kubeconfig stays, since the plugin it configures is still being called.
         """
         with self._lock:
             self._uninstalled = True
@@ -229,13 +232,16 @@ class Installer:
             for _ in range(MAX_ATTEMPTS):
                 if self.settings.mode == "manual" or step():
                     break
+                self.log("debug", "the CNI configuration changed between our read and our commit; re-reading",
+                         dir=self.settings.cni_net_dir)
             else:
                 self.log("error", "the CNI configuration kept changing; our entry may still be in it, so the "
                          "kubeconfig stays", dir=self.settings.cni_net_dir, attempts=MAX_ATTEMPTS)
-                return
+                return False
             files.remove(self.kubeconfig_path)
             self.written.clear()
             self.log("info", "uninstalled; binary kept for DEL of remaining pods", binary=self.binary_path)
+            return True
 
     def _unchain_standalone(self) -> bool:
         """True when our standalone file is gone."""
