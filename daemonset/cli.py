@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from daemonset.settings import Settings, SettingsError, from_env
+from daemonset.settings import Settings, SettingsError, from_env, help_table
 
 log_ = logging.getLogger("microgateway-cni-installer")
 
@@ -72,16 +72,16 @@ def daemonset_deleted(api: Any, settings: Settings) -> bool:
     return ds.metadata.deletion_timestamp is not None
 
 
-@click.group(invoke_without_command=True)
+@click.group(invoke_without_command=True, help=f"""Install microgateway-cni on this node and keep it chained; serve
+health, readiness and metrics.
+
+Configured by environment variables (set from the DaemonSet's ConfigMap and the downward API):
+
+\b
+{help_table()}
+""")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
-    """Install microgateway-cni on this node and keep it chained; serve health, readiness and metrics.
-
-    Configured by environment variables (set from the DaemonSet's ConfigMap): MGW_MODE (chained |
-    standalone | manual), MGW_CNI_NET_DIR, MGW_CNI_BIN_DIR, MGW_HOST_CNI_NET_DIR, MGW_PLUGIN_BINARY,
-    MGW_LOG_LEVEL, MGW_LOG_FILE_PATH, MGW_EXCLUDE_NAMESPACES, MGW_REPAIR_MODE (deletePods | labelPods |
-    none), MGW_LISTEN_PORT, NODE_NAME, POD_NAMESPACE, KUBERNETES_SERVICE_HOST/PORT.
-    """
     if ctx.invoked_subcommand is None:
         ctx.invoke(run)
 
