@@ -170,7 +170,8 @@ class Installer:
             if not files.replace_if_unchanged(target, primary.raw, data):
                 return None
         else:
-            # Park the single-plugin .conf first: it sorts before the .conflist that replaces it.
+            # Park the single-plugin file, then link the .conflist in: meanwhile a reader finds no primary
+            # at most, never our .conflist beside a newer original.
             parked = source + ORIGINAL_SUFFIX
             if not files.move_if_unchanged(source, primary.raw, parked):
                 return None
@@ -261,7 +262,7 @@ class Installer:
             parked = [stem + ext + ORIGINAL_SUFFIX for ext in (".conf", ".json")
                       if os.path.exists(stem + ext + ORIGINAL_SUFFIX)]
             if parked:
-                # The original .conf comes back first (it sorts first), then our .conflist goes.
+                # The original comes back before our .conflist goes: never a moment without a primary.
                 files.put_back(parked[0], parked[0].removesuffix(ORIGINAL_SUFFIX))
                 removed = files.replace_if_unchanged(path, data, None)
             else:
