@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import ssl
 import sys
 import threading
 import urllib.request
@@ -12,7 +13,7 @@ from typing import Any
 
 import click
 
-from daemonset.settings import Settings, SettingsError, from_env
+from daemonset.settings import Settings, SettingsError, from_env, help_table
 
 log_ = logging.getLogger("microgateway-cni-installer")
 
@@ -45,6 +46,7 @@ def api_client(settings: Settings) -> Any:
     sa = settings.service_account_dir
     config = client.Configuration()
     config.host = settings.api_server
+    config.verify_ssl = True  # the API server's certificate must chain to the service account's CA
     config.ssl_ca_cert = os.path.join(sa, "ca.crt")
 
     def refresh(cfg: Any) -> None:
@@ -57,6 +59,18 @@ def api_client(settings: Settings) -> Any:
     return client.ApiClient(config)
 
 
+def describe_api_error(exc: BaseException, ca_path: str) -> str:
+    """The reason for a failed API call; a certificate that does not chain to our CA says so plainly."""
+    cause: object = exc
+    seen: set[int] = set()
+    while isinstance(cause, BaseException) and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"API server certificate rejected: {cause.verify_message} (verified against {ca_path})"
+        cause = cause.__cause__ or cause.__context__ or getattr(cause, "reason", None)
+    return f"{type(exc).__name__}: {exc}"
+
+
 def daemonset_deleted(api: Any, settings: Settings) -> bool:
     """True only when the API says our DaemonSet is gone or going; any doubt keeps the plugin installed."""
     from kubernetes import client
@@ -64,24 +78,25 @@ def daemonset_deleted(api: Any, settings: Settings) -> bool:
 
     try:
         ds = client.AppsV1Api(api).read_namespaced_daemon_set(settings.daemonset_name, settings.namespace)
-    except ApiException as exc:
-        return exc.status == 404
     except Exception as exc:
-        log("warn", "cannot tell whether the DaemonSet is being deleted; leaving the plugin installed", error=str(exc))
+        if isinstance(exc, ApiException) and exc.status == 404:
+            return True
+        log("warn", "cannot tell whether the DaemonSet is being deleted; leaving the plugin installed",
+            error=describe_api_error(exc, os.path.join(settings.service_account_dir, "ca.crt")))
         return False
     return ds.metadata.deletion_timestamp is not None
 
 
-@click.group(invoke_without_command=True)
+@click.group(invoke_without_command=True, help=f"""Install microgateway-cni on this node and keep it chained; serve
+health, readiness and metrics.
+
+Configured by environment variables (set from the DaemonSet's ConfigMap and the downward API):
+
+\b
+{help_table()}
+""")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
-    """Install microgateway-cni on this node and keep it chained; serve health, readiness and metrics.
-
-    Configured by environment variables (set from the DaemonSet's ConfigMap): MGW_MODE (chained |
-    standalone | manual), MGW_CNI_NET_DIR, MGW_CNI_BIN_DIR, MGW_HOST_CNI_NET_DIR, MGW_PLUGIN_BINARY,
-    MGW_LOG_LEVEL, MGW_LOG_FILE_PATH, MGW_EXCLUDE_NAMESPACES, MGW_REPAIR_MODE (deletePods | labelPods |
-    none), MGW_LISTEN_PORT, NODE_NAME, POD_NAMESPACE, KUBERNETES_SERVICE_HOST/PORT.
-    """
     if ctx.invoked_subcommand is None:
         ctx.invoke(run)
 
@@ -139,7 +154,8 @@ def uninstall() -> None:
 
     settings = _settings()
     _setup_logging(settings.log_level)
-    Installer(settings, log).uninstall()
+    if not Installer(settings, log).uninstall():
+        sys.exit(1)
 
 
 @cli.command()

@@ -54,6 +54,45 @@ ENV = {
 }
 
 
+def _default(attr: str) -> str:
+    value = Settings._field_defaults[attr]
+    return ",".join(value) if isinstance(value, tuple) else str(value)
+
+
+# Every variable from_env reads, with what it sets and its default: the installer's --help.
+VARIABLES: tuple[tuple[str, str, str], ...] = (
+    ("MGW_MODE", "chained | standalone (own conflist, for Multus/OpenShift) | manual", _default("mode")),
+    ("MGW_CNI_NET_DIR", "the node's CNI config dir, as mounted in this container", _default("cni_net_dir")),
+    ("MGW_CNI_BIN_DIR", "the node's CNI bin dir, as mounted in this container", _default("cni_bin_dir")),
+    ("MGW_HOST_CNI_NET_DIR", "the CNI config dir as the node sees it (paths in our entry)",
+     _default("host_cni_net_dir")),
+    ("MGW_PLUGIN_BINARY", "the plugin to install (beside an _internal dir: the one-dir bundle)",
+     _default("plugin_binary")),
+    ("MGW_LOG_LEVEL", "debug | info | warn | error, for the installer and the plugin", _default("log_level")),
+    ("MGW_LOG_FILE_PATH", "the plugin's log file on the node", _default("log_file_path")),
+    ("MGW_EXCLUDE_NAMESPACES", "comma-separated namespaces whose pods the plugin never touches",
+     _default("exclude_namespaces")),
+    ("MGW_REPAIR_MODE", "deletePods | labelPods | none: pods whose validator found no redirection",
+     _default("repair_mode")),
+    ("MGW_LISTEN_PORT", "port of /healthz, /readyz and /metrics", _default("listen_port")),
+    ("MGW_REVERT_WARNING_THRESHOLD", "removals of our entry by another agent per minute before the installer "
+     "warns and backs off", _default("revert_warning_threshold")),
+    ("MGW_DAEMONSET_NAME", "our DaemonSet: SIGTERM uninstalls only while it is being deleted",
+     _default("daemonset_name")),
+    ("MGW_SERVICE_ACCOUNT_DIR", "token, and ca.crt that the API server's certificate must chain to",
+     _default("service_account_dir")),
+    ("NODE_NAME", "this node (downward API); empty: no pod repair", _default("node_name")),
+    ("POD_NAMESPACE", "our namespace (downward API)", _default("namespace")),
+    ("KUBERNETES_SERVICE_HOST", "API server address (set by the kubelet); empty: no API access", ""),
+    ("KUBERNETES_SERVICE_PORT", "API server port", "443"),
+)
+
+
+def help_table() -> str:
+    """One entry per variable, for a click help paragraph that is printed as it is."""
+    return "\n".join(f"{name} (default: {default or 'unset'})\n    {what}" for name, what, default in VARIABLES)
+
+
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise SettingsError(f"{name}={value!r} is invalid; expected one of {', '.join(allowed)}")
