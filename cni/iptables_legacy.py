@@ -13,6 +13,7 @@ jumps written, one commit - a table replace, so a rule set is never half-written
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 
 from cni import libraries
@@ -121,7 +122,7 @@ def _apply_table(ruleset: RuleSet) -> None:
 
 def _apply_family(rulesets: list[RuleSet]) -> None:
     for ruleset in rulesets:
-        retrying(lambda rs=ruleset: _apply_table(rs), "apply")
+        retrying(functools.partial(_apply_table, ruleset), "apply")
 
 
 def _net(value: str | None, family: int) -> str | None:
@@ -193,7 +194,7 @@ def _read_table(family: int, table: str) -> Live:
 
 def _read_family(family: int, tables: tuple[str, ...]) -> list[Live]:
     present = legacy_tables(family)
-    return [retrying(lambda t=table: _read_table(family, t), "read") if table in present
+    return [retrying(functools.partial(_read_table, family, table), "read") if table in present
             else Live(family=family, table=table, chains=(), rules=(), jumps=()) for table in tables]
 
 
@@ -237,7 +238,7 @@ class LegacyBackend(Backend):
         for family in (4, 6):
             for table in sorted(legacy_tables(family) & set(TABLES)):
                 try:
-                    removed = retrying(lambda f=family, t=table: libiptc.remove_ours(f, t), "remove") or removed
+                    removed = retrying(functools.partial(libiptc.remove_ours, family, table), "remove") or removed
                 except CniError as exc:
                     failures.append(exc)
         if failures:

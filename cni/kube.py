@@ -127,7 +127,8 @@ def _get(cluster: Cluster, path: str) -> tuple[int, bytes]:
     request = ("\r\n".join(lines) + "\r\n\r\n").encode()
     # An ASCII host as bytes skips the IDNA encoding of getaddrinfo and ssl (the codec costs ~2 ms to import).
     address = cluster.host.encode() if cluster.host.isascii() else cluster.host
-    with socket.create_connection((address, cluster.port), timeout=REQUEST_TIMEOUT_SECONDS) as raw, \
+    with socket.create_connection((address, cluster.port),  # type: ignore[arg-type] # bytes: see above
+                                  timeout=REQUEST_TIMEOUT_SECONDS) as raw, \
             cluster.context.wrap_socket(raw, server_hostname=address) as tls:
         tls.sendall(request)
         chunks: list[bytes] = []
@@ -165,7 +166,8 @@ def get_pod(cluster: Cluster, namespace: str, name: str, deadline_seconds: float
             problem = f"HTTP {status}"
         if status == 200:
             try:
-                return json.loads(body)
+                pod: dict[str, Any] = json.loads(body)
+                return pod
             except ValueError:
                 raise CniError(IO_FAILURE, f"kube-apiserver sent an undecodable pod {namespace}/{name}") from None
         if status == 404:

@@ -15,6 +15,7 @@ family state behind, so the forked siblings start clean and do not import again.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 
@@ -160,7 +161,7 @@ def fan_out(jobs: list[tuple[int, Callable[..., Any], tuple[Any, ...]]]) -> dict
         if pid == 0:
             try:
                 os.close(read_end)
-                _report(write_end, _guarded(lambda f=function, a=args: f(*a), f"IPv{family}"))
+                _report(write_end, _guarded(functools.partial(function, *args), f"IPv{family}"))
             finally:
                 os._exit(0)
         os.close(write_end)
@@ -168,7 +169,7 @@ def fan_out(jobs: list[tuple[int, Callable[..., Any], tuple[Any, ...]]]) -> dict
     outcomes: dict[int, Any | CniError] = {}
     for family, function, args in jobs[:1]:
         try:
-            outcomes[family] = _raise_or_return(_guarded(lambda f=function, a=args: f(*a), f"IPv{family}"))
+            outcomes[family] = _raise_or_return(_guarded(functools.partial(function, *args), f"IPv{family}"))
         except CniError as exc:
             outcomes[family] = exc
     for family, pid, read_end in siblings:

@@ -65,7 +65,7 @@ def daemonset_deleted(api: Any, settings: Settings) -> bool:
     try:
         ds = client.AppsV1Api(api).read_namespaced_daemon_set(settings.daemonset_name, settings.namespace)
     except ApiException as exc:
-        return exc.status == 404
+        return bool(exc.status == 404)
     except Exception as exc:
         log("warn", "cannot tell whether the DaemonSet is being deleted; leaving the plugin installed", error=str(exc))
         return False

@@ -95,9 +95,10 @@ def parse_plain(argv: Sequence[str], env: Mapping[str, str]) -> ProbeOptions | N
         if not arg.startswith("--"):
             return None
         name, has_value, text = arg[2:].partition("=")
-        option = BY_NAME.get(name)
-        if option is None:
+        found = BY_NAME.get(name)
+        if found is None:
             return None
+        option = found
         if not has_value:
             if not args or args[0].startswith("-"):
                 return None

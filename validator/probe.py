@@ -35,7 +35,8 @@ class ProbeResult:
     detail: str = ""
 
     def as_dict(self) -> dict[str, object]:
-        return self._asdict()
+        return {"family": self.family, "ok": self.ok, "outcome": self.outcome, "attempts": self.attempts,
+                "ms": self.ms, "detail": self.detail}
 
 
 def ipv6_loopback_present() -> bool:
