@@ -9,7 +9,7 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from daemonset import conflist, files
 from daemonset.settings import Settings
@@ -17,6 +17,14 @@ from daemonset.settings import Settings
 PLUGIN_NAME = "microgateway-cni"
 ORIGINAL_SUFFIX = ".mgw-original"  # not a CNI extension: libcni ignores the parked single-plugin .conf
 REVERT_WINDOW_SECONDS = 60.0
+
+
+class Clock(Protocol):
+    """What the installer needs of time: the `time` module, or a test's clock that does not sleep."""
+
+    def monotonic(self) -> float: ...
+
+    def sleep(self, seconds: float, /) -> None: ...
 
 
 def kubeconfig_document(server: str, ca_pem: bytes, token: str) -> dict[str, Any]:
@@ -30,8 +38,9 @@ def kubeconfig_document(server: str, ca_pem: bytes, token: str) -> dict[str, Any
 
 class Installer:
     def __init__(self, settings: Settings, log: Callable[..., None],
-                 on_revert: Callable[[], None] = lambda: None) -> None:
+                 on_revert: Callable[[], None] = lambda: None, clock: Clock = time) -> None:
         self.settings = settings
+        self.clock = clock
         self.log = log
         self.on_revert = on_revert
         self.written: dict[str, bytes] = {}  # what we last wrote per conflist path
@@ -142,7 +151,7 @@ class Installer:
 
     def _revert_seen(self, path: str) -> None:
         """Someone rewrote a file we chained: count, warn past the threshold, and back off."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         self.reverts.append(now)
         while self.reverts and now - self.reverts[0] > REVERT_WINDOW_SECONDS:
             self.reverts.popleft()
@@ -154,7 +163,7 @@ class Installer:
                      "rewriting the CNI configuration (e.g. Cilium with cni.exclusive=true, or a primary CNI that "
                      "owns the file); configure it to allow chaining or use MGW_MODE=standalone",
                      reverts=count)
-            time.sleep(min(0.5 * (count - self.settings.revert_warning_threshold + 1), 10.0))
+            self.clock.sleep(min(0.5 * (count - self.settings.revert_warning_threshold + 1), 10.0))
 
     def reconcile(self) -> str:
         self.install_binary()
