@@ -31,16 +31,20 @@ SUBNET4, GATEWAY4 = "10.88.0.0/24", "10.88.0.1"
 SUBNET6, GATEWAY6 = "fd00:88::/64", "fd00:88::1"
 INJECT = "sidecar.microgateway.airlock.com/inject"
 # Run by root inside the private mount namespace `ip netns exec` makes for one command, before it drops
-# to another uid: a tmpfs over the top-most directory that others cannot traverse (/root is 0700),
-# with the checkout bound back at its own path, so every path under ROOT - the virtualenv's
-# interpreter and console scripts, PYTHONPATH, dist/ - works for that uid and nothing changes outside.
+# to another uid: a tmpfs over the top-most directory that others cannot enter (/root is 0700), with
+# the checkout and the interpreter's installation bound back at their own paths, so every path under
+# ROOT - the virtualenv's interpreter and console scripts, PYTHONPATH, dist/ - works for that uid, and
+# nothing changes outside that one command.
 REVEAL = """set -e
-hidden=$1 root=$2 stash=$3
+hidden=$1 stash=$2 paths=$3
 shift 3
-mount --bind "$root" "$stash"
+IFS=:
+i=0
+for path in $paths; do i=$((i + 1)); mkdir -p "$stash/$i"; mount --bind "$path" "$stash/$i"; done
 mount -t tmpfs -o mode=0755,size=64k mgw-reveal "$hidden"
-mkdir -p "$root"
-mount --bind "$stash" "$root"
+i=0
+for path in $paths; do i=$((i + 1)); mkdir -p "$path"; mount --bind "$stash/$i" "$path"; done
+unset IFS
 exec "$@"
 """
 
@@ -54,6 +58,9 @@ def hidden_ancestor(path: Path) -> Path | None:
 
 
 HIDDEN = hidden_ancestor(ROOT)
+# What REVEAL binds back under HIDDEN: the checkout, and the interpreter the virtualenv points at.
+REVEALED = ":".join(str(path) for path in (ROOT, Path(os.path.realpath(sys.executable)).parents[1])
+                    if HIDDEN is not None and HIDDEN in path.parents)
 
 
 def run(cmd: list[str], check: bool = True, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -287,7 +294,7 @@ class Node:
         if uid is None:
             return prefix + cmd
         if HIDDEN is not None:  # a checkout under /root: let the other uid reach it (REVEAL)
-            prefix += ["sh", "-c", REVEAL, "reveal", str(HIDDEN), str(ROOT), str(self.dir / "checkout")]
+            prefix += ["sh", "-c", REVEAL, "reveal", str(HIDDEN), str(self.dir / "checkout"), REVEALED]
         return [*prefix, "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *cmd]
 
     def spawn(self, netns: str, cmd: list[str], uid: int | None = None) -> subprocess.Popen[str]:
