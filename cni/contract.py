@@ -5,7 +5,7 @@ Imported by the plugin, the validator and the installer alike, so it imports not
 
 from __future__ import annotations
 
-TYPE_CHECKING = False  # typing costs ~8 ms of a frozen start (cni/records.py): annotations only
+TYPE_CHECKING = False  # typing is kept off the run-time path (cni/records.py): annotations only
 if TYPE_CHECKING:
     from typing import TypeGuard
 

@@ -23,7 +23,7 @@ from cni.model import TABLES, Foreign, Live, Rule, RuleSet, is_ours, ours_in
 from cni.netns import legacy_tables
 from cni.worker import fan_out
 
-TYPE_CHECKING = False  # typing costs ~8 ms of a frozen start (cni/records.py): annotations only
+TYPE_CHECKING = False  # typing is kept off the run-time path (cni/records.py): annotations only
 if TYPE_CHECKING:
     from typing import Any
 

@@ -1,10 +1,11 @@
 """Immutable records like typing.NamedTuple, without importing typing.
 
-typing's import is ~8 ms of a frozen binary's start (measured: the validator's verdict 67.8 -> 55.7 ms
-with typing gone, scripts/pyinstaller bundles, interleaved runs), paid on every pod start. `record`
+typing's import is a measurable part of a frozen binary's start (scripts/bench.sh shows the verdict),
+paid on every pod start. `record`
 reads a class body of annotated fields - the annotations stay unevaluated strings under
 `from __future__ import annotations` - and makes it a collections.namedtuple subclass with the same
-fields, defaults, methods and docstring.
+fields, defaults, methods and docstring. Type checkers see a frozen dataclass instead
+(dataclass_transform), so constructor calls are checked; code that needs tuple behaviour says so.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""Forked workers for the python-iptables work of ADD and CHECK.
+"""Forked workers: the process machinery under cni/applier.py and the legacy backend's per-family work.
 
-python-iptables' import costs 25-35 ms (cProfile), about as long as the pod lookup on the API. The
-Worker is forked before that lookup and imports it meanwhile on another core; once the parent knows
+A backend's preparation (python-iptables' import) takes about as long as the pod lookup on the API.
+The Worker is forked before that lookup and prepares meanwhile on another core; once the parent knows
 the pod is protected it hands over one job, which runs in the pod netns. A pod that turns out not to
-be protected has its worker killed, jobless, so it never touched anything (up to ~30 ms of CPU on
-another core, the price of ~35 ms less ADD latency for protected pods, scripts/bench.sh). Should the
-parent die first, the worker reads the end of the job pipe and exits.
+be protected has its worker killed, jobless, so it never touched anything: some CPU on another core,
+traded for a shorter protected ADD (scripts/bench.sh shows both). Should the parent die first, the
+worker reads the end of the job pipe and exits.
 
 libxtables registers an extension for the first family that loads it, so one process cannot use
 REDIRECT for IPv4 and IPv6 (python-iptables issues #135, #316, #325; reproduced here): fan_out runs
@@ -21,12 +21,12 @@ from collections.abc import Callable
 
 from cni.errors import NETFILTER_FAILURE, CniError
 
-TYPE_CHECKING = False  # typing costs ~8 ms of a frozen start (cni/records.py): annotations only
+TYPE_CHECKING = False  # typing is kept off the run-time path (cni/records.py): annotations only
 if TYPE_CHECKING:
     from typing import Any
 
 # pickle (and signal for SIGKILL) are left out of the module imports: an unprotected pod's ADD only
-# forks and kills a worker, and the two imports cost ~3 ms of its start-up (-X importtime).
+# forks and kills a worker and need not pay for them (-X importtime).
 SIGKILL = 9
 
 

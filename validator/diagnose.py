@@ -1,5 +1,5 @@
 """`diagnose`: explain *why* a pod's redirection does not work. Run by a person with NET_ADMIN inside
-the pod's netns (kubectl debug). Never on the init-container path: scapy alone takes ~1 s to import.
+the pod's netns (kubectl debug). Never on the init-container path: scapy is a heavy import.
 """
 
 from __future__ import annotations
