@@ -3,8 +3,8 @@
 python-iptables is imported only by `prepare` (the applier's worker, or diagnose), never by DEL: removal
 needs no matches or targets, so it uses libiptc directly (cni/libiptc.py) in the calling process.
 libxtables registers an extension for the first family that loads it, so one process cannot REDIRECT
-for IPv4 and IPv6 (python-iptables issues #135, #316, #325): writing and reading run one process per
-family (cni/worker.py's fan_out).
+for IPv4 and IPv6 (python-iptables issues #135, #316, #325): writing and reading run in a forked
+child per family (cni/worker.py's fan_out), so the calling process stays clean for the next call.
 
 Each table of each family is one python-iptables handle: our old state removed, our chains and
 jumps written, one commit - a table replace, so a rule set is never half-written (I6).
@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 # python-iptables' name for "no -p": a rule without a protocol matches all of them.
 ANY_PROTOCOL = ("ip", "all", "0")
+# Where python-iptables' protocol names differ from iptables-save's (the model's).
+PROTOCOL_NUMBERS = {"ipv6-icmp": "58"}
+PROTOCOL_NAMES = {"icmpv6": "ipv6-icmp"}
 PORT_MATCHES = ("tcp", "udp")
 
 
@@ -65,7 +68,7 @@ def _encode(family: int, spec: Rule) -> Any:
     iptc = _iptc()
     rule = iptc.Rule() if family == 4 else iptc.Rule6()
     if spec.protocol:
-        rule.protocol = spec.protocol
+        rule.protocol = PROTOCOL_NUMBERS.get(spec.protocol, spec.protocol)
     if spec.src:
         rule.src = spec.src
     if spec.dst:
@@ -138,7 +141,7 @@ def _net(value: str | None, family: int) -> str | None:
 def _decode(rule: Any, chain: str, family: int) -> Rule | Foreign:
     """A live rule as a Rule, or as Foreign when it has anything our rules never have."""
     odd: list[str] = []
-    protocol = None if rule.protocol in ANY_PROTOCOL else rule.protocol
+    protocol = None if rule.protocol in ANY_PROTOCOL else PROTOCOL_NAMES.get(rule.protocol, rule.protocol)
     fields = {"src": rule.src, "dst": rule.dst, "in_iface": rule.in_interface, "out_iface": rule.out_interface}
     if any((value or "").startswith("!") for value in (protocol, *fields.values())):
         odd.append("inverted match")

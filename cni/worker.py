@@ -8,9 +8,10 @@ traded for a shorter protected ADD (scripts/bench.sh shows both). Should the par
 worker reads the end of the job pipe and exits.
 
 libxtables registers an extension for the first family that loads it, so one process cannot use
-REDIRECT for IPv4 and IPv6 (python-iptables issues #135, #316, #325; reproduced here): fan_out runs
-the first family in the worker and forks a sibling per further family. The import itself leaves no
-family state behind, so the forked siblings start clean and do not import again.
+REDIRECT for IPv4 and IPv6 (python-iptables issues #135, #316, #325; reproduced here): fan_out forks a
+child per family from a worker that never does family work itself. The import leaves no family
+state behind, so every child starts clean without importing again, however many operations the
+worker runs.
 """
 
 from __future__ import annotations
@@ -151,11 +152,13 @@ class Worker:
 
 
 def fan_out(jobs: list[tuple[int, Callable[..., Any], tuple[Any, ...]]]) -> dict[int, Any | CniError]:
-    """Run each (family, function, args): the first here, every other in a forked sibling, in parallel.
+    """Run each (family, function, args) in a forked child of its own, all in parallel.
 
-    Every family's outcome comes back, its CniError included, so the caller can undo what succeeded."""
-    siblings = []
-    for family, function, args in jobs[1:]:
+    Never in this process: whatever family a job binds libxtables to would stay bound here, and every
+    later child would inherit it. Every family's outcome comes back, its CniError included, so the
+    caller can undo what succeeded."""
+    children = []
+    for family, function, args in jobs:
         read_end, write_end = os.pipe()
         pid = _fork()
         if pid == 0:
@@ -165,14 +168,9 @@ def fan_out(jobs: list[tuple[int, Callable[..., Any], tuple[Any, ...]]]) -> dict
             finally:
                 os._exit(0)
         os.close(write_end)
-        siblings.append((family, pid, read_end))
+        children.append((family, pid, read_end))
     outcomes: dict[int, Any | CniError] = {}
-    for family, function, args in jobs[:1]:
-        try:
-            outcomes[family] = _raise_or_return(_guarded(functools.partial(function, *args), f"IPv{family}"))
-        except CniError as exc:
-            outcomes[family] = exc
-    for family, pid, read_end in siblings:
+    for family, pid, read_end in children:
         try:
             outcomes[family] = _outcome(_read_all(read_end), pid, f"IPv{family}")
         except CniError as exc:
