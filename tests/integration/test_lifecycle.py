@@ -91,6 +91,7 @@ def test_del_with_netns_gone_and_never_configured(node):
     ["-R", "MGW_INBOUND", "1", "-p", "tcp", "--dport", "13379", "-j", "RETURN"],
     ["-I", "MGW_INBOUND", "1", "-p", "tcp", "--dport", "8080", "-j", "RETURN"],
     ["-D", "PREROUTING", "-p", "tcp", "-j", "MGW_PREROUTING"],
+    ["-I", "MGW_OUTPUT", "1", "-p", "tcp", "-m", "comment", "--comment", "by hand", "-j", "RETURN"],
 ])
 def test_check_fails_when_a_rule_is_missing_or_altered(node, tamper):
     pod = protected_pod(node, "web")
