@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cni.contract import INJECT
+
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ROOT / "tests" / "support" / "libcni-driver" / "libcni-driver"
 VENV_BIN = Path(sys.executable).parent
@@ -29,7 +31,6 @@ API_PORT = 6443
 APP_UID, ENGINE_UID, ISTIO_UID, VALIDATOR_UID = 1000, 1001, 1337, 1002
 SUBNET4, GATEWAY4 = "10.88.0.0/24", "10.88.0.1"
 SUBNET6, GATEWAY6 = "fd00:88::/64", "fd00:88::1"
-INJECT = "sidecar.microgateway.airlock.com/inject"
 # Run by root inside the private mount namespace `ip netns exec` makes for one command, before it drops
 # to another uid: a tmpfs over the top-most directory that others cannot enter (/root is 0700), with
 # the checkout and the interpreter's installation bound back at their own paths, so every path under
