@@ -10,7 +10,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from daemonset import conflist, files
 from daemonset.settings import Settings
@@ -19,6 +19,14 @@ PLUGIN_NAME = "microgateway-cni"
 ORIGINAL_SUFFIX = ".mgw-original"  # not a CNI extension: libcni ignores the parked single-plugin .conf
 REVERT_WINDOW_SECONDS = 60.0
 MAX_ATTEMPTS = 10  # re-reads when another agent changes a file between our read and our commit
+
+
+class Clock(Protocol):
+    """What the installer needs of time: the `time` module, or a test's clock that does not sleep."""
+
+    def monotonic(self) -> float: ...
+
+    def sleep(self, seconds: float, /) -> None: ...
 
 
 def kubeconfig_document(server: str, ca_pem: bytes, token: str) -> dict[str, Any]:
@@ -32,8 +40,9 @@ def kubeconfig_document(server: str, ca_pem: bytes, token: str) -> dict[str, Any
 
 class Installer:
     def __init__(self, settings: Settings, log: Callable[..., None],
-                 on_revert: Callable[[], None] = lambda: None) -> None:
+                 on_revert: Callable[[], None] = lambda: None, clock: Clock = time) -> None:
         self.settings = settings
+        self.clock = clock
         self.log = log
         self.on_revert = on_revert
         self.written: dict[str, bytes] = {}  # what we last wrote per conflist path
@@ -184,7 +193,7 @@ class Installer:
 
     def _revert_seen(self, path: str) -> bool:
         """Someone rewrote a file we chained: count, warn past the threshold, and back off (True: paused)."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         self.reverts.append(now)
         while self.reverts and now - self.reverts[0] > REVERT_WINDOW_SECONDS:
             self.reverts.popleft()
@@ -197,7 +206,7 @@ class Installer:
                  "rewriting the CNI configuration (e.g. Cilium with cni.exclusive=true, or a primary CNI that "
                  "owns the file); configure it to allow chaining or use MGW_MODE=standalone",
                  reverts=count)
-        time.sleep(min(0.5 * (count - self.settings.revert_warning_threshold + 1), 10.0))
+        self.clock.sleep(min(0.5 * (count - self.settings.revert_warning_threshold + 1), 10.0))
         return True
 
     def reconcile(self) -> str:

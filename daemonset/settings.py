@@ -37,7 +37,7 @@ class Settings(NamedTuple):
         return "microgateway-cni-kubeconfig"
 
     def plugin_entry(self) -> dict[str, Any]:
-        """The conflist entry, in the shape of DESIGN §2."""
+        """The conflist entry, in the shape of docs/design.md, "Contract"."""
         return {"type": "microgateway-cni", "logLevel": self.log_level, "logFilePath": self.log_file_path,
                 "kubernetes": {"kubeconfig": f"{self.host_cni_net_dir}/{self.kubeconfig_name}",
                                "excludeNamespaces": list(self.exclude_namespaces),

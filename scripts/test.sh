@@ -6,5 +6,6 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup.sh"
 cd "$root"
 .venv/bin/ruff check .
+.venv/bin/mypy  # strict on cni/, validator/, daemonset/ ([tool.mypy] in pyproject.toml)
 # pytest exits 5 when no test ran, which fails this script too.
 exec .venv/bin/python -m pytest -p no:cacheprovider "$@"

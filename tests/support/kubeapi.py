@@ -1,6 +1,6 @@
 """A stand-in for the kube-apiserver: HTTPS, bearer-token auth, only the endpoints this project uses.
 
-No kube-apiserver can run on the test machines (DESIGN §5); the client code under test is the same
+No kube-apiserver can run on the test machines (docs/design.md, "Testing"); the client code under test is the same
 that talks to a real cluster. Pods come from a JSON fixture file re-read on every request, so a test
 can change the cluster by rewriting it. Deletions and events are appended to a journal file.
 """

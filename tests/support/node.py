@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cni.contract import INJECT
+
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ROOT / "tests" / "support" / "libcni-driver" / "libcni-driver"
 VENV_BIN = Path(sys.executable).parent
@@ -29,7 +31,37 @@ API_PORT = 6443
 APP_UID, ENGINE_UID, ISTIO_UID, VALIDATOR_UID = 1000, 1001, 1337, 1002
 SUBNET4, GATEWAY4 = "10.88.0.0/24", "10.88.0.1"
 SUBNET6, GATEWAY6 = "fd00:88::/64", "fd00:88::1"
-INJECT = "sidecar.microgateway.airlock.com/inject"
+# Run by root inside the private mount namespace `ip netns exec` makes for one command, before it drops
+# to another uid: a tmpfs over the top-most directory that others cannot enter (/root is 0700), with
+# the checkout and the interpreter's installation bound back at their own paths, so every path under
+# ROOT - the virtualenv's interpreter and console scripts, PYTHONPATH, dist/ - works for that uid, and
+# nothing changes outside that one command.
+REVEAL = """set -e
+hidden=$1 stash=$2 paths=$3
+shift 3
+IFS=:
+i=0
+for path in $paths; do i=$((i + 1)); mkdir -p "$stash/$i"; mount --bind "$path" "$stash/$i"; done
+mount -t tmpfs -o mode=0755,size=64k mgw-reveal "$hidden"
+i=0
+for path in $paths; do i=$((i + 1)); mkdir -p "$path"; mount --bind "$stash/$i" "$path"; done
+unset IFS
+exec "$@"
+"""
+
+
+def hidden_ancestor(path: Path) -> Path | None:
+    """The top-most directory above path that other users cannot enter, if any."""
+    for parent in reversed(path.parents):
+        if not parent.stat().st_mode & 0o001:
+            return parent
+    return None
+
+
+HIDDEN = hidden_ancestor(ROOT)
+# What REVEAL binds back under HIDDEN: the checkout, and the interpreter the virtualenv points at.
+REVEALED = ":".join(str(path) for path in (ROOT, Path(os.path.realpath(sys.executable)).parents[1])
+                    if HIDDEN is not None and HIDDEN in path.parents)
 
 
 def run(cmd: list[str], check: bool = True, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -101,7 +133,7 @@ class Node:
         self.close()
 
     def start(self) -> None:
-        for sub in (self.bin_dir, self.conf_dir, self.dir / "cache", self.dir / "ipam"):
+        for sub in (self.bin_dir, self.conf_dir, self.dir / "cache", self.dir / "ipam", self.dir / "checkout"):
             sub.mkdir(parents=True)
         for plugin in ("bridge", "host-local", "loopback", "portmap"):
             (self.bin_dir / plugin).symlink_to(SYSTEM_PLUGINS / plugin)
@@ -260,9 +292,11 @@ class Node:
 
     def _wrap(self, netns: str, cmd: list[str], uid: int | None) -> list[str]:
         prefix = ["ip", "netns", "exec", netns]
-        if uid is not None:
-            prefix += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
-        return prefix + cmd
+        if uid is None:
+            return prefix + cmd
+        if HIDDEN is not None:  # a checkout under /root: let the other uid reach it (REVEAL)
+            prefix += ["sh", "-c", REVEAL, "reveal", str(HIDDEN), str(self.dir / "checkout"), REVEALED]
+        return [*prefix, "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *cmd]
 
     def spawn(self, netns: str, cmd: list[str], uid: int | None = None) -> subprocess.Popen[str]:
         """Start a long-running process in netns and wait until it prints 'ready'."""
