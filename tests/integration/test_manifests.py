@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from daemonset.settings import STARTUP_TAINT
+from tests.support.node import tolerates
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "daemonset" / "manifests"
 KUBERNETES_VERSION = "1.30"
@@ -59,18 +60,6 @@ def test_rbac_is_minimal():
     assert granted == {("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"), ("", "pods", "delete"),
                        ("", "events", "create"), ("apps", "daemonsets", "get"), ("", "nodes", "get"),
                        ("", "nodes", "patch")}
-
-
-def tolerates(tolerations: list[dict], taint: dict) -> bool:
-    """The scheduler's toleration match (core/v1 Toleration.ToleratesTaint)."""
-    for t in tolerations:
-        if t.get("effect") and t["effect"] != taint["effect"]:
-            continue
-        if t.get("operator", "Equal") == "Exists" and (not t.get("key") or t["key"] == taint["key"]):
-            return True
-        if t.get("key") == taint["key"] and t.get("value", "") == taint.get("value", ""):
-            return True
-    return False
 
 
 def test_installer_tolerates_the_taint_it_lifts_and_the_policy_names_the_configured_key():

@@ -60,6 +60,19 @@ def node_fixture(name: str = "node-1", taints: list[dict[str, Any]] | None = Non
             "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
 
 
+def tolerates(tolerations: list[dict[str, Any]], taint: dict[str, Any]) -> bool:
+    """The scheduler's match of a pod's tolerations against one taint (core/v1 Toleration.ToleratesTaint)."""
+    for t in tolerations:
+        if t.get("effect") and t["effect"] != taint["effect"]:
+            continue
+        if t.get("operator", "Equal") == "Exists":
+            if not t.get("key") or t["key"] == taint["key"]:
+                return True
+        elif t.get("key") == taint["key"] and t.get("value", "") == taint.get("value", ""):
+            return True
+    return False
+
+
 def token_user(node: str | None = "node-1", uid: str = "node-1-uid") -> dict[str, Any]:
     """The installer's identity from a pod-bound token; Kubernetes >= 1.32 adds the node it runs on."""
     extra = {"authentication.kubernetes.io/node-name": [node], "authentication.kubernetes.io/node-uid": [uid]}
