@@ -95,20 +95,22 @@ class TaintGate:
 
         core = client.CoreV1Api(self.api)
         for _ in range(CONFLICT_RETRIES):
-            node = core.read_node(self.node_name)
-            taints = node.spec.taints or []
-            keep = [t for t in taints if t.key != self.key]
+            # Raw JSON, not the client's model: others' taints go back exactly as read, fields unknown to
+            # this client version included.
+            node = json.loads(core.read_node(self.node_name, _preload_content=False).data)
+            version = node["metadata"]["resourceVersion"]
+            taints = (node.get("spec") or {}).get("taints") or []
+            keep = [t for t in taints if t.get("key") != self.key]
             if len(keep) == len(taints):
                 return "absent"
-            body = {"metadata": {"resourceVersion": node.metadata.resource_version},
-                    "spec": {"taints": self.api.sanitize_for_serialization(keep)}}
+            body = {"metadata": {"resourceVersion": version}, "spec": {"taints": keep}}
             try:
                 core.patch_node(self.node_name, body, _content_type="application/merge-patch+json")
             except ApiException as exc:
                 if exc.status != 409:
                     raise
                 self.log("info", "node changed since it was read; reading it again", node=self.node_name,
-                         resource_version=node.metadata.resource_version)
+                         resource_version=version)
                 continue
             return "removed"
         raise StillConflicting(f"node {self.node_name} changed on each of {CONFLICT_RETRIES} attempts")
