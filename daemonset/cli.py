@@ -9,11 +9,15 @@ import ssl
 import sys
 import threading
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from daemonset.settings import Settings, SettingsError, from_env, help_table
+
+if TYPE_CHECKING:
+    from daemonset.server import Metrics
+    from daemonset.taint import TaintGate
 
 log_ = logging.getLogger("microgateway-cni-installer")
 
@@ -101,6 +105,26 @@ def cli(ctx: click.Context) -> None:
         ctx.invoke(run)
 
 
+def _taint_gate(settings: Settings, api: Any, metrics: Metrics) -> TaintGate:
+    """The start-up taint gate for this node; a gate that cannot reach the API or name its node is an error."""
+    from daemonset.taint import TaintGate
+
+    if settings.startup_taint and (api is None or not settings.node_name):
+        raise click.UsageError(f"MGW_STARTUP_TAINT={settings.startup_taint} needs NODE_NAME and "
+                               "KUBERNETES_SERVICE_HOST to lift the taint; set MGW_STARTUP_TAINT= (empty) to turn "
+                               "the gate off")
+
+    def opened(seconds: float | None) -> None:
+        metrics.node_untainted.set(1)
+        if seconds is not None:
+            metrics.untaint_seconds.set(seconds)
+
+    gate = TaintGate(api, settings.node_name, settings.startup_taint, log,
+                     on_failure=lambda reason: metrics.untaint_failures.labels(reason=reason).inc(), on_open=opened)
+    metrics.node_untainted.set(1 if gate.open else 0)
+    return gate
+
+
 @cli.command()
 def run() -> None:
     """Install, watch and repair until SIGTERM (the default command)."""
@@ -116,7 +140,9 @@ def run() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    server = serve(settings.listen_port, installer.ready, metrics)
+    api = api_client(settings) if settings.api_server else None
+    gate = _taint_gate(settings, api, metrics)
+    server = serve(settings.listen_port, lambda: installer.ready() and gate.open, metrics)
 
     def reconcile() -> None:
         try:
@@ -130,7 +156,8 @@ def run() -> None:
 
     threads = [threading.Thread(target=watch, args=([settings.cni_net_dir, settings.cni_bin_dir,
                                                      settings.service_account_dir], reconcile, stop), daemon=True)]
-    api = api_client(settings) if settings.api_server else None
+    threads.append(threading.Thread(target=gate.run, args=(installer.ready, installer.binary_path, stop.wait),
+                                    daemon=True))
     if api is not None and settings.node_name and settings.repair_mode != "none":
         repairer = Repairer(api, settings.node_name, settings.repair_mode, log,
                             lambda result: metrics.repairs.labels(result=result).inc())

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 MODES = ("chained", "standalone", "manual")
 REPAIR_MODES = ("deletePods", "labelPods", "none")
 LOG_LEVELS = ("debug", "info", "warn", "error")
+STARTUP_TAINT = "microgateway-cni.airlock.com/not-ready"
+# A taint key is a qualified name: optional DNS-subdomain prefix and "/", then a name of at most 63 characters.
+TAINT_KEY = re.compile(r"^(?:[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
 class SettingsError(ValueError):
@@ -31,6 +35,7 @@ class Settings(NamedTuple):
     api_server: str = ""
     listen_port: int = 8000
     revert_warning_threshold: int = 5
+    startup_taint: str = STARTUP_TAINT
 
     @property
     def kubeconfig_name(self) -> str:
@@ -51,6 +56,7 @@ ENV = {
     "MGW_LOG_LEVEL": "log_level", "MGW_LOG_FILE_PATH": "log_file_path", "MGW_REPAIR_MODE": "repair_mode",
     "NODE_NAME": "node_name", "POD_NAMESPACE": "namespace", "MGW_DAEMONSET_NAME": "daemonset_name",
     "MGW_SERVICE_ACCOUNT_DIR": "service_account_dir",
+    "MGW_STARTUP_TAINT": "startup_taint",
 }
 
 
@@ -111,6 +117,11 @@ def from_env(env: Mapping[str, str]) -> Settings:
             if not (env[var].isascii() and env[var].isdigit()) or not 0 < int(env[var]) < 65536:
                 raise SettingsError(f"{var}={env[var]!r} is invalid; expected a positive integer")
             values[attr] = int(env[var])
+    if "MGW_STARTUP_TAINT" in env:  # present but empty turns the start-up taint gate off
+        values["startup_taint"] = env["MGW_STARTUP_TAINT"].strip()
+        if values["startup_taint"] and not TAINT_KEY.match(values["startup_taint"]):
+            raise SettingsError(f"MGW_STARTUP_TAINT={env['MGW_STARTUP_TAINT']!r} is invalid; expected a taint key "
+                                "such as microgateway-cni.airlock.com/not-ready, or empty to turn the gate off")
     host, port = env.get("KUBERNETES_SERVICE_HOST", ""), env.get("KUBERNETES_SERVICE_PORT", "443")
     if host:
         values["api_server"] = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"

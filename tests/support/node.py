@@ -79,6 +79,39 @@ def pod_fixture(name: str, namespace: str = "default", protected: bool = True,
             "status": {"phase": "Pending"}}
 
 
+STARTUP_TAINT = {"key": "microgateway-cni.airlock.com/not-ready", "effect": "NoSchedule"}
+INSTALLER_USER = "system:serviceaccount:kube-system:microgateway-cni"
+
+
+def node_fixture(name: str = "node-1", taints: list[dict[str, Any]] | None = None,
+                 uid: str = "node-1-uid") -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "uid": uid, "resourceVersion": "100",
+                         "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}},
+            "spec": {"podCIDR": "10.88.0.0/24", "podCIDRs": ["10.88.0.0/24"], **({"taints": taints} if taints else {})},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def tolerates(tolerations: list[dict[str, Any]], taint: dict[str, Any]) -> bool:
+    """The scheduler's match of a pod's tolerations against one taint (core/v1 Toleration.ToleratesTaint)."""
+    for t in tolerations:
+        if t.get("effect") and t["effect"] != taint["effect"]:
+            continue
+        if t.get("operator", "Equal") == "Exists":
+            if not t.get("key") or t["key"] == taint["key"]:
+                return True
+        elif t.get("key") == taint["key"] and t.get("value", "") == taint.get("value", ""):
+            return True
+    return False
+
+
+def token_user(node: str | None = "node-1", uid: str = "node-1-uid") -> dict[str, Any]:
+    """The installer's identity from a pod-bound token; Kubernetes >= 1.32 adds the node it runs on."""
+    extra = {"authentication.kubernetes.io/node-name": [node], "authentication.kubernetes.io/node-uid": [uid]}
+    return {"username": INSTALLER_USER, "groups": ["system:serviceaccounts", "system:authenticated"],
+            "extra": extra if node else {}}
+
+
 @dataclass
 class Pod:
     name: str
@@ -140,6 +173,8 @@ class Node:
         self.install_plugin(VENV_BIN / "microgateway-cni")
         self._add_netns(self.netns)
         self.write_pods({})
+        self.write_nodes({"node-1": node_fixture()})
+        self.write_fixture("user", token_user())
         self._start_api()
 
     def close(self) -> None:
@@ -206,7 +241,17 @@ class Node:
     def write_daemonsets(self, daemonsets: dict[str, dict[str, Any]]) -> None:
         self._write_fixture("daemonsets", daemonsets)
 
-    def _write_fixture(self, section: str, value: dict[str, Any]) -> None:
+    def write_nodes(self, nodes: dict[str, dict[str, Any]]) -> None:
+        self._write_fixture("nodes", nodes)
+
+    def write_fixture(self, section: str, value: Any) -> None:
+        """Any other stand-in section: "user", "forbidden", "races", "admissionPolicy" (tests/support/kubeapi.py)."""
+        self._write_fixture(section, value)
+
+    def api_node(self, name: str = "node-1") -> dict[str, Any]:
+        return json.loads(self.fixtures.read_text())["nodes"][name]
+
+    def _write_fixture(self, section: str, value: Any) -> None:
         doc = json.loads(self.fixtures.read_text()) if self.fixtures.exists() else {}
         doc[section] = value
         tmp = self.fixtures.with_suffix(".tmp")
