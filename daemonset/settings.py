@@ -87,6 +87,8 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
      _default("daemonset_name")),
     ("MGW_SERVICE_ACCOUNT_DIR", "token, and ca.crt that the API server's certificate must chain to",
      _default("service_account_dir")),
+    ("MGW_STARTUP_TAINT", "taint key lifted from this node once the plugin is ready; empty: no start-up gate",
+     _default("startup_taint")),
     ("NODE_NAME", "this node (downward API); empty: no pod repair", _default("node_name")),
     ("POD_NAMESPACE", "our namespace (downward API)", _default("namespace")),
     ("KUBERNETES_SERVICE_HOST", "API server address (set by the kubelet); empty: no API access", ""),
