@@ -140,7 +140,8 @@ def test_api_down_for_protected_pod_is_error_11_and_no_rules(node):
 
 
 def _plugin_processes(node) -> list[str]:
-    plugin = str(node.bin_dir / "microgateway-cni").encode()
+    link = node.bin_dir / "microgateway-cni"
+    plugins = {str(link).encode(), os.path.realpath(link).encode()}  # the console script or the bundle
     found = []
     for entry in os.listdir("/proc"):
         try:
@@ -148,7 +149,7 @@ def _plugin_processes(node) -> list[str]:
                 cmdline = f.read()
         except OSError:
             continue
-        if plugin in cmdline:
+        if any(plugin in cmdline for plugin in plugins):
             found.append(entry)
     return found
 
