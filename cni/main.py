@@ -1,8 +1,9 @@
 """microgateway-cni entry point: read env and stdin, run one CNI command, write one JSON to stdout.
 
-Only the modules a command needs are imported (python-iptables only for ADD and CHECK, and only in a
-forked worker that imports it while the parent asks the API), because this runs on every pod start
-of every node.
+This module is protocol glue. ADD and CHECK read top to bottom: start the applier (cni/applier.py),
+look the pod up (cni/policy.py, cni/kube.py), plan, then apply or inspect - or cancel the applier
+for a pod that is not protected. DEL removes through the backend (cni/backend.py) in-process.
+Only the modules a command needs are imported, because this runs on every pod start of every node.
 """
 
 from __future__ import annotations
@@ -26,30 +27,44 @@ from cni.protocol import (
 
 TYPE_CHECKING = False  # typing costs ~8 ms of a frozen start (cni/records.py): annotations only
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
-POD_ANNOTATIONS_CAPABILITY = "io.kubernetes.cri.pod-annotations"
+    from cni.applier import Applier
+    from cni.backend import Backend
+    from cni.policy import PodFacts
+
+    Lookup = Callable[[Request, PluginConfig], PodFacts]
+    StartApplier = Callable[[Request, PluginConfig], Applier]
+
 INTERNAL_ERROR = 999
 
 
-def _pod_metadata(request: Request, config: PluginConfig, logger: Logger) -> tuple[bool, dict[str, str]]:
-    """(protected, annotations); the API is asked only when the runtime's annotations are not conclusive."""
-    from cni.policy import INJECT, is_protected
+def lookup_pod(request: Request, config: PluginConfig) -> PodFacts:
+    """The runtime's annotations when they are conclusive, else the pod from the API (fails closed)."""
+    from cni import policy
 
-    namespace = request.args.get("K8S_POD_NAMESPACE", "")
-    name = request.args.get("K8S_POD_NAME", "")
-    runtime_annotations = (request.conf.get("runtimeConfig") or {}).get(POD_ANNOTATIONS_CAPABILITY)
-    if isinstance(runtime_annotations, dict) and runtime_annotations.get(INJECT) == "true":
-        logger.debug("protected by runtime-supplied annotation; API not asked")
-        return True, {str(k): str(v) for k, v in runtime_annotations.items()}
+    facts = policy.from_runtime(request.conf)
+    if facts is not None:
+        return facts
     from cni import kube
 
     cluster = kube.load_cluster(config.kubeconfig)
-    pod = kube.get_pod(cluster, namespace, name, config.api_deadline_seconds)
-    metadata = pod.get("metadata") or {}
-    labels = metadata.get("labels") or {}
-    annotations = metadata.get("annotations") or {}
-    return is_protected(labels, annotations), annotations
+    pod = kube.get_pod(cluster, request.args.get("K8S_POD_NAMESPACE", ""), request.args.get("K8S_POD_NAME", ""),
+                       config.api_deadline_seconds)
+    return policy.from_api(pod)
+
+
+def start_applier(request: Request, config: PluginConfig) -> Applier:
+    from cni.applier import Applier
+
+    return Applier(load_backend(config), request.netns, result_has_ipv6(request.conf.get("prevResult")))
+
+
+def load_backend(config: PluginConfig) -> Backend:
+    from cni import backend
+
+    return backend.load()
 
 
 def _skip_reason(request: Request, config: PluginConfig) -> str:
@@ -58,51 +73,44 @@ def _skip_reason(request: Request, config: PluginConfig) -> str:
     return skip_reason(request.args.get("K8S_POD_NAMESPACE", ""), request.args.get("K8S_POD_NAME", ""), config)
 
 
-def _families(request: Request) -> list[int]:
-    from cni.netns import has_ipv6
-
-    prev = request.conf.get("prevResult")
-    return [4, 6] if has_ipv6() or result_has_ipv6(prev) else [4]
-
-
-def _enter(request: Request) -> None:
-    from cni.netns import enter_pod
-
-    enter_pod(request.netns)
-
-
-def _expected_rulesets(request: Request, config: PluginConfig, plan: Any) -> list[Any]:
-    """Call inside the pod netns: the families come from its addresses."""
-    from cni.rules import build_ruleset
-
-    return [build_ruleset(plan, config, family) for family in _families(request)]
-
-
-def cmd_add(request: Request, config: PluginConfig, logger: Logger) -> dict[str, Any]:
+def cmd_add(request: Request, config: PluginConfig, logger: Logger, lookup: Lookup = lookup_pod,
+            start: StartApplier = start_applier) -> dict[str, Any]:
     result = convert_result(request.conf.get("prevResult"), request.cni_version)
     reason = _skip_reason(request, config)
     if reason:
         logger.debug("passed through", reason=reason)
         return result
-    from cni import netfilter
-
-    with netfilter.worker() as worker:  # imports python-iptables while the API is asked
-        protected, annotations = _pod_metadata(request, config, logger)
-        if not protected:
+    with start(request, config) as applier:  # prepares the backend while the pod is looked up
+        pod = lookup(request, config)
+        if not pod.protected:
             logger.debug("passed through", reason="pod is not protected")
             return result
         from cni.policy import plan_for
 
-        plan = plan_for(annotations)  # invalid annotations fail before the netns is touched
-        _enter(request)
-        rulesets = _expected_rulesets(request, config, plan)
-        worker.run(request.netns, netfilter.apply_families, rulesets)
-    logger.info("redirection configured", families=[rs.family for rs in rulesets], mesh=plan.mesh)
+        plan = plan_for(pod.annotations)  # invalid annotations fail before the netns is touched
+        families = applier.configure(plan, config)
+    logger.info("redirection configured", families=families, mesh=plan.mesh, source=pod.source)
     return result
 
 
-def cmd_del(request: Request, config: PluginConfig, logger: Logger) -> None:
-    from cni.netns import NetnsGone, enter, legacy_nat_loaded
+def cmd_check(request: Request, config: PluginConfig, logger: Logger, lookup: Lookup = lookup_pod,
+              start: StartApplier = start_applier) -> None:
+    if _skip_reason(request, config):
+        return
+    with start(request, config) as applier:
+        pod = lookup(request, config)
+        if not pod.protected:
+            return
+        from cni.policy import plan_for
+
+        problems = applier.inspect(plan_for(pod.annotations), config)
+    if problems:
+        raise CniError(CHECK_MISMATCH, "netfilter rules differ from what ADD configures", "; ".join(problems))
+
+
+def cmd_del(request: Request, config: PluginConfig, logger: Logger,
+            backend: Callable[[PluginConfig], Backend] = load_backend) -> None:
+    from cni.netns import NetnsGone, enter
 
     if not request.netns:
         logger.debug("DEL without netns: nothing to remove")
@@ -116,52 +124,13 @@ def cmd_del(request: Request, config: PluginConfig, logger: Logger) -> None:
         # A netns whose mount was already torn down is an ordinary file: its rules died with it.
         logger.warn("netns not usable on DEL, treating it as gone", error=exc.msg)
         return
-    families = [family for family in (4, 6) if legacy_nat_loaded(family)]
-    if not families:
-        return
-    from cni import netfilter
-
     try:
-        if netfilter.remove(families):
-            logger.info("redirection removed", families=families)
+        if backend(config).remove():
+            logger.info("redirection removed")
     except CniError as exc:
         # Failing DEL would stop libcni's chain and leave the pod stuck Terminating; the rules live
         # only in this netns, which the runtime destroys right after DEL.
         logger.warn("could not remove rules; they go with the netns", error=exc.msg)
-
-
-def _diff(family: int, expected: list[Any], live: list[Any]) -> str:
-    missing = [rule.render() for rule in expected if rule not in live]
-    unexpected = [rule if isinstance(rule, str) else rule.render() for rule in live if rule not in expected]
-    if missing or unexpected:
-        parts = [f"missing IPv{family}: {r}" for r in missing] + [f"unexpected IPv{family}: {r}" for r in unexpected]
-        return "; ".join(parts)
-    return f"IPv{family} rules are out of order" if expected != live else ""
-
-
-def cmd_check(request: Request, config: PluginConfig, logger: Logger) -> None:
-    if _skip_reason(request, config):
-        return
-    from cni import netfilter
-
-    with netfilter.worker() as worker:
-        protected, annotations = _pod_metadata(request, config, logger)
-        if not protected:
-            return
-        from cni.policy import plan_for
-
-        plan = plan_for(annotations)
-        _enter(request)
-        expected = _expected_rulesets(request, config, plan)
-        live = worker.run(request.netns, netfilter.read_families, [rs.family for rs in expected])
-    problems = []
-    for ruleset in expected:
-        rules, jumps = live[ruleset.family]
-        ordered = sorted(ruleset.rules, key=lambda rule: rule.chain)
-        problems.extend(p for p in (_diff(ruleset.family, ordered, rules),
-                                     _diff(ruleset.family, list(ruleset.jumps), jumps)) if p)
-    if problems:
-        raise CniError(CHECK_MISMATCH, "netfilter rules differ from what ADD configures", "; ".join(problems))
 
 
 def cmd_gc(request: Request, config: PluginConfig, logger: Logger) -> None:

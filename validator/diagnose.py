@@ -8,35 +8,28 @@ import socket
 import time
 from typing import Any
 
-from cni.rules import INBOUND, OUTPUT, PREROUTING, Rule
-
-LOOPBACK = {4: "127.0.0.1", 6: "::1"}
+from cni.contract import LOOPBACK
+from cni.rules import INBOUND, NAT, OUTPUT, PREROUTING
 
 
 def chain_report(families: list[int], engine_port: int) -> dict[int, dict[str, Any]]:
-    """Our chains and jumps per family, read with python-iptables (the plugin's own reader)."""
-    from cni import netfilter
-    from cni.netns import legacy_nat_loaded
+    """Our nat chains and jumps per family, read through the plugin's own backend."""
+    from cni import backend
 
     report: dict[int, dict[str, Any]] = {}
-    loaded = [family for family in families if legacy_nat_loaded(family)]
-    live = netfilter.read_families(loaded) if loaded else {}
-    for family in families:
-        rules, jumps = live.get(family, ([], []))
-        decoded = [r for r in rules if isinstance(r, Rule)]
-        # A chain may be empty (Istio capturing every port leaves MGW_PREROUTING so); jumps prove it exists.
-        chains = sorted({r.chain for r in decoded} | {j.target for j in jumps if isinstance(j, Rule)})
-        redirect = any(r.chain == INBOUND and r.target == "REDIRECT" and r.to_port == engine_port for r in decoded)
-        unrestricted_output = [r.render() for r in decoded
+    for live in backend.load().read(families, (NAT,)):
+        rules = live.rules
+        unrestricted_output = [r.render() for r in rules
                                if r.chain == OUTPUT and r.dport is None and r.uid_owner is None]
-        report[family] = {
-            "chains": chains,
-            "rules": [r if isinstance(r, str) else r.render() for r in rules],
-            "prerouting_jump": any(isinstance(j, Rule) and j.target == PREROUTING for j in jumps),
-            "output_jump": any(isinstance(j, Rule) and j.target == OUTPUT for j in jumps),
-            "redirects_to_engine": redirect,
+        report[live.family] = {
+            "chains": list(live.chains),
+            "rules": [r.render() for r in rules] + [f"{f.text}  [unexpected: {f.reason}]" for f in live.foreign],
+            "prerouting_jump": any(j.target == PREROUTING for j in live.jumps),
+            "output_jump": any(j.target == OUTPUT for j in live.jumps),
+            "redirects_to_engine": any(r.chain == INBOUND and r.target == "REDIRECT" and r.to_port == engine_port
+                                       for r in rules),
             "unrestricted_output": unrestricted_output,
-            "istio_mode": any(isinstance(r, Rule) and r.uid_owner is not None for r in decoded),
+            "istio_mode": any(r.uid_owner is not None for r in rules),
         }
     return report
 
