@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import shutil
+import subprocess
 import threading
 import time
 from collections import deque
@@ -27,6 +28,7 @@ class Clock(Protocol):
     def monotonic(self) -> float: ...
 
     def sleep(self, seconds: float, /) -> None: ...
+VERIFY_TIMEOUT_SECONDS = 30.0
 
 
 def kubeconfig_document(server: str, ca_pem: bytes, token: str) -> dict[str, Any]:
@@ -38,6 +40,29 @@ def kubeconfig_document(server: str, ca_pem: bytes, token: str) -> dict[str, Any
             "contexts": [{"name": "microgateway-cni", "context": {"cluster": "local", "user": "microgateway-cni"}}]}
 
 
+def verify_plugin(executable: str) -> str | None:
+    """Run a freshly copied plugin once as the kubelet would (CNI VERSION): None if it answers, else why not.
+
+    A plugin that cannot start on this node (a C library it lacks, a broken copy, another architecture)
+    must never replace a working one: the kubelet would fail every pod sandbox on the node.
+    """
+    try:
+        done = subprocess.run([executable], input=b'{"cniVersion": "1.0.0"}', capture_output=True,
+                              env={**os.environ, "CNI_COMMAND": "VERSION"}, timeout=VERIFY_TIMEOUT_SECONDS, check=False)
+    except subprocess.TimeoutExpired:
+        return f"no answer to CNI VERSION within {VERIFY_TIMEOUT_SECONDS:.0f}s"
+    except OSError as exc:
+        return f"cannot execute it: {exc.strerror}"
+    try:
+        supported = json.loads(done.stdout)["supportedVersions"]
+    except (ValueError, KeyError, TypeError):
+        supported = None
+    if done.returncode != 0 or not isinstance(supported, list) or "1.0.0" not in supported:
+        lines = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
+        return f"CNI VERSION exited {done.returncode}: {lines[-1] if lines else 'no output'}"
+    return None
+
+
 class Installer:
     def __init__(self, settings: Settings, log: Callable[..., None],
                  on_revert: Callable[[], None] = lambda: None, clock: Clock = time) -> None:
@@ -47,6 +72,7 @@ class Installer:
         self.on_revert = on_revert
         self.written: dict[str, bytes] = {}  # what we last wrote per conflist path
         self._bundle_digest: str | None = None
+        self.bundle_error: str | None = None  # why the image's plugin bundle cannot run here, while it cannot
         self.reverts: deque[float] = deque()
         self._lock = threading.RLock()  # the watch thread's reconcile and SIGTERM's uninstall never interleave
         self._uninstalled = False
@@ -89,7 +115,9 @@ class Installer:
     def _install_bundle(self, source_dir: str) -> bool:
         """A PyInstaller one-dir bundle: versioned hidden directory + atomically swapped symlink.
 
-        The previous version stays until the next update: a kubelet may be running it for a DEL.
+        The previous version stays until the next update: a kubelet may be running it for a DEL. The new
+        version must answer CNI VERSION from its new place before the symlink points at it; if it cannot,
+        the previous plugin stays, the installer stays not ready, and later reconciles try again.
         """
         if self._bundle_digest is None:
             self._bundle_digest = files.tree_digest(source_dir)  # the image is immutable: hash once
@@ -104,6 +132,17 @@ class Installer:
             return False
         if not os.path.isdir(os.path.join(bin_dir, version_dir)):
             files.copy_tree_atomic(source_dir, os.path.join(bin_dir, version_dir))
+        error = verify_plugin(os.path.join(bin_dir, link_target))
+        if error is not None:
+            if error != self.bundle_error:
+                self.log("error", "the plugin bundle cannot run on this node; keeping the previous plugin and "
+                         "staying not ready", bundle=os.path.join(bin_dir, version_dir), error=error,
+                         previous=previous or None)
+            self.bundle_error = error
+            if not os.path.exists(self.binary_path):  # nothing to keep: never chain a plugin that is not there
+                raise RuntimeError(f"no runnable plugin installed: {error}")
+            return False
+        self.bundle_error = None
         files.symlink_atomic(link_target, self.binary_path)
         keep = {version_dir, previous.split(os.sep)[0]}
         for name in os.listdir(bin_dir):
@@ -219,6 +258,8 @@ class Installer:
 
     # -- readiness and uninstall ---------------------------------------------------------------------
     def ready(self) -> bool:
+        if self.bundle_error is not None:
+            return False
         if not os.path.exists(self.binary_path) or not os.path.exists(self.kubeconfig_path):
             return False
         entry = self.settings.plugin_entry()

@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from cni.contract import INJECT
+from tests.support import bundles
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ROOT / "tests" / "support" / "libcni-driver" / "libcni-driver"
 VENV_BIN = Path(sys.executable).parent
 SYSTEM_PLUGINS = Path("/usr/lib/cni")
 API_PORT = 6443
+API_HOST_NAME = "kube-apiserver.mgwt.test"  # in the stand-in's certificate; resolvable only where a test maps it
 APP_UID, ENGINE_UID, ISTIO_UID, VALIDATOR_UID = 1000, 1001, 1337, 1002
 SUBNET4, GATEWAY4 = "10.88.0.0/24", "10.88.0.1"
 SUBNET6, GATEWAY6 = "fd00:88::/64", "fd00:88::1"
@@ -62,6 +64,14 @@ HIDDEN = hidden_ancestor(ROOT)
 # What REVEAL binds back under HIDDEN: the checkout, and the interpreter the virtualenv points at.
 REVEALED = ":".join(str(path) for path in (ROOT, Path(os.path.realpath(sys.executable)).parents[1])
                     if HIDDEN is not None and HIDDEN in path.parents)
+
+
+def executable(name: str) -> Path:
+    """The console script, or with MGW_TEST_BINARIES=1 the built bundle (tests/support/bundles.py)."""
+    if bundles.selected():
+        bundles.ensure_built()
+        return bundles.binary(name)
+    return VENV_BIN / name
 
 
 def run(cmd: list[str], check: bool = True, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -170,7 +180,7 @@ class Node:
             sub.mkdir(parents=True)
         for plugin in ("bridge", "host-local", "loopback", "portmap"):
             (self.bin_dir / plugin).symlink_to(SYSTEM_PLUGINS / plugin)
-        self.install_plugin(VENV_BIN / "microgateway-cni")
+        self.install_plugin(executable("microgateway-cni"))
         self._add_netns(self.netns)
         self.write_pods({})
         self.write_nodes({"node-1": node_fixture()})
@@ -204,7 +214,7 @@ class Node:
     def _start_api(self) -> None:
         cert, key = self.dir / "api.crt", self.dir / "api.key"
         run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-days", "1", "-subj", "/CN=kube-apiserver", "-addext", "subjectAltName=IP:127.0.0.1",
+             "-days", "1", "-subj", "/CN=kube-apiserver", "-addext", f"subjectAltName=IP:127.0.0.1,DNS:{API_HOST_NAME}",
              "-keyout", str(key), "-out", str(cert)])
         self.ca_pem = cert.read_bytes()
         self.api = self.spawn(self.netns, [sys.executable, "-m", "tests.support.kubeapi", "--port", str(API_PORT),
@@ -373,7 +383,7 @@ class Node:
 
     def validate(self, pod: Pod, *args: str, validator: str | None = None) -> tuple[int, str, str]:
         """Run the validator in the pod as an unprivileged uid: (exit code, stdout, termination message)."""
-        validator = validator or str(VENV_BIN / "microgateway-network-validator")
+        validator = validator or str(executable("microgateway-network-validator"))
         termination = self.dir / f"termination-{pod.name}"
         termination.write_text("")
         os.chown(termination, VALIDATOR_UID, VALIDATOR_UID)

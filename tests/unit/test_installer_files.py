@@ -154,3 +154,50 @@ def test_reverts_outside_the_window_are_forgotten(host):
         shutil.copy(FIXTURES / "05-cilium.conflist", host.net_dir / "05-cilium.conflist")
         assert installer.reconcile() == "written"
     assert clock.sleeps == []
+
+
+NEEDS_NEWER_GLIBC = """#!/bin/sh
+echo "/lib64/libc.so.6: version \\`GLIBC_2.99' not found (required by microgateway-cni)" >&2
+exit 1
+"""
+
+
+def bundle_running(root: Path, version: str, script: str) -> Path:
+    """A one-dir layout whose executable is the given shell script."""
+    bundle = root / f"bundle-{version}"
+    (bundle / "_internal").mkdir(parents=True)
+    executable = bundle / "microgateway-cni"
+    executable.write_text(script)
+    executable.chmod(0o755)
+    return executable
+
+
+@pytest.mark.parametrize("script", [NEEDS_NEWER_GLIBC, "#!/bin/sh\necho not json\n", "not an executable"])
+def test_a_plugin_bundle_that_cannot_run_never_replaces_a_working_one(host, tmp_path, script):
+    shutil.copy(FIXTURES / "10-flannel.conflist", host.net_dir / "10-flannel.conflist")
+    working = installer_for(host, MGW_PLUGIN_BINARY=str(make_bundle(tmp_path, "1")))
+    assert working.reconcile() == "written" and working.ready()
+    link = host.bin_dir / "microgateway-cni"
+    before = os.readlink(link)
+    logs: list[tuple[str, str, dict]] = []
+    broken = Installer(host.settings(MGW_PLUGIN_BINARY=str(bundle_running(tmp_path, "2", script))),
+                       lambda level, msg, **fields: logs.append((level, msg, fields)))
+    assert broken.reconcile() == "unchanged"  # still chained, to the previous plugin
+    assert os.readlink(link) == before and (host.bin_dir / before).is_file()
+    assert not broken.ready(), "a node whose plugin could not be updated must stay not ready"
+    errors = [(msg, fields) for level, msg, fields in logs if level == "error"]
+    assert len(errors) == 1 and "cannot run on this node" in errors[0][0], logs
+    assert errors[0][1]["previous"] == before
+    expected = {NEEDS_NEWER_GLIBC: "GLIBC_2.99", "not an executable": "cannot execute"}.get(script, "not json")
+    assert expected in errors[0][1]["error"], errors
+    broken.reconcile()
+    assert len([1 for level, *_ in logs if level == "error"]) == 1, "the same failure is logged once"
+
+
+def test_a_plugin_bundle_that_cannot_run_is_not_chained_on_a_fresh_node(host, tmp_path):
+    shutil.copy(FIXTURES / "10-flannel.conflist", host.net_dir / "10-flannel.conflist")
+    installer = installer_for(host, MGW_PLUGIN_BINARY=str(bundle_running(tmp_path, "1", NEEDS_NEWER_GLIBC)))
+    with pytest.raises(RuntimeError, match=r"GLIBC_2\.99"):
+        installer.reconcile()
+    assert not (host.bin_dir / "microgateway-cni").exists() and not installer.ready()
+    assert "microgateway-cni" not in (host.net_dir / "10-flannel.conflist").read_text()
