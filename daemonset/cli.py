@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import ssl
 import sys
 import threading
 import urllib.request
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from daemonset.api import api_client, describe_api_error
 from daemonset.settings import Settings, SettingsError, from_env, help_table
 
 if TYPE_CHECKING:
@@ -41,38 +41,6 @@ def _settings() -> Settings:
         return from_env(os.environ)
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
-
-
-def api_client(settings: Settings) -> Any:
-    """The official client, authenticated with the (rotating) projected service-account token."""
-    from kubernetes import client
-
-    sa = settings.service_account_dir
-    config = client.Configuration()
-    config.host = settings.api_server
-    config.verify_ssl = True  # the API server's certificate must chain to the service account's CA
-    config.ssl_ca_cert = os.path.join(sa, "ca.crt")
-
-    def refresh(cfg: Any) -> None:
-        with open(os.path.join(sa, "token")) as f:
-            cfg.api_key["authorization"] = f.read().strip()
-
-    config.api_key_prefix["authorization"] = "Bearer"
-    config.refresh_api_key_hook = refresh
-    refresh(config)
-    return client.ApiClient(config)
-
-
-def describe_api_error(exc: BaseException, ca_path: str) -> str:
-    """The reason for a failed API call; a certificate that does not chain to our CA says so plainly."""
-    cause: object = exc
-    seen: set[int] = set()
-    while isinstance(cause, BaseException) and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"API server certificate rejected: {cause.verify_message} (verified against {ca_path})"
-        cause = cause.__cause__ or cause.__context__ or getattr(cause, "reason", None)
-    return f"{type(exc).__name__}: {exc}"
 
 
 def daemonset_deleted(api: Any, settings: Settings) -> bool:

@@ -9,16 +9,17 @@ own node; the node's registration adds it again on the next boot.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
+
+from daemonset.api import certificate_rejection
+from daemonset.install import verify_plugin
 
 READY_POLL_SECONDS = 0.2
 FIRST_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 30.0
 CONFLICT_RETRIES = 5
-PLUGIN_TIMEOUT_SECONDS = 10.0
 REASONS = {401: "unauthorized", 403: "forbidden", 404: "node_not_found", 409: "conflict", 422: "invalid"}
 
 
@@ -28,24 +29,6 @@ class NotRunnable(RuntimeError):
 
 class StillConflicting(RuntimeError):
     """Others kept changing the node between our read and our write."""
-
-
-def plugin_problem(binary: str) -> str | None:
-    """None when the installed plugin answers CNI VERSION the way the kubelet's runtime will call it."""
-    try:
-        done = subprocess.run([binary], input=b'{"cniVersion": "1.0.0"}', capture_output=True,
-                              env={"CNI_COMMAND": "VERSION", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-                              timeout=PLUGIN_TIMEOUT_SECONDS, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"{binary}: {exc}"
-    try:
-        supported = json.loads(done.stdout).get("supportedVersions")
-    except (ValueError, AttributeError):
-        supported = None
-    if done.returncode != 0 or not supported:
-        output = (done.stdout or done.stderr).decode(errors="replace")[:200]
-        return f"{binary} VERSION exited {done.returncode}: {output}"
-    return None
 
 
 def failure_reason(exc: BaseException) -> tuple[str, str]:
@@ -63,6 +46,9 @@ def failure_reason(exc: BaseException) -> tuple[str, str]:
         return "plugin_not_runnable", str(exc)
     if isinstance(exc, StillConflicting):
         return "conflict", str(exc)
+    rejection = certificate_rejection(exc)
+    if rejection is not None:
+        return "certificate_rejected", f"API server certificate rejected: {rejection}"
     return "unreachable", f"{type(exc).__name__}: {exc}"
 
 
@@ -128,7 +114,7 @@ class TaintGate:
                     return
                 continue
             try:
-                if problem := plugin_problem(plugin):
+                if problem := verify_plugin(plugin):
                     raise NotRunnable(problem)
                 outcome = self.lift()
             except Exception as exc:

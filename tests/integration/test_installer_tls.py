@@ -54,7 +54,13 @@ def test_refuses_an_api_server_whose_certificate_another_ca_signed_and_says_why(
     kubeconfig = host.net_dir / "microgateway-cni-kubeconfig"
 
     untrusted = Daemon(node, host, MGW_REPAIR_MODE="none", KUBERNETES_SERVICE_PORT=OTHER_API_PORT)
-    assert wait_for(untrusted.ready, timeout=15), untrusted.log()
+
+    def taint_refused() -> list[dict]:
+        return [e for e in untrusted.log() if e["message"].startswith("cannot remove the start-up taint")]
+
+    assert wait_for(taint_refused, timeout=15), untrusted.log()
+    assert taint_refused()[0]["reason"] == "certificate_rejected", taint_refused()
+    assert not untrusted.ready(), "a node whose API server cannot be verified keeps its start-up taint"
     assert untrusted.stop() == 0
     warnings = [e for e in untrusted.log() if e["message"].startswith("cannot tell whether the DaemonSet")]
     assert len(warnings) == 1, untrusted.log()

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from daemonset.cli import api_client
+from daemonset.api import api_client
 from daemonset.taint import FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS, READY_POLL_SECONDS, TaintGate
 from tests.support.installer import INSTALLER, PLUGIN, Daemon, Host
 from tests.support.node import STARTUP_TAINT, Node, node_fixture, token_user, wait_for
