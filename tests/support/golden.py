@@ -1,6 +1,7 @@
 """Golden rule sets: the rules a protected pod gets for each annotation case, in iptables-save syntax.
 
-tests/golden/<case>-v4.rules and -v6.rules hold just our part of the nat table (RuleSet.render()).
+tests/golden/<case>-v4.rules and -v6.rules hold just our part of the nat table, then of the filter
+table (RuleSet.render() of each).
 Unit tests compare build_ruleset with them and integration tests a live pod's iptables-legacy-save,
 so the files are the reviewed record of the rule design. MGW_UPDATE_GOLDEN=1 rewrites them from the
 unit tests' output; review the diff like code.
@@ -11,7 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cni.contract import ALLOW_INBOUND_UDP_PORTS as ALLOW_UDP
 from cni.contract import EXCLUDE_INBOUND_PORTS as EXCLUDE
+from cni.contract import NON_TCP_INBOUND as NON_TCP
 from cni.contract import SERVICE_MESH as MESH
 from cni.policy import ISTIO_EXCLUDE_INBOUND as ISTIO_EXCLUDE
 from cni.policy import ISTIO_INCLUDE_INBOUND as ISTIO_INCLUDE
@@ -26,7 +29,10 @@ CASES: dict[str, dict[str, str]] = {
     "istio-all-uncaptured": {MESH: "istio", ISTIO_EXCLUDE: "7070,7071,15020", EXCLUDE: "8081"},
     "istio-include-exclude": {MESH: "istio", ISTIO_INCLUDE: "8080,9090", ISTIO_EXCLUDE: "9090"},
     "istio-include-none": {MESH: "istio", ISTIO_INCLUDE: ""},
+    "udp-allowed": {ALLOW_UDP: "5353, 9000, 9001", EXCLUDE: "8081"},
+    "non-tcp-allowed": {NON_TCP: "allow", ALLOW_UDP: "5353"},
 }
+TABLES = ("nat", "filter")
 
 
 def path(case: str, family: int) -> Path:
@@ -52,6 +58,11 @@ def ours(save: str, table: str = "nat") -> str:
         elif line.startswith("-A ") and "MGW_" in line:
             lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def ours_in_tables(save: str) -> str:
+    """Our part of every table we write, in the golden files' order."""
+    return "".join(ours(save, table) for table in TABLES)
 
 
 def check(case: str, family: int, text: str, update: bool = False) -> None:
