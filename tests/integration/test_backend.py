@@ -8,27 +8,13 @@ import pytest
 from cni.backend import Backend
 from cni.config import PluginConfig
 from cni.iptables_legacy import LegacyBackend
-from cni.model import Live, Rule, RuleSet, drift
+from cni.model import Live, RuleSet, drift
 from cni.policy import plan_for
 from cni.rules import build_rulesets
 from cni.worker import Worker
 
 BACKENDS = [LegacyBackend]
 FAMILIES = [4, 6]
-
-
-def filter_ruleset(family: int) -> RuleSet:
-    """Rules of the kind non-TCP inbound needs: interface, conntrack state, protocols, a UDP port."""
-    chain = "MGW_INPUT"
-    icmp = "icmp" if family == 4 else "ipv6-icmp"
-    rules = (Rule(chain, "ACCEPT", protocol=None, in_iface="lo"),
-             Rule(chain, "ACCEPT", protocol=None, ctstate="RELATED,ESTABLISHED"),
-             Rule(chain, "RETURN"),
-             Rule(chain, "ACCEPT", protocol=icmp),
-             Rule(chain, "ACCEPT", protocol="udp", dport="5353"),
-             Rule(chain, "DROP", protocol=None))
-    return RuleSet(family=family, table="filter", chains=(chain,), rules=rules,
-                   jumps=(Rule("INPUT", chain, protocol=None),))
 
 
 def _scenario(backend: Backend, rulesets: list[RuleSet]) -> dict[str, object]:
@@ -62,8 +48,8 @@ def test_apply_read_apply_remove(node, netns, backend_class, case):
     backend = backend_class()
     rulesets = build_rulesets(plan_for({"sidecar.microgateway.airlock.com/serviceMesh": "istio"}), PluginConfig(),
                               FAMILIES)
-    if case == "nat+filter":
-        rulesets += [filter_ruleset(family) for family in FAMILIES]
+    if case == "nat":
+        rulesets = [ruleset for ruleset in rulesets if ruleset.table == "nat"]
     with Worker(backend.prepare) as worker:
         seen = worker.run(f"/run/netns/{netns}", _scenario, backend, rulesets)
     assert _problems(rulesets, seen["first"]) == []
