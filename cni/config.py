@@ -15,6 +15,8 @@ VALIDATION_PORT = 19003
 ISTIO_PROXY_UID = 1337
 ISTIO_PORTS = (15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 15053, 15090)
 LOG_LEVELS = ("debug", "info", "warn", "error")
+# The conflist key `netfilterBackend`; "auto" decides per node (cni/backend.py).
+NETFILTER_BACKENDS = ("auto", "iptables-legacy", "nftables")
 DEFAULT_KUBECONFIG = "/etc/cni/net.d/microgateway-cni-kubeconfig"
 DEFAULT_API_DEADLINE_SECONDS = 30.0
 # The installer DaemonSet's pods; skipped before any API call (Istio's node-reboot deadlock lesson).
@@ -34,6 +36,7 @@ class PluginConfig:
     validation_port: int = VALIDATION_PORT
     istio_proxy_uid: int = ISTIO_PROXY_UID
     istio_ports: tuple[int, ...] = ISTIO_PORTS
+    netfilter_backend: str = "auto"
 
 
 def _bad(key: str, value: Any, expected: str) -> CniError:
@@ -72,6 +75,11 @@ def parse_config(conf: dict[str, Any]) -> PluginConfig:
             raise _bad("debug", debug, "expected true or false")
         if debug:
             values["log_level"] = "debug"
+    if "netfilterBackend" in conf:
+        backend = conf["netfilterBackend"]
+        if backend not in NETFILTER_BACKENDS:
+            raise _bad("netfilterBackend", backend, "expected one of " + ", ".join(NETFILTER_BACKENDS))
+        values["netfilter_backend"] = backend
     if "logFilePath" in conf:
         values["log_file_path"] = _string("logFilePath", conf["logFilePath"])
 

@@ -16,6 +16,9 @@ from cni.errors import CniError
     ({"kubernetes": {"apiDeadlineSeconds": 2}}, PluginConfig(api_deadline_seconds=2.0)),
     ({"enginePort": 14000, "engineOwnPorts": [1, 2], "istioProxyUid": 2000},
      PluginConfig(engine_port=14000, engine_own_ports=(1, 2), istio_proxy_uid=2000)),
+    ({"netfilterBackend": "nftables"}, PluginConfig(netfilter_backend="nftables")),
+    ({"netfilterBackend": "iptables-legacy"}, PluginConfig(netfilter_backend="iptables-legacy")),
+    ({"netfilterBackend": "auto"}, PluginConfig()),
 ])
 def test_valid(conf, expected):
     assert parse_config(conf) == expected
@@ -36,6 +39,8 @@ def test_valid(conf, expected):
     ({"engineOwnPorts": [13378]}, "engineOwnPorts"),
     ({"istioPorts": "15000"}, "istioPorts"),
     ({"istioProxyUid": 0}, "istioProxyUid"),
+    ({"netfilterBackend": "iptables-nft"}, "netfilterBackend"),
+    ({"netfilterBackend": ["nftables"]}, "netfilterBackend"),
 ])
 def test_invalid_names_key_and_value(conf, key):
     with pytest.raises(CniError) as err:
@@ -50,7 +55,7 @@ json_values = st.recursive(
     max_leaves=8,
 )
 config_keys = st.sampled_from(["logLevel", "debug", "logFilePath", "kubernetes", "enginePort", "engineOwnPorts",
-                               "validationPort", "istioProxyUid", "istioPorts", "other"])
+                               "validationPort", "istioProxyUid", "istioPorts", "netfilterBackend", "other"])
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
