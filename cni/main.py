@@ -26,6 +26,7 @@ from cni.protocol import (
 
 TYPE_CHECKING = False  # typing costs ~8 ms of a frozen start (cni/records.py): annotations only
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 POD_ANNOTATIONS_CAPABILITY = "io.kubernetes.cri.pod-annotations"
@@ -78,12 +79,57 @@ def _expected_rulesets(request: Request, config: PluginConfig, plan: Any) -> lis
     return [build_ruleset(plan, config, family) for family in _families(request)]
 
 
+def _backend(config: PluginConfig, logger: Logger) -> str:
+    from cni.backend import choose
+
+    chosen = choose(config.netfilter_backend)
+    logger.debug("netfilter backend", backend=chosen, configured=config.netfilter_backend)
+    return chosen
+
+
+def _remove_legacy_leftovers(logger: Logger) -> None:
+    """Inside the pod netns: our legacy chains from before the node switched to nftables, if any.
+    The legacy nat table is only opened where it already exists, so it is never created here."""
+    from cni.netns import legacy_nat_loaded
+
+    families = [family for family in (4, 6) if legacy_nat_loaded(family)]
+    if families:
+        from cni import netfilter
+
+        if netfilter.remove(families):
+            logger.info("legacy rules from another backend removed", families=families)
+
+
+def _add_nftables(request: Request, config: PluginConfig, logger: Logger) -> dict[str, Any]:
+    """ADD with native nftables: no worker and no heavy import, the batch is written in-process."""
+    result = convert_result(request.conf.get("prevResult"), request.cni_version)
+    protected, annotations = _pod_metadata(request, config, logger)
+    if not protected:
+        logger.debug("passed through", reason="pod is not protected")
+        return result
+    from cni import nftables
+    from cni.policy import plan_for
+
+    plan = plan_for(annotations)  # invalid annotations fail before the netns is touched
+    _enter(request)
+    rulesets = _expected_rulesets(request, config, plan)
+    nftables.apply(rulesets)
+    _remove_legacy_leftovers(logger)
+    logger.info("redirection configured", backend="nftables", families=[rs.family for rs in rulesets],
+                mesh=plan.mesh)
+    return result
+
+
 def cmd_add(request: Request, config: PluginConfig, logger: Logger) -> dict[str, Any]:
     result = convert_result(request.conf.get("prevResult"), request.cni_version)
     reason = _skip_reason(request, config)
     if reason:
         logger.debug("passed through", reason=reason)
         return result
+    from cni.backend import NFTABLES
+
+    if _backend(config, logger) == NFTABLES:
+        return _add_nftables(request, config, logger)
     from cni import netfilter
 
     with netfilter.worker() as worker:  # imports python-iptables while the API is asked
@@ -97,11 +143,17 @@ def cmd_add(request: Request, config: PluginConfig, logger: Logger) -> dict[str,
         _enter(request)
         rulesets = _expected_rulesets(request, config, plan)
         worker.run(request.netns, netfilter.apply_families, rulesets)
-    logger.info("redirection configured", families=[rs.family for rs in rulesets], mesh=plan.mesh)
+    from cni import nftables
+
+    if nftables.remove():
+        logger.info("nftables rules from another backend removed")
+    logger.info("redirection configured", backend="iptables-legacy", families=[rs.family for rs in rulesets],
+                mesh=plan.mesh)
     return result
 
 
 def cmd_del(request: Request, config: PluginConfig, logger: Logger) -> None:
+    """Removes ours from both backends, whichever the node uses now: it may have switched since ADD."""
     from cni.netns import NetnsGone, enter, legacy_nat_loaded
 
     if not request.netns:
@@ -116,6 +168,15 @@ def cmd_del(request: Request, config: PluginConfig, logger: Logger) -> None:
         # A netns whose mount was already torn down is an ordinary file: its rules died with it.
         logger.warn("netns not usable on DEL, treating it as gone", error=exc.msg)
         return
+    from cni import nftables
+
+    # Failing DEL would stop libcni's chain and leave the pod stuck Terminating; the rules live only
+    # in this netns, which the runtime destroys right after DEL. So failures are logged, never raised.
+    try:
+        if nftables.remove():
+            logger.info("redirection removed", backend="nftables")
+    except CniError as exc:
+        logger.warn("could not remove nftables rules; they go with the netns", error=exc.msg)
     families = [family for family in (4, 6) if legacy_nat_loaded(family)]
     if not families:
         return
@@ -123,24 +184,47 @@ def cmd_del(request: Request, config: PluginConfig, logger: Logger) -> None:
 
     try:
         if netfilter.remove(families):
-            logger.info("redirection removed", families=families)
+            logger.info("redirection removed", backend="iptables-legacy", families=families)
     except CniError as exc:
-        # Failing DEL would stop libcni's chain and leave the pod stuck Terminating; the rules live
-        # only in this netns, which the runtime destroys right after DEL.
         logger.warn("could not remove rules; they go with the netns", error=exc.msg)
 
 
-def _diff(family: int, expected: list[Any], live: list[Any]) -> str:
-    missing = [rule.render() for rule in expected if rule not in live]
-    unexpected = [rule if isinstance(rule, str) else rule.render() for rule in live if rule not in expected]
+def _diff(family: int, expected: list[Any], live: list[Any], render: Callable[[Any, int], str]) -> str:
+    missing = [render(rule, family) for rule in expected if rule not in live]
+    unexpected = [rule if isinstance(rule, str) else render(rule, family) for rule in live if rule not in expected]
     if missing or unexpected:
         parts = [f"missing IPv{family}: {r}" for r in missing] + [f"unexpected IPv{family}: {r}" for r in unexpected]
         return "; ".join(parts)
     return f"IPv{family} rules are out of order" if expected != live else ""
 
 
+def _check_nftables(request: Request, config: PluginConfig, logger: Logger) -> None:
+    protected, annotations = _pod_metadata(request, config, logger)
+    if not protected:
+        return
+    from cni import nftables
+    from cni.policy import plan_for
+
+    plan = plan_for(annotations)
+    _enter(request)
+    expected = _expected_rulesets(request, config, plan)
+    live = nftables.read([rs.family for rs in expected])
+    problems = []
+    for ruleset in expected:
+        rules, jumps = live[ruleset.family]
+        problems.extend(p for p in (_diff(ruleset.family, list(ruleset.rules), rules, nftables.describe),
+                                     _diff(ruleset.family, list(ruleset.jumps), jumps, nftables.describe)) if p)
+    if problems:
+        raise CniError(CHECK_MISMATCH, "nftables rules differ from what ADD configures", "; ".join(problems))
+
+
 def cmd_check(request: Request, config: PluginConfig, logger: Logger) -> None:
     if _skip_reason(request, config):
+        return
+    from cni.backend import NFTABLES
+
+    if _backend(config, logger) == NFTABLES:
+        _check_nftables(request, config, logger)
         return
     from cni import netfilter
 
@@ -158,10 +242,14 @@ def cmd_check(request: Request, config: PluginConfig, logger: Logger) -> None:
     for ruleset in expected:
         rules, jumps = live[ruleset.family]
         ordered = sorted(ruleset.rules, key=lambda rule: rule.chain)
-        problems.extend(p for p in (_diff(ruleset.family, ordered, rules),
-                                     _diff(ruleset.family, list(ruleset.jumps), jumps)) if p)
+        problems.extend(p for p in (_diff(ruleset.family, ordered, rules, _iptables_syntax),
+                                     _diff(ruleset.family, list(ruleset.jumps), jumps, _iptables_syntax)) if p)
     if problems:
         raise CniError(CHECK_MISMATCH, "netfilter rules differ from what ADD configures", "; ".join(problems))
+
+
+def _iptables_syntax(rule: Any, family: int) -> str:
+    return rule.render()
 
 
 def cmd_gc(request: Request, config: PluginConfig, logger: Logger) -> None:

@@ -182,7 +182,7 @@ def batch(rulesets: list[RuleSet], present: set[int]) -> list[nl.Command]:
             commands.append((nl.NEWCHAIN, nfproto, nl.NLM_F_CREATE, _chain_body(name), f"add IPv{family} chain {name}"))
         for rule in (*ruleset.rules, *ruleset.jumps):
             commands.append((nl.NEWRULE, nfproto, nl.NLM_F_CREATE | nl.NLM_F_APPEND, _rule_body(rule, family),
-                             lambda rule=rule, family=family: f"IPv{family} rule {rule.chain}: {render(rule, family)}"))
+                             lambda rule=rule, family=family: f"rule {describe(rule, family)}"))
     return commands
 
 
@@ -220,6 +220,11 @@ def render(rule: Rule, family: int) -> str:
     else:
         parts.append(f"jump {rule.target}")
     return " ".join(parts)
+
+
+def describe(rule: Rule, family: int) -> str:
+    """A rule with its place, in nft syntax: "ip6 microgateway MGW_OUTPUT: tcp dport 19003 ..."."""
+    return f"{FAMILY_NAMES[FAMILIES[family]]} {TABLE} {rule.chain}: {render(rule, family)}"
 
 
 def render_table(ruleset: RuleSet) -> str:
@@ -330,9 +335,20 @@ def decode(chain: str, family: int, payload: bytes) -> Rule:
     return Rule(**fields)
 
 
-def _describe(chain: str, payload: bytes, reason: str) -> str:
+def _describe(family: int, chain: str, payload: bytes, reason: str) -> str:
     names = " ".join(name for name, _ in _decode_expressions(payload))
-    return f"{chain}: [{names}] [unexpected: {reason}]"
+    return f"{FAMILY_NAMES[FAMILIES[family]]} {TABLE} {chain}: [{names}] [not one of ours: {reason}]"
+
+
+HOOK_NAMES = {hook: name for _, hook, name, _ in BASE_CHAINS.values()}
+
+
+def _base_syntax(base: tuple[Any, ...] | None) -> str:
+    if base is None:
+        return "a regular chain"
+    kind, hook, priority, policy = base
+    return (f"type {kind} hook {HOOK_NAMES.get(hook, hook)} priority {priority}; "
+            f"policy {VERDICT_NAMES.get(policy, policy)};")
 
 
 def read_state() -> dict[int, dict[str, Any]]:
@@ -369,7 +385,7 @@ def read_state() -> dict[int, dict[str, Any]]:
         try:
             entry: Rule | str = decode(chain, family, payload)
         except _Unexpected as exc:
-            entry = _describe(chain, payload, str(exc))
+            entry = _describe(family, chain, payload, str(exc))
         state[family]["rules"].append((chain, entry))
     return state
 
@@ -382,7 +398,8 @@ def expected_base(name: str) -> tuple[str, int, int, int]:
 def read(families: list[int]) -> dict[int, tuple[list[Rule | str], list[Rule | str]]]:
     """Like netfilter.read_families: per family our chains' rules and the base chains' jumps.
 
-    A base chain whose type, hook, priority or policy is not ours shows as a description."""
+    A base chain whose type, hook, priority or policy is not ours, and any chain that is not ours,
+    shows as a description in nft syntax."""
     state = read_state()
     result: dict[int, tuple[list[Rule | str], list[Rule | str]]] = {}
     for family in families:
@@ -390,10 +407,11 @@ def read(families: list[int]) -> dict[int, tuple[list[Rule | str], list[Rule | s
         rules: list[Rule | str] = []
         jumps: list[Rule | str] = []
         for name, base in live["chains"].items():
+            where = f"{FAMILY_NAMES[FAMILIES[family]]} {TABLE} chain {name}"
             if name in BASE_CHAINS and base != expected_base(name):
-                jumps.append(f"chain {name} {base} [unexpected: expected {expected_base(name)}]")
+                jumps.append(f"{where}: {_base_syntax(base)} [expected {_base_syntax(expected_base(name))}]")
             elif name not in BASE_CHAINS and (base is not None or not name.startswith(CHAIN_PREFIX)):
-                rules.append(f"chain {name} {base} [unexpected chain]")
+                rules.append(f"{where}: {_base_syntax(base)} [not one of ours]")
         for chain, entry in live["rules"]:
             (jumps if chain in BASE_CHAINS else rules).append(entry)
         result[family] = (rules, jumps)

@@ -13,25 +13,48 @@ from cni.rules import INBOUND, OUTPUT, PREROUTING, Rule
 LOOPBACK = {4: "127.0.0.1", 6: "::1"}
 
 
-def chain_report(families: list[int], engine_port: int) -> dict[int, dict[str, Any]]:
-    """Our chains and jumps per family, read with python-iptables (the plugin's own reader)."""
-    from cni import netfilter
+def _live_rules(families: list[int]) -> dict[int, dict[str, tuple[list[Any], list[Any]]]]:
+    """Per family and backend, our chains' rules and the jumps into them: the legacy nat table (read
+    only where it already exists, so diagnose never creates it) and our nft tables."""
+    from cni import netfilter, nftables
     from cni.netns import legacy_nat_loaded
 
-    report: dict[int, dict[str, Any]] = {}
     loaded = [family for family in families if legacy_nat_loaded(family)]
-    live = netfilter.read_families(loaded) if loaded else {}
+    legacy = netfilter.read_families(loaded) if loaded else {}
+    native = nftables.read(families)
+    found: dict[int, dict[str, tuple[list[Any], list[Any]]]] = {family: {} for family in families}
     for family in families:
-        rules, jumps = live.get(family, ([], []))
-        decoded = [r for r in rules if isinstance(r, Rule)]
+        for backend, live in (("iptables-legacy", legacy), ("nftables", native)):
+            rules, jumps = live.get(family, ([], []))
+            if rules or jumps:
+                found[family][backend] = (rules, jumps)
+    return found
+
+
+def _render(backend: str, rule: Rule | str, family: int) -> str:
+    from cni import nftables
+
+    if isinstance(rule, str):
+        return rule
+    return rule.render() if backend == "iptables-legacy" else nftables.describe(rule, family)
+
+
+def chain_report(families: list[int], engine_port: int) -> dict[int, dict[str, Any]]:
+    """Our chains and jumps per family, from whichever backend holds them (both, after a switch)."""
+    report: dict[int, dict[str, Any]] = {}
+    for family, backends in _live_rules(families).items():
+        rules = [(backend, r) for backend, (live, _) in backends.items() for r in live]
+        jumps = [j for _, (_, live) in backends.items() for j in live]
+        decoded = [r for _, r in rules if isinstance(r, Rule)]
         # A chain may be empty (Istio capturing every port leaves MGW_PREROUTING so); jumps prove it exists.
         chains = sorted({r.chain for r in decoded} | {j.target for j in jumps if isinstance(j, Rule)})
         redirect = any(r.chain == INBOUND and r.target == "REDIRECT" and r.to_port == engine_port for r in decoded)
         unrestricted_output = [r.render() for r in decoded
                                if r.chain == OUTPUT and r.dport is None and r.uid_owner is None]
         report[family] = {
+            "backends": sorted(backends),
             "chains": chains,
-            "rules": [r if isinstance(r, str) else r.render() for r in rules],
+            "rules": [_render(backend, r, family) for backend, r in rules],
             "prerouting_jump": any(isinstance(j, Rule) and j.target == PREROUTING for j in jumps),
             "output_jump": any(isinstance(j, Rule) and j.target == OUTPUT for j in jumps),
             "redirects_to_engine": redirect,
