@@ -7,7 +7,9 @@ import json
 import pytest
 
 from tests.integration.helpers import cni_error, exec_plugin, plugin_conf
-from tests.support.node import pod_fixture
+from tests.support.node import Pod, pod_fixture
+
+pytestmark = pytest.mark.backends
 
 
 @pytest.fixture
@@ -22,8 +24,8 @@ def sandbox(node):
 
 
 def no_rules(node, netns):
-    for tool in ("iptables-legacy-save", "ip6tables-legacy-save"):
-        assert "MGW_" not in node.exec(netns, [tool, "-t", "nat"]).stdout
+    sandbox = Pod(name="bad", namespace="default", netns=netns, container_id="c0ffee")
+    assert node.mgw_rules(sandbox) == [] and node.mgw_rules(sandbox, 6) == []
 
 
 CASES = [
