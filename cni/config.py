@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+from cni.contract import (
+    ENGINE_OWN_PORTS,
+    ENGINE_PORT,
+    ISTIO_PORTS,
+    ISTIO_PROXY_UID,
+    LOG_LEVELS,
+    NETFILTER_BACKENDS,
+    PLUGIN_TYPE,
+    VALIDATION_PORT,
+    is_port,
+)
 from cni.errors import INVALID_CONFIG, CniError
 from cni.records import record
 
@@ -9,18 +20,10 @@ TYPE_CHECKING = False  # typing costs ~8 ms of a frozen start (cni/records.py): 
 if TYPE_CHECKING:
     from typing import Any
 
-ENGINE_PORT = 13378
-ENGINE_OWN_PORTS = (19000, 19001, 19002)
-VALIDATION_PORT = 19003
-ISTIO_PROXY_UID = 1337
-ISTIO_PORTS = (15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 15053, 15090)
-LOG_LEVELS = ("debug", "info", "warn", "error")
-# The conflist key `netfilterBackend`; "auto" decides per node (cni/backend.py).
-NETFILTER_BACKENDS = ("auto", "iptables-legacy", "nftables")
-DEFAULT_KUBECONFIG = "/etc/cni/net.d/microgateway-cni-kubeconfig"
+DEFAULT_KUBECONFIG = f"/etc/cni/net.d/{PLUGIN_TYPE}-kubeconfig"
 DEFAULT_API_DEADLINE_SECONDS = 30.0
 # The installer DaemonSet's pods; skipped before any API call (Istio's node-reboot deadlock lesson).
-INSTALLER_POD_PREFIX = "microgateway-cni-"
+INSTALLER_POD_PREFIX = f"{PLUGIN_TYPE}-"
 
 
 @record
@@ -44,7 +47,7 @@ def _bad(key: str, value: Any, expected: str) -> CniError:
 
 
 def _port(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+    if not is_port(value):
         raise _bad(key, value, "expected an integer port 1-65535")
     return value
 

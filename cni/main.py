@@ -1,8 +1,9 @@
 """microgateway-cni entry point: read env and stdin, run one CNI command, write one JSON to stdout.
 
-Only the modules a command needs are imported (python-iptables only for ADD and CHECK, and only in a
-forked worker that imports it while the parent asks the API), because this runs on every pod start
-of every node.
+This module is protocol glue. ADD and CHECK read top to bottom: start the applier (cni/applier.py),
+look the pod up (cni/policy.py, cni/kube.py), plan, then apply or inspect - or cancel the applier
+for a pod that is not protected. DEL removes through the backend (cni/backend.py) in-process.
+Only the modules a command needs are imported, because this runs on every pod start of every node.
 """
 
 from __future__ import annotations
@@ -29,28 +30,49 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-POD_ANNOTATIONS_CAPABILITY = "io.kubernetes.cri.pod-annotations"
+    from cni.applier import Applier
+    from cni.backend import Backend
+    from cni.policy import PodFacts
+
+    Lookup = Callable[[Request, PluginConfig], PodFacts]
+    StartApplier = Callable[[Request, PluginConfig], Applier]
+
 INTERNAL_ERROR = 999
 
 
-def _pod_metadata(request: Request, config: PluginConfig, logger: Logger) -> tuple[bool, dict[str, str]]:
-    """(protected, annotations); the API is asked only when the runtime's annotations are not conclusive."""
-    from cni.policy import INJECT, is_protected
+def lookup_pod(request: Request, config: PluginConfig) -> PodFacts:
+    """The runtime's annotations when they are conclusive, else the pod from the API (fails closed)."""
+    from cni import policy
 
-    namespace = request.args.get("K8S_POD_NAMESPACE", "")
-    name = request.args.get("K8S_POD_NAME", "")
-    runtime_annotations = (request.conf.get("runtimeConfig") or {}).get(POD_ANNOTATIONS_CAPABILITY)
-    if isinstance(runtime_annotations, dict) and runtime_annotations.get(INJECT) == "true":
-        logger.debug("protected by runtime-supplied annotation; API not asked")
-        return True, {str(k): str(v) for k, v in runtime_annotations.items()}
+    facts = policy.from_runtime(request.conf)
+    if facts is not None:
+        return facts
     from cni import kube
 
     cluster = kube.load_cluster(config.kubeconfig)
-    pod = kube.get_pod(cluster, namespace, name, config.api_deadline_seconds)
-    metadata = pod.get("metadata") or {}
-    labels = metadata.get("labels") or {}
-    annotations = metadata.get("annotations") or {}
-    return is_protected(labels, annotations), annotations
+    pod = kube.get_pod(cluster, request.args.get("K8S_POD_NAMESPACE", ""), request.args.get("K8S_POD_NAME", ""),
+                       config.api_deadline_seconds)
+    return policy.from_api(pod)
+
+
+def start_applier(request: Request, config: PluginConfig) -> Applier:
+    from cni.applier import Applier
+
+    return Applier(load_backend(config), request.netns, result_has_ipv6(request.conf.get("prevResult")))
+
+
+def load_backend(config: PluginConfig) -> Backend:
+    """The conflist's backend, or for `auto` the node's (cni/backend.py: read in the runtime's netns)."""
+    from cni import backend
+
+    return backend.load(backend.choose(config.netfilter_backend))
+
+
+def remove_everywhere(config: PluginConfig) -> list[str]:
+    """DEL removes ours from every backend: the node may have switched since the pod's ADD."""
+    from cni import backend
+
+    return backend.remove_everywhere()
 
 
 def _skip_reason(request: Request, config: PluginConfig) -> str:
@@ -59,102 +81,47 @@ def _skip_reason(request: Request, config: PluginConfig) -> str:
     return skip_reason(request.args.get("K8S_POD_NAMESPACE", ""), request.args.get("K8S_POD_NAME", ""), config)
 
 
-def _families(request: Request) -> list[int]:
-    from cni.netns import has_ipv6
-
-    prev = request.conf.get("prevResult")
-    return [4, 6] if has_ipv6() or result_has_ipv6(prev) else [4]
-
-
-def _enter(request: Request) -> None:
-    from cni.netns import enter_pod
-
-    enter_pod(request.netns)
-
-
-def _expected_rulesets(request: Request, config: PluginConfig, plan: Any) -> list[Any]:
-    """Call inside the pod netns: the families come from its addresses."""
-    from cni.rules import build_ruleset
-
-    return [build_ruleset(plan, config, family) for family in _families(request)]
-
-
-def _backend(config: PluginConfig, logger: Logger) -> str:
-    from cni.backend import choose
-
-    chosen = choose(config.netfilter_backend)
-    logger.debug("netfilter backend", backend=chosen, configured=config.netfilter_backend)
-    return chosen
-
-
-def _remove_legacy_leftovers(logger: Logger) -> None:
-    """Inside the pod netns: our legacy chains from before the node switched to nftables, if any.
-    The legacy nat table is only opened where it already exists, so it is never created here."""
-    from cni.netns import legacy_nat_loaded
-
-    families = [family for family in (4, 6) if legacy_nat_loaded(family)]
-    if families:
-        from cni import netfilter
-
-        if netfilter.remove(families):
-            logger.info("legacy rules from another backend removed", families=families)
-
-
-def _add_nftables(request: Request, config: PluginConfig, logger: Logger) -> dict[str, Any]:
-    """ADD with native nftables: no worker and no heavy import, the batch is written in-process."""
-    result = convert_result(request.conf.get("prevResult"), request.cni_version)
-    protected, annotations = _pod_metadata(request, config, logger)
-    if not protected:
-        logger.debug("passed through", reason="pod is not protected")
-        return result
-    from cni import nftables
-    from cni.policy import plan_for
-
-    plan = plan_for(annotations)  # invalid annotations fail before the netns is touched
-    _enter(request)
-    rulesets = _expected_rulesets(request, config, plan)
-    nftables.apply(rulesets)
-    _remove_legacy_leftovers(logger)
-    logger.info("redirection configured", backend="nftables", families=[rs.family for rs in rulesets],
-                mesh=plan.mesh)
-    return result
-
-
-def cmd_add(request: Request, config: PluginConfig, logger: Logger) -> dict[str, Any]:
+def cmd_add(request: Request, config: PluginConfig, logger: Logger, lookup: Lookup = lookup_pod,
+            start: StartApplier = start_applier) -> dict[str, Any]:
     result = convert_result(request.conf.get("prevResult"), request.cni_version)
     reason = _skip_reason(request, config)
     if reason:
         logger.debug("passed through", reason=reason)
         return result
-    from cni.backend import NFTABLES
-
-    if _backend(config, logger) == NFTABLES:
-        return _add_nftables(request, config, logger)
-    from cni import netfilter
-
-    with netfilter.worker() as worker:  # imports python-iptables while the API is asked
-        protected, annotations = _pod_metadata(request, config, logger)
-        if not protected:
+    with start(request, config) as applier:  # prepares the backend while the pod is looked up
+        logger.debug("netfilter backend", backend=applier.backend_name, configured=config.netfilter_backend)
+        pod = lookup(request, config)
+        if not pod.protected:
             logger.debug("passed through", reason="pod is not protected")
             return result
         from cni.policy import plan_for
 
-        plan = plan_for(annotations)  # invalid annotations fail before the netns is touched
-        _enter(request)
-        rulesets = _expected_rulesets(request, config, plan)
-        worker.run(request.netns, netfilter.apply_families, rulesets)
-    from cni import nftables
-
-    if nftables.remove():
-        logger.info("nftables rules from another backend removed")
-    logger.info("redirection configured", backend="iptables-legacy", families=[rs.family for rs in rulesets],
-                mesh=plan.mesh)
+        plan = plan_for(pod.annotations)  # invalid annotations fail before the netns is touched
+        families = applier.configure(plan, config)
+    logger.info("redirection configured", backend=applier.backend_name, families=families, mesh=plan.mesh,
+                source=pod.source)
     return result
 
 
-def cmd_del(request: Request, config: PluginConfig, logger: Logger) -> None:
-    """Removes ours from both backends, whichever the node uses now: it may have switched since ADD."""
-    from cni.netns import NetnsGone, enter, legacy_nat_loaded
+def cmd_check(request: Request, config: PluginConfig, logger: Logger, lookup: Lookup = lookup_pod,
+              start: StartApplier = start_applier) -> None:
+    if _skip_reason(request, config):
+        return
+    with start(request, config) as applier:
+        logger.debug("netfilter backend", backend=applier.backend_name, configured=config.netfilter_backend)
+        pod = lookup(request, config)
+        if not pod.protected:
+            return
+        from cni.policy import plan_for
+
+        problems = applier.inspect(plan_for(pod.annotations), config)
+    if problems:
+        raise CniError(CHECK_MISMATCH, "netfilter rules differ from what ADD configures", "; ".join(problems))
+
+
+def cmd_del(request: Request, config: PluginConfig, logger: Logger,
+            remove: Callable[[PluginConfig], list[str]] = remove_everywhere) -> None:
+    from cni.netns import NetnsGone, enter
 
     if not request.netns:
         logger.debug("DEL without netns: nothing to remove")
@@ -168,88 +135,14 @@ def cmd_del(request: Request, config: PluginConfig, logger: Logger) -> None:
         # A netns whose mount was already torn down is an ordinary file: its rules died with it.
         logger.warn("netns not usable on DEL, treating it as gone", error=exc.msg)
         return
-    from cni import nftables
-
-    # Failing DEL would stop libcni's chain and leave the pod stuck Terminating; the rules live only
-    # in this netns, which the runtime destroys right after DEL. So failures are logged, never raised.
     try:
-        if nftables.remove():
-            logger.info("redirection removed", backend="nftables")
+        removed = remove(config)
+        if removed:
+            logger.info("redirection removed", backends=removed)
     except CniError as exc:
-        logger.warn("could not remove nftables rules; they go with the netns", error=exc.msg)
-    families = [family for family in (4, 6) if legacy_nat_loaded(family)]
-    if not families:
-        return
-    from cni import netfilter
-
-    try:
-        if netfilter.remove(families):
-            logger.info("redirection removed", backend="iptables-legacy", families=families)
-    except CniError as exc:
+        # Failing DEL would stop libcni's chain and leave the pod stuck Terminating; the rules live
+        # only in this netns, which the runtime destroys right after DEL.
         logger.warn("could not remove rules; they go with the netns", error=exc.msg)
-
-
-def _diff(family: int, expected: list[Any], live: list[Any], render: Callable[[Any, int], str]) -> str:
-    missing = [render(rule, family) for rule in expected if rule not in live]
-    unexpected = [rule if isinstance(rule, str) else render(rule, family) for rule in live if rule not in expected]
-    if missing or unexpected:
-        parts = [f"missing IPv{family}: {r}" for r in missing] + [f"unexpected IPv{family}: {r}" for r in unexpected]
-        return "; ".join(parts)
-    return f"IPv{family} rules are out of order" if expected != live else ""
-
-
-def _check_nftables(request: Request, config: PluginConfig, logger: Logger) -> None:
-    protected, annotations = _pod_metadata(request, config, logger)
-    if not protected:
-        return
-    from cni import nftables
-    from cni.policy import plan_for
-
-    plan = plan_for(annotations)
-    _enter(request)
-    expected = _expected_rulesets(request, config, plan)
-    live = nftables.read([rs.family for rs in expected])
-    problems = []
-    for ruleset in expected:
-        rules, jumps = live[ruleset.family]
-        problems.extend(p for p in (_diff(ruleset.family, list(ruleset.rules), rules, nftables.describe),
-                                     _diff(ruleset.family, list(ruleset.jumps), jumps, nftables.describe)) if p)
-    if problems:
-        raise CniError(CHECK_MISMATCH, "nftables rules differ from what ADD configures", "; ".join(problems))
-
-
-def cmd_check(request: Request, config: PluginConfig, logger: Logger) -> None:
-    if _skip_reason(request, config):
-        return
-    from cni.backend import NFTABLES
-
-    if _backend(config, logger) == NFTABLES:
-        _check_nftables(request, config, logger)
-        return
-    from cni import netfilter
-
-    with netfilter.worker() as worker:
-        protected, annotations = _pod_metadata(request, config, logger)
-        if not protected:
-            return
-        from cni.policy import plan_for
-
-        plan = plan_for(annotations)
-        _enter(request)
-        expected = _expected_rulesets(request, config, plan)
-        live = worker.run(request.netns, netfilter.read_families, [rs.family for rs in expected])
-    problems = []
-    for ruleset in expected:
-        rules, jumps = live[ruleset.family]
-        ordered = sorted(ruleset.rules, key=lambda rule: rule.chain)
-        problems.extend(p for p in (_diff(ruleset.family, ordered, rules, _iptables_syntax),
-                                     _diff(ruleset.family, list(ruleset.jumps), jumps, _iptables_syntax)) if p)
-    if problems:
-        raise CniError(CHECK_MISMATCH, "netfilter rules differ from what ADD configures", "; ".join(problems))
-
-
-def _iptables_syntax(rule: Any, family: int) -> str:
-    return rule.render()
 
 
 def cmd_gc(request: Request, config: PluginConfig, logger: Logger) -> None:

@@ -1,13 +1,12 @@
-"""The native nftables backend: our rule sets as tables `ip microgateway` and `ip6 microgateway`.
+"""The native nftables backend: our rule sets as the tables `ip microgateway` and `ip6 microgateway`.
 
-Layout (docs/design.md, "nftables backend"): per family one table holding base chains named after
-the built-in chains the rule set jumps from (PREROUTING and OUTPUT: type nat, priority dstnat -100,
-policy accept) and the MGW_ chains; each rule is the rule set's rule, expression for expression.
-Everything of ours is the table: removing ours is deleting it, and nothing outside it is touched.
+Layout (docs/design.md, "nftables backend"): per family one table, owned whole by us. For every
+built-in chain a rule set jumps from, a base chain named `<table>-<chain>` (nat-PREROUTING: type nat,
+hook prerouting, priority dstnat -100, policy accept) holds those jumps; the MGW_ chains hold the
+rules, expression for expression. Removing ours is deleting the tables; nothing else is touched.
 
-Writes are one netlink batch for every family (cni/nfnetlink.py): per family "add table, delete
-table, add table, chains, rules", so the old state goes and the new comes in one transaction (I6);
-families without a rule set lose their table in the same batch.
+Writes are one netlink batch for every family and table (cni/nfnetlink.py): the old tables deleted,
+the new ones written, in one transaction (I6) - no fork per family, no rollback.
 """
 
 from __future__ import annotations
@@ -16,7 +15,9 @@ import socket
 import struct
 
 from cni import nfnetlink as nl
-from cni.rules import CHAIN_PREFIX, OWN_CHAINS, Rule, RuleSet
+from cni.backend import Backend, Conflict, retrying
+from cni.errors import NETFILTER_FAILURE, CniError
+from cni.model import BUILTIN_CHAINS, TABLES, Foreign, Live, Rule, RuleSet, is_ours
 
 TYPE_CHECKING = False  # typing costs ~8 ms of a frozen start (cni/records.py): annotations only
 if TYPE_CHECKING:
@@ -25,9 +26,22 @@ if TYPE_CHECKING:
 TABLE = "microgateway"
 FAMILIES = {4: nl.NFPROTO_IPV4, 6: nl.NFPROTO_IPV6}
 FAMILY_NAMES = {nl.NFPROTO_IPV4: "ip", nl.NFPROTO_IPV6: "ip6"}
-NAT_PRIORITY = -100  # NF_IP_PRI_NAT_DST, nft's "dstnat": where iptables' nat table and Istio's nft chains hook
-# built-in chain -> (chain type, netfilter hook number, hook name, priority)
-BASE_CHAINS = {"PREROUTING": ("nat", 0, "prerouting", NAT_PRIORITY), "OUTPUT": ("nat", 3, "output", NAT_PRIORITY)}
+# (model table, built-in chain) -> (netfilter hook number, hook name, priority): the priorities of
+# iptables' own tables (NF_IP_PRI_NAT_DST, NF_IP_PRI_NAT_SRC, NF_IP_PRI_FILTER), which Istio's native
+# nftables chains use too.
+HOOKS = {
+    ("nat", "PREROUTING"): (0, "prerouting", -100),
+    ("nat", "INPUT"): (1, "input", 100),
+    ("nat", "OUTPUT"): (3, "output", -100),
+    ("nat", "POSTROUTING"): (4, "postrouting", 100),
+    ("filter", "INPUT"): (1, "input", 0),
+    ("filter", "FORWARD"): (2, "forward", 0),
+    ("filter", "OUTPUT"): (3, "output", 0),
+}
+# How `nft list` spells a standard priority (the rest it prints as numbers).
+PRIORITY_NAMES = {("nat", "prerouting", -100): "dstnat", ("nat", "postrouting", 100): "srcnat",
+                  ("filter", "input", 0): "filter", ("filter", "forward", 0): "filter",
+                  ("filter", "output", 0): "filter"}
 
 # nf_tables.h attribute numbers
 TABLE_NAME = 1
@@ -37,25 +51,41 @@ RULE_TABLE, RULE_CHAIN, RULE_EXPRESSIONS = 1, 2, 4
 LIST_ELEM, EXPR_NAME, EXPR_DATA = 1, 1, 2
 DATA_VALUE, DATA_VERDICT, VERDICT_CODE, VERDICT_CHAIN = 1, 2, 1, 2
 META_DREG, META_KEY = 1, 2
+CT_DREG, CT_KEY = 1, 2
 PAYLOAD_DREG, PAYLOAD_BASE, PAYLOAD_OFFSET, PAYLOAD_LEN = 1, 2, 3, 4
 CMP_SREG, CMP_OP, CMP_DATA = 1, 2, 3
 BITWISE_SREG, BITWISE_DREG, BITWISE_LEN, BITWISE_MASK, BITWISE_XOR = 1, 2, 3, 4, 5
 IMMEDIATE_DREG, IMMEDIATE_DATA = 1, 2
-REDIR_REG_PROTO_MIN, REDIR_FLAGS = 1, 3
-NF_ACCEPT = 1
+REDIR_REG_PROTO_MIN, REDIR_REG_PROTO_MAX, REDIR_FLAGS = 1, 2, 3
+NF_DROP, NF_ACCEPT = 0, 1
 NF_NAT_RANGE_PROTO_SPECIFIED = 2
 REG_VERDICT, REG_1 = 0, 1
-META_OIFNAME, META_SKUID, META_L4PROTO = 7, 10, 16
+META_IIFNAME, META_OIFNAME, META_SKUID, META_L4PROTO = 6, 7, 10, 16
+CT_STATE = 0
 NETWORK_HEADER, TRANSPORT_HEADER = 1, 2
 CMP_EQ, CMP_NEQ, CMP_LT, CMP_LTE, CMP_GT, CMP_GTE = range(6)
-IPPROTO_TCP = 6
 IFNAMSIZ = 16
-COMMIT_ATTEMPTS = 3
-VERDICTS = {"RETURN": -5, "ACCEPT": NF_ACCEPT, "DROP": 0}
+VERDICTS = {"RETURN": -5, "ACCEPT": NF_ACCEPT, "DROP": NF_DROP}
 JUMP = -3
-VERDICT_NAMES = {code: name for name, code in VERDICTS.items()} | {JUMP: "jump", -4: "goto", -1: "continue"}
+VERDICT_NAMES = {code: name for name, code in VERDICTS.items()}
 ADDRESS = {4: (12, 16, 4), 6: (8, 24, 16)}  # family -> (saddr offset, daddr offset, length)
-DPORT_OFFSET = 2
+DPORT_OFFSET = 2  # the same in TCP, UDP and SCTP headers
+# -p names (as iptables-save prints them) -> IP protocol numbers; icmpv6 is accepted as a spelling
+PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "ipv6-icmp": 58, "sctp": 132}
+PROTOCOL_ALIASES = {"icmpv6": "ipv6-icmp"}
+PROTOCOL_NAMES = {number: name for name, number in PROTOCOLS.items()}
+PORT_PROTOCOLS = ("tcp", "udp", "sctp")
+# conntrack states in the order iptables-save prints them, and their bits in `ct state`
+CT_STATES = {"INVALID": 1, "NEW": 8, "RELATED": 4, "ESTABLISHED": 2, "UNTRACKED": 64}
+
+
+def base_chain(table: str, builtin: str) -> str:
+    """Our base chain for a model table's built-in chain: nat-PREROUTING, filter-INPUT."""
+    return f"{table}-{builtin}"
+
+
+BASE_CHAINS = {base_chain(table, builtin): (table, builtin) for table, builtin in HOOKS}
+HOOK_NAMES = {number: name for number, name, _ in HOOKS.values()}
 
 
 # -- building ----------------------------------------------------------------------------------------
@@ -74,6 +104,12 @@ def _payload(base: int, offset: int, length: int) -> bytes:
 
 def _cmp(op: int, value: bytes) -> bytes:
     return _expr("cmp", nl.be32(CMP_SREG, REG_1), nl.be32(CMP_OP, op), nl.nest(CMP_DATA, nl.attr(DATA_VALUE, value)))
+
+
+def _bitwise(mask: bytes) -> bytes:
+    return _expr("bitwise", nl.be32(BITWISE_SREG, REG_1), nl.be32(BITWISE_DREG, REG_1),
+                 nl.be32(BITWISE_LEN, len(mask)), nl.nest(BITWISE_MASK, nl.attr(DATA_VALUE, mask)),
+                 nl.nest(BITWISE_XOR, nl.attr(DATA_VALUE, bytes(len(mask)))))
 
 
 def _verdict(code: int, chain: str = "") -> bytes:
@@ -97,26 +133,42 @@ def _address(family: int, offset: int, cidr: str) -> list[bytes]:
     length = ADDRESS[family][2]
     exprs = [_payload(NETWORK_HEADER, offset, length)]
     if prefix < length * 8:
-        mask = (((1 << prefix) - 1) << (length * 8 - prefix)).to_bytes(length, "big")
-        exprs.append(_expr("bitwise", nl.be32(BITWISE_SREG, REG_1), nl.be32(BITWISE_DREG, REG_1),
-                           nl.be32(BITWISE_LEN, length), nl.nest(BITWISE_MASK, nl.attr(DATA_VALUE, mask)),
-                           nl.nest(BITWISE_XOR, nl.attr(DATA_VALUE, bytes(length)))))
+        exprs.append(_bitwise((((1 << prefix) - 1) << (length * 8 - prefix)).to_bytes(length, "big")))
     exprs.append(_cmp(CMP_EQ, packed))
     return exprs
 
 
+def _protocol(rule: Rule) -> str | None:
+    protocol = PROTOCOL_ALIASES.get(rule.protocol or "", rule.protocol)
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise CniError(NETFILTER_FAILURE, f"nftables backend: protocol {rule.protocol!r} is not supported")
+    return protocol
+
+
+def _ct_bits(states: str) -> int:
+    try:
+        return sum(CT_STATES[state] for state in states.upper().split(","))
+    except KeyError:
+        raise CniError(NETFILTER_FAILURE, f"nftables backend: conntrack state {states!r} is not supported") from None
+
+
 def expressions(rule: Rule, family: int) -> list[bytes]:
-    """The rule as nf_tables expressions, in the order `nft` prints them."""
+    """The rule as nf_tables expressions, in the order `nft` prints them (render)."""
     src_offset, dst_offset, _ = ADDRESS[family]
     exprs: list[bytes] = []
     if rule.src:
         exprs += _address(family, src_offset, rule.src)
     if rule.dst:
         exprs += _address(family, dst_offset, rule.dst)
-    if rule.out_iface:
-        exprs += [_meta(META_OIFNAME), _cmp(CMP_EQ, rule.out_iface.encode().ljust(IFNAMSIZ, b"\0"))]
-    exprs += [_meta(META_L4PROTO), _cmp(CMP_EQ, bytes([IPPROTO_TCP]))]
+    for key, name in ((META_IIFNAME, rule.in_iface), (META_OIFNAME, rule.out_iface)):
+        if name:
+            exprs += [_meta(key), _cmp(CMP_EQ, name.encode().ljust(IFNAMSIZ, b"\0"))]
+    protocol = _protocol(rule)
+    if protocol:
+        exprs += [_meta(META_L4PROTO), _cmp(CMP_EQ, bytes([PROTOCOLS[protocol]]))]
     if rule.dport:
+        if protocol not in PORT_PROTOCOLS:
+            raise CniError(NETFILTER_FAILURE, f"nftables backend: a port needs tcp, udp or sctp: {rule.render()}")
         low, _, high = rule.dport.partition(":")
         exprs.append(_payload(TRANSPORT_HEADER, DPORT_OFFSET, 2))
         if high:
@@ -125,16 +177,22 @@ def expressions(rule: Rule, family: int) -> list[bytes]:
             exprs.append(_cmp(CMP_EQ, struct.pack(">H", int(low))))
     if rule.uid_owner is not None:
         exprs += [_meta(META_SKUID), _cmp(CMP_EQ, struct.pack("=I", rule.uid_owner))]
+    if rule.ctstate:
+        exprs += [_expr("ct", nl.be32(CT_KEY, CT_STATE), nl.be32(CT_DREG, REG_1)),
+                  _bitwise(struct.pack("=I", _ct_bits(rule.ctstate))), _cmp(CMP_NEQ, bytes(4))]
     if rule.target == "REDIRECT":
-        assert rule.to_port is not None
+        if rule.to_port is None:
+            raise CniError(NETFILTER_FAILURE, f"nftables backend: REDIRECT without a port: {rule.render()}")
         exprs += [_expr("immediate", nl.be32(IMMEDIATE_DREG, REG_1),
                         nl.nest(IMMEDIATE_DATA, nl.attr(DATA_VALUE, struct.pack(">H", rule.to_port)))),
-                  _expr("redir", nl.be32(REDIR_REG_PROTO_MIN, REG_1), nl.be32(REDIR_FLAGS,
-                                                                                 NF_NAT_RANGE_PROTO_SPECIFIED))]
+                  _expr("redir", nl.be32(REDIR_REG_PROTO_MIN, REG_1),
+                        nl.be32(REDIR_FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED))]
     elif rule.target in VERDICTS:
         exprs.append(_verdict(VERDICTS[rule.target]))
-    else:
+    elif is_ours(rule.target):
         exprs.append(_verdict(JUMP, rule.target))
+    else:
+        raise CniError(NETFILTER_FAILURE, f"nftables backend: target {rule.target!r} is not supported")
     return exprs
 
 
@@ -145,21 +203,45 @@ def _table() -> bytes:
 def _chain_body(name: str) -> bytes:
     body = nl.string(CHAIN_TABLE, TABLE) + nl.string(CHAIN_NAME, name)
     if name in BASE_CHAINS:
-        kind, hook, _, priority = BASE_CHAINS[name]
+        table, builtin = BASE_CHAINS[name]
+        hook, _, priority = HOOKS[table, builtin]
         body += nl.nest(CHAIN_HOOK, nl.be32(HOOK_NUM, hook), nl.be32(HOOK_PRIORITY, priority))
-        body += nl.be32(CHAIN_POLICY, NF_ACCEPT) + nl.string(CHAIN_TYPE, kind)
+        body += nl.be32(CHAIN_POLICY, NF_ACCEPT) + nl.string(CHAIN_TYPE, table)
     return body
 
 
-def _rule_body(rule: Rule, family: int) -> bytes:
-    return (nl.string(RULE_TABLE, TABLE) + nl.string(RULE_CHAIN, rule.chain)
+def _in_table(rule: Rule, table: str) -> Rule:
+    """A rule as it lives in our nft table: a jump sits in our base chain for its built-in chain."""
+    return rule._replace(chain=base_chain(table, rule.chain)) if rule.chain in BUILTIN_CHAINS[table] else rule
+
+
+def _rule_body(rule: Rule, family: int, table: str) -> bytes:
+    return (nl.string(RULE_TABLE, TABLE) + nl.string(RULE_CHAIN, _in_table(rule, table).chain)
             + nl.nest(RULE_EXPRESSIONS, *expressions(rule, family)))
 
 
-def chain_order(ruleset: RuleSet) -> list[str]:
-    """Base chains (in the order of the jumps), then our own chains: the order `nft list` shows."""
-    bases = list(dict.fromkeys(jump.chain for jump in ruleset.jumps))
-    return bases + [name for name in OWN_CHAINS if name not in bases]
+def layout(rulesets: list[RuleSet]) -> list[tuple[str, list[tuple[str, Rule]]]]:
+    """One family's nft table: its chains in creation order (base chains in built-in order, then
+    ours), each with its (model table, rule) list - what `nft list table` shows, in that order."""
+    chains: dict[str, list[tuple[str, Rule]]] = {}
+    for ruleset in rulesets:
+        for builtin in BUILTIN_CHAINS[ruleset.table]:
+            jumps = [(ruleset.table, jump) for jump in ruleset.jumps if jump.chain == builtin]
+            if jumps:
+                chains[base_chain(ruleset.table, builtin)] = jumps
+    for ruleset in rulesets:
+        for name in ruleset.chains:
+            chains.setdefault(name, [])
+        for rule in ruleset.rules:
+            chains[rule.chain].append((ruleset.table, rule))
+    return list(chains.items())
+
+
+def _by_family(rulesets: list[RuleSet]) -> dict[int, list[RuleSet]]:
+    grouped: dict[int, list[RuleSet]] = {}
+    for ruleset in rulesets:
+        grouped.setdefault(ruleset.family, []).append(ruleset)
+    return grouped
 
 
 def batch(rulesets: list[RuleSet], present: set[int]) -> list[nl.Command]:
@@ -169,20 +251,22 @@ def batch(rulesets: list[RuleSet], present: set[int]) -> list[nl.Command]:
     we looked aborts the whole transaction instead of merging into it. Deleting nothing also keeps the
     socket's close quick: nf_tables waits for an RCU grace period there once it has objects to free."""
     commands: list[nl.Command] = []
-    wanted = {ruleset.family: ruleset for ruleset in rulesets}
+    wanted = _by_family(rulesets)
     for family, nfproto in FAMILIES.items():
         if family in present:
             commands.append((nl.DELTABLE, nfproto, 0, _table(), f"delete IPv{family} table {TABLE}"))
-        ruleset = wanted.get(family)
-        if ruleset is None:
+        if family not in wanted:
             continue
         commands.append((nl.NEWTABLE, nfproto, nl.NLM_F_CREATE | nl.NLM_F_EXCL, _table(),
                          f"add IPv{family} table {TABLE}"))
-        for name in chain_order(ruleset):
+        chains = layout(wanted[family])
+        for name, _ in chains:
             commands.append((nl.NEWCHAIN, nfproto, nl.NLM_F_CREATE, _chain_body(name), f"add IPv{family} chain {name}"))
-        for rule in (*ruleset.rules, *ruleset.jumps):
-            commands.append((nl.NEWRULE, nfproto, nl.NLM_F_CREATE | nl.NLM_F_APPEND, _rule_body(rule, family),
-                             lambda rule=rule, family=family: f"rule {describe(rule, family)}"))
+        for _, rules in chains:
+            for table, rule in rules:
+                commands.append((nl.NEWRULE, nfproto, nl.NLM_F_CREATE | nl.NLM_F_APPEND,
+                                 _rule_body(rule, family, table),
+                                 lambda r=rule, f=family, t=table: f"rule {describe(r, f, t)}"))
     return commands
 
 
@@ -198,21 +282,27 @@ def _prefix(cidr: str, family: int) -> str:
 
 
 def render(rule: Rule, family: int) -> str:
-    """The rule's body as `nft list` prints it."""
+    """The rule's statement as `nft list` prints it."""
     ip = FAMILY_NAMES[FAMILIES[family]]
     parts = []
     if rule.src:
         parts.append(f"{ip} saddr {_prefix(rule.src, family)}")
     if rule.dst:
         parts.append(f"{ip} daddr {_prefix(rule.dst, family)}")
+    if rule.in_iface:
+        parts.append(f'iifname "{rule.in_iface}"')
     if rule.out_iface:
         parts.append(f'oifname "{rule.out_iface}"')
+    protocol = PROTOCOL_ALIASES.get(rule.protocol or "", rule.protocol)
     if rule.dport:
-        parts.append("tcp dport " + rule.dport.replace(":", "-"))
-    else:
-        parts.append("meta l4proto tcp")
+        parts.append(f"{protocol} dport " + rule.dport.replace(":", "-"))
+    elif protocol:
+        parts.append(f"meta l4proto {protocol}")
     if rule.uid_owner is not None:
         parts.append(f"meta skuid {rule.uid_owner}")
+    if rule.ctstate:
+        states = sorted(rule.ctstate.upper().split(","), key=lambda state: CT_STATES.get(state, 0))
+        parts.append("ct state " + ",".join(state.lower() for state in states))  # nft's order: by bit
     if rule.target == "REDIRECT":
         parts.append(f"redirect to :{rule.to_port}")
     elif rule.target in VERDICTS:
@@ -222,32 +312,31 @@ def render(rule: Rule, family: int) -> str:
     return " ".join(parts)
 
 
-def describe(rule: Rule, family: int) -> str:
-    """A rule with its place, in nft syntax: "ip6 microgateway MGW_OUTPUT: tcp dport 19003 ..."."""
-    return f"{FAMILY_NAMES[FAMILIES[family]]} {TABLE} {rule.chain}: {render(rule, family)}"
+def describe(rule: Rule, family: int, table: str) -> str:
+    """A rule with its place in our nft table: "ip6 microgateway MGW_OUTPUT: tcp dport 19003 ..."."""
+    return f"{FAMILY_NAMES[FAMILIES[family]]} {TABLE} {_in_table(rule, table).chain}: {render(rule, family)}"
 
 
-def render_table(ruleset: RuleSet) -> str:
-    """The whole table as `nft list table ip|ip6 microgateway` prints it (handles off)."""
-    by_chain: dict[str, list[str]] = {name: [] for name in chain_order(ruleset)}
-    for rule in (*ruleset.rules, *ruleset.jumps):
-        by_chain[rule.chain].append(render(rule, ruleset.family))
+def _base_header(name: str) -> str:
+    table, builtin = BASE_CHAINS[name]
+    _, hook, priority = HOOKS[table, builtin]
+    shown = PRIORITY_NAMES.get((table, hook, priority), str(priority))
+    return f"type {table} hook {hook} priority {shown}; policy accept;"
+
+
+def render_table(rulesets: list[RuleSet]) -> str:
+    """One family's table as `nft list table ip|ip6 microgateway` prints it: the nft golden files."""
+    family = rulesets[0].family
     blocks = []
-    for name, lines in by_chain.items():
-        body = []
-        if name in BASE_CHAINS:
-            kind, _, hook, priority = BASE_CHAINS[name]
-            shown = "dstnat" if (hook, priority) == ("prerouting", NAT_PRIORITY) else str(priority)
-            body.append(f"\t\ttype {kind} hook {hook} priority {shown}; policy accept;")
-        body += [f"\t\t{line}" for line in lines]
-        blocks.append(f"\tchain {name} {{\n" + "".join(f"{line}\n" for line in body) + "\t}")
-    ip = FAMILY_NAMES[FAMILIES[ruleset.family]]
-    return f"table {ip} {TABLE} {{\n" + "\n\n".join(blocks) + "\n}\n"
+    for name, rules in layout(rulesets):
+        lines = ([_base_header(name)] if name in BASE_CHAINS else []) + [render(rule, family) for _, rule in rules]
+        blocks.append(f"\tchain {name} {{\n" + "".join(f"\t\t{line}\n" for line in lines) + "\t}")
+    return f"table {FAMILY_NAMES[FAMILIES[family]]} {TABLE} {{\n" + "\n\n".join(blocks) + "\n}\n"
 
 
 # -- reading -------------------------------------------------------------------------------------------
 class _Unexpected(Exception):
-    """An expression sequence no rule of ours produces."""
+    """An expression sequence no rule of the model produces."""
 
 
 def _data_value(payload: bytes) -> bytes:
@@ -273,149 +362,107 @@ def _network(value: bytes, mask: bytes | None) -> str:
     return f"{_text_address(value)}/{prefix}"
 
 
+def _compare(fields: dict[str, Any], loaded: tuple[Any, ...], mask: bytes | None, op: int | None, value: bytes,
+             family: int) -> None:
+    """Fold one cmp into the rule's fields; _Unexpected for a comparison the model has no field for."""
+    src_offset, dst_offset, length = ADDRESS[family]
+    if loaded == ("meta", META_L4PROTO) and op == CMP_EQ and len(value) == 1 and value[0] in PROTOCOL_NAMES:
+        fields["protocol"] = PROTOCOL_NAMES[value[0]]
+    elif loaded == ("meta", META_IIFNAME) and op == CMP_EQ and "in_iface" not in fields:
+        fields["in_iface"] = nl.text(value)
+    elif loaded == ("meta", META_OIFNAME) and op == CMP_EQ and "out_iface" not in fields:
+        fields["out_iface"] = nl.text(value)
+    elif loaded == ("meta", META_SKUID) and op == CMP_EQ and len(value) == 4:
+        fields["uid_owner"] = struct.unpack("=I", value)[0]
+    elif loaded == ("ct", CT_STATE) and op == CMP_NEQ and value == bytes(4) and mask is not None and len(mask) == 4:
+        bits = struct.unpack("=I", mask)[0]
+        states = [name for name, bit in CT_STATES.items() if bits & bit]
+        if sum(CT_STATES[name] for name in states) != bits:
+            raise _Unexpected(f"ct state bits {bits:#x}")
+        fields["ctstate"] = ",".join(states)
+    elif loaded == ("payload", NETWORK_HEADER, src_offset, length) and op == CMP_EQ:
+        fields["src"] = _network(value, mask)
+    elif loaded == ("payload", NETWORK_HEADER, dst_offset, length) and op == CMP_EQ:
+        fields["dst"] = _network(value, mask)
+    elif (loaded == ("payload", TRANSPORT_HEADER, DPORT_OFFSET, 2) and fields.get("protocol") in PORT_PROTOCOLS
+          and len(value) == 2 and mask is None):
+        port = struct.unpack(">H", value)[0]
+        if op == CMP_EQ and "dport" not in fields:
+            fields["dport"] = str(port)
+        elif op == CMP_GTE and "dport" not in fields:
+            fields["dport"] = f"{port}:"
+        elif op == CMP_LTE and str(fields.get("dport", "")).endswith(":"):
+            fields["dport"] += str(port)
+        else:
+            raise _Unexpected(f"port comparison {op}")
+    else:
+        raise _Unexpected(f"comparison {op} of {loaded}")
+
+
+def _verdict_target(data: dict[int, bytes]) -> str:
+    verdict = dict(nl.attributes(dict(nl.attributes(data.get(IMMEDIATE_DATA, b""))).get(DATA_VERDICT, b"")))
+    code = _u32(verdict, VERDICT_CODE)
+    if code == JUMP:
+        return nl.text(verdict.get(VERDICT_CHAIN, b""))
+    if code in VERDICT_NAMES:
+        return VERDICT_NAMES[code]
+    raise _Unexpected(f"verdict {code}")
+
+
 def decode(chain: str, family: int, payload: bytes) -> Rule:
-    """A live rule back into the model; _Unexpected when it holds anything our rules never have."""
-    fields: dict[str, Any] = {"chain": chain}
+    """A live rule back into the model; _Unexpected when it holds anything the model cannot express."""
+    fields: dict[str, Any] = {"chain": chain, "protocol": None}
     loaded: tuple[Any, ...] = ()
     mask: bytes | None = None
-    low: int | None = None
-    tcp = False
-    src_offset, dst_offset, length = ADDRESS[family]
     for name, data in _decode_expressions(payload):
+        if "target" in fields:
+            raise _Unexpected(f"{name} after the verdict")
         if name == "meta" and _u32(data, META_DREG) == REG_1:
             loaded, mask = ("meta", _u32(data, META_KEY)), None
+        elif name == "ct" and _u32(data, CT_DREG) == REG_1:
+            loaded, mask = ("ct", _u32(data, CT_KEY)), None
         elif name == "payload" and _u32(data, PAYLOAD_DREG) == REG_1:
             loaded, mask = ("payload", _u32(data, PAYLOAD_BASE), _u32(data, PAYLOAD_OFFSET),
                             _u32(data, PAYLOAD_LEN)), None
-        elif name == "bitwise" and loaded[:1] == ("payload",) and BITWISE_MASK in data:
+        elif (name == "bitwise" and loaded and mask is None and BITWISE_MASK in data
+              and _data_value(data.get(BITWISE_XOR, b"")) == bytes(len(_data_value(data[BITWISE_MASK])))):
             mask = _data_value(data[BITWISE_MASK])
-        elif name == "cmp" and _u32(data, CMP_SREG) == REG_1:
-            op, value = _u32(data, CMP_OP), _data_value(data.get(CMP_DATA, b""))
-            if loaded == ("meta", META_L4PROTO) and op == CMP_EQ and value == bytes([IPPROTO_TCP]):
-                tcp = True
-            elif loaded == ("meta", META_OIFNAME) and op == CMP_EQ and "out_iface" not in fields:
-                fields["out_iface"] = nl.text(value)
-            elif loaded == ("meta", META_SKUID) and op == CMP_EQ and len(value) == 4:
-                fields["uid_owner"] = struct.unpack("=I", value)[0]
-            elif loaded == ("payload", NETWORK_HEADER, src_offset, length) and op == CMP_EQ:
-                fields["src"] = _network(value, mask)
-            elif loaded == ("payload", NETWORK_HEADER, dst_offset, length) and op == CMP_EQ:
-                fields["dst"] = _network(value, mask)
-            elif loaded == ("payload", TRANSPORT_HEADER, DPORT_OFFSET, 2) and tcp and len(value) == 2:
-                port = struct.unpack(">H", value)[0]
-                if op == CMP_EQ:
-                    fields["dport"] = str(port)
-                elif op == CMP_GTE and low is None:
-                    low = port
-                elif op == CMP_LTE and low is not None:
-                    fields["dport"] = f"{low}:{port}"
-                else:
-                    raise _Unexpected(f"tcp dport comparison {op}")
-            else:
-                raise _Unexpected(f"comparison {op} of {loaded}")
-        elif name == "immediate" and _u32(data, IMMEDIATE_DREG) == REG_VERDICT:
-            verdict = dict(nl.attributes(dict(nl.attributes(data.get(IMMEDIATE_DATA, b""))).get(DATA_VERDICT, b"")))
-            code = _u32(verdict, VERDICT_CODE)
-            if code == JUMP:
-                fields["target"] = nl.text(verdict.get(VERDICT_CHAIN, b""))
-            elif code in VERDICT_NAMES and code != -1:
-                fields["target"] = VERDICT_NAMES[code].upper()
-            else:
-                raise _Unexpected(f"verdict {code}")
+        elif name == "cmp" and _u32(data, CMP_SREG) == REG_1 and loaded:
+            _compare(fields, loaded, mask, _u32(data, CMP_OP), _data_value(data.get(CMP_DATA, b"")), family)
         elif name == "immediate" and _u32(data, IMMEDIATE_DREG) == REG_1:
-            loaded = ("value", _data_value(data.get(IMMEDIATE_DATA, b"")))
-        elif name == "redir" and loaded[:1] == ("value",) and len(loaded[1]) == 2:
+            loaded, mask = ("value", _data_value(data.get(IMMEDIATE_DATA, b""))), None
+        elif (name == "redir" and loaded[:1] == ("value",) and len(loaded[1]) == 2
+              and _u32(data, REDIR_REG_PROTO_MIN) == REG_1
+              and _u32(data, REDIR_REG_PROTO_MAX) in (None, REG_1)  # the kernel reports max = min
+              and set(data) <= {REDIR_REG_PROTO_MIN, REDIR_REG_PROTO_MAX, REDIR_FLAGS}):
             fields["target"], fields["to_port"] = "REDIRECT", struct.unpack(">H", loaded[1])[0]
+        elif name == "immediate" and _u32(data, IMMEDIATE_DREG) == REG_VERDICT:
+            fields["target"] = _verdict_target(data)
         else:
             raise _Unexpected(f"expression {name}")
-        if "target" in fields and name not in ("immediate", "redir"):
-            raise _Unexpected("expressions after the verdict")
-    if not tcp or "target" not in fields or fields["target"] in ("GOTO", "JUMP"):
-        raise _Unexpected("not a TCP rule with one of our verdicts")
+    if "target" not in fields:
+        raise _Unexpected("no verdict")
+    if str(fields.get("dport", "")).endswith(":"):
+        raise _Unexpected("open port range")
     return Rule(**fields)
 
 
-def _describe(family: int, chain: str, payload: bytes, reason: str) -> str:
-    names = " ".join(name for name, _ in _decode_expressions(payload))
-    return f"{FAMILY_NAMES[FAMILIES[family]]} {TABLE} {chain}: [{names}] [not one of ours: {reason}]"
-
-
-HOOK_NAMES = {hook: name for _, hook, name, _ in BASE_CHAINS.values()}
+def _where(family: int, chain: str) -> str:
+    return f"{FAMILY_NAMES[FAMILIES[family]]} {TABLE} {chain}"
 
 
 def _base_syntax(base: tuple[Any, ...] | None) -> str:
     if base is None:
         return "a regular chain"
     kind, hook, priority, policy = base
-    return (f"type {kind} hook {HOOK_NAMES.get(hook, hook)} priority {priority}; "
-            f"policy {VERDICT_NAMES.get(policy, policy)};")
+    policy_name = str(VERDICT_NAMES.get(policy, policy)).lower()
+    return f"type {kind} hook {HOOK_NAMES.get(hook, hook)} priority {priority}; policy {policy_name};"
 
 
-def read_state() -> dict[int, dict[str, Any]]:
-    """Our tables as live in the kernel, per family: {"chains": {name: (type, hook, priority, policy) or
-    None}, "rules": [(chain, Rule | description)]}. Families without our table are left out."""
-    with nl.Netlink() as sock:
-        tables = sock.dump(nl.GETTABLE)
-        present = {obj.family for obj in tables if nl.text(obj.attrs.get(TABLE_NAME, b"")) == TABLE}
-        families = {family for family, nfproto in FAMILIES.items() if nfproto in present}
-        if not families:
-            return {}
-        chains = sock.dump(nl.GETCHAIN)
-        # Unfiltered: a dump filtered by table name stops after the first family's table (nf_tables_api.c)
-        rules = sock.dump(nl.GETRULE)
-    state: dict[int, dict[str, Any]] = {family: {"chains": {}, "rules": []} for family in families}
-    by_proto = {FAMILIES[family]: family for family in families}
-    for chain in chains:
-        family = by_proto.get(chain.family)
-        if family is None or nl.text(chain.attrs.get(CHAIN_TABLE, b"")) != TABLE:
-            continue
-        hook = chain.attrs.get(CHAIN_HOOK)
-        base = None
-        if hook is not None:
-            hook_attrs = dict(nl.attributes(hook))
-            base = (nl.text(chain.attrs.get(CHAIN_TYPE, b"")), _u32(hook_attrs, HOOK_NUM),
-                    _u32(hook_attrs, HOOK_PRIORITY), _u32(chain.attrs, CHAIN_POLICY))
-        state[family]["chains"][nl.text(chain.attrs.get(CHAIN_NAME, b""))] = base
-    for rule in rules:
-        family = by_proto.get(rule.family)
-        if family is None or nl.text(rule.attrs.get(RULE_TABLE, b"")) != TABLE:
-            continue
-        chain = nl.text(rule.attrs.get(RULE_CHAIN, b""))
-        payload = rule.attrs.get(RULE_EXPRESSIONS, b"")
-        try:
-            entry: Rule | str = decode(chain, family, payload)
-        except _Unexpected as exc:
-            entry = _describe(family, chain, payload, str(exc))
-        state[family]["rules"].append((chain, entry))
-    return state
-
-
-def expected_base(name: str) -> tuple[str, int, int, int]:
-    kind, hook, _, priority = BASE_CHAINS[name]
-    return kind, hook, priority, NF_ACCEPT
-
-
-def read(families: list[int]) -> dict[int, tuple[list[Rule | str], list[Rule | str]]]:
-    """Like netfilter.read_families: per family our chains' rules and the base chains' jumps.
-
-    A base chain whose type, hook, priority or policy is not ours, and any chain that is not ours,
-    shows as a description in nft syntax."""
-    state = read_state()
-    result: dict[int, tuple[list[Rule | str], list[Rule | str]]] = {}
-    for family in families:
-        live = state.get(family, {"chains": {}, "rules": []})
-        rules: list[Rule | str] = []
-        jumps: list[Rule | str] = []
-        for name, base in live["chains"].items():
-            where = f"{FAMILY_NAMES[FAMILIES[family]]} {TABLE} chain {name}"
-            if name in BASE_CHAINS and base != expected_base(name):
-                jumps.append(f"{where}: {_base_syntax(base)} [expected {_base_syntax(expected_base(name))}]")
-            elif name not in BASE_CHAINS and (base is not None or not name.startswith(CHAIN_PREFIX)):
-                rules.append(f"{where}: {_base_syntax(base)} [not one of ours]")
-        for chain, entry in live["rules"]:
-            (jumps if chain in BASE_CHAINS else rules).append(entry)
-        result[family] = (rules, jumps)
-    return result
+def _expected_base(name: str) -> tuple[str, int, int, int]:
+    table, builtin = BASE_CHAINS[name]
+    hook, _, priority = HOOKS[table, builtin]
+    return table, hook, priority, NF_ACCEPT
 
 
 def _present(sock: nl.Netlink) -> set[int]:
@@ -425,22 +472,121 @@ def _present(sock: nl.Netlink) -> set[int]:
             if obj.family in by_proto and nl.text(obj.attrs.get(TABLE_NAME, b"")) == TABLE}
 
 
-def apply(rulesets: list[RuleSet]) -> None:
-    """Replace our tables with these rule sets in one transaction, in the current netns (I6)."""
-    with nl.Netlink() as sock:
-        for attempt in range(1, COMMIT_ATTEMPTS + 1):
-            try:
-                sock.transact(batch(rulesets, _present(sock)))
-                return
-            except nl.Conflict:  # our table came or went since we looked: look again
-                if attempt == COMMIT_ATTEMPTS:
-                    raise
-
-
-def remove() -> bool:
-    """Delete our tables in the current netns in one transaction; True if any existed."""
+def _snapshot() -> dict[int, tuple[dict[str, Any], list[tuple[str, bytes]]]]:
+    """Per family that has our table: {chain: (type, hook, priority, policy) or None for a regular
+    chain} and [(chain, expressions)] in the table's order."""
     with nl.Netlink() as sock:
         present = _present(sock)
-        if present:
-            sock.transact(batch([], present))
-    return bool(present)
+        if not present:
+            return {}
+        chains = sock.dump(nl.GETCHAIN)
+        # Unfiltered: a rule dump filtered by table name stops after the first family's table.
+        rules = sock.dump(nl.GETRULE)
+    by_proto = {FAMILIES[family]: family for family in present}
+    state: dict[int, tuple[dict[str, Any], list[tuple[str, bytes]]]] = {family: ({}, []) for family in present}
+    for chain in chains:
+        family = by_proto.get(chain.family)
+        if family is None or nl.text(chain.attrs.get(CHAIN_TABLE, b"")) != TABLE:
+            continue
+        base = None
+        if CHAIN_HOOK in chain.attrs:
+            hook = dict(nl.attributes(chain.attrs[CHAIN_HOOK]))
+            base = (nl.text(chain.attrs.get(CHAIN_TYPE, b"")), _u32(hook, HOOK_NUM), _u32(hook, HOOK_PRIORITY),
+                    _u32(chain.attrs, CHAIN_POLICY))
+        state[family][0][nl.text(chain.attrs.get(CHAIN_NAME, b""))] = base
+    for rule in rules:
+        family = by_proto.get(rule.family)
+        if family is not None and nl.text(rule.attrs.get(RULE_TABLE, b"")) == TABLE:
+            state[family][1].append((nl.text(rule.attrs.get(RULE_CHAIN, b"")), rule.attrs.get(RULE_EXPRESSIONS, b"")))
+    return state
+
+
+def _reachable(table: str, chains: dict[str, Any], rules: list[tuple[str, Rule | Foreign]]) -> set[str]:
+    """The regular chains that a model table's base chains reach through jumps."""
+    targets: dict[str, set[str]] = {}
+    for chain, entry in rules:
+        if isinstance(entry, Rule) and is_ours(entry.target):
+            targets.setdefault(chain, set()).add(entry.target)
+    seen: set[str] = set()
+    todo = [name for name in chains if BASE_CHAINS.get(name, ("",))[0] == table]
+    while todo:
+        for target in targets.get(todo.pop(), set()):
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+def _live(family: int, table: str, chains: dict[str, Any], rules: list[tuple[str, Rule | Foreign]]) -> Live:
+    """A model table's part of our nft table. A regular chain belongs to the model table whose base
+    chains reach it; one that none reaches (its jump removed) shows in every table read, so CHECK
+    still sees it."""
+    reached = {name: _reachable(name, chains, rules) for name in TABLES}
+    mine = {name for name in chains if name not in BASE_CHAINS
+            and (name in reached[table] or not any(name in found for found in reached.values()))}
+    live_chains: list[str] = []
+    jumps: list[Rule] = []
+    live_rules: list[Rule] = []
+    foreign: list[Foreign] = []
+    for name, base in chains.items():
+        if name in BASE_CHAINS and BASE_CHAINS[name][0] == table and base != _expected_base(name):
+            foreign.append(Foreign(chain=name, text=f"{_where(family, name)}: {_base_syntax(base)}",
+                                   reason=f"expected {_base_syntax(_expected_base(name))}"))
+        elif name in mine and (base is not None or not is_ours(name)):
+            foreign.append(Foreign(chain=name, text=f"{_where(family, name)}: {_base_syntax(base)}",
+                                   reason="not a chain of ours"))
+        elif name in mine:
+            live_chains.append(name)
+    for chain, entry in rules:
+        in_base = BASE_CHAINS.get(chain, ("",))[0] == table
+        if isinstance(entry, Foreign):
+            if in_base or chain in live_chains:
+                foreign.append(entry)
+        elif in_base:
+            jumps.append(entry._replace(chain=BASE_CHAINS[chain][1]))
+        elif chain in live_chains:
+            live_rules.append(entry)
+    return Live(family=family, table=table, chains=tuple(sorted(live_chains)), rules=tuple(live_rules),
+                jumps=tuple(jumps), foreign=tuple(foreign))
+
+
+class NftablesBackend(Backend):
+    """Native nftables over netlink (cni/nfnetlink.py): no nft binary, no libnftables, no heavy import."""
+
+    name = "nftables"
+
+    def apply(self, rulesets: list[RuleSet]) -> None:
+        with nl.Netlink() as sock:
+            def attempt() -> None:
+                try:
+                    sock.transact(batch(rulesets, _present(sock)))
+                except nl.Conflict as exc:  # our table came or went since we looked
+                    raise Conflict(exc.msg) from None
+
+            retrying(attempt, "apply")
+
+    def read(self, families: list[int], tables: tuple[str, ...] = TABLES) -> list[Live]:
+        state = _snapshot()
+        lives = []
+        for family in families:
+            chains, raw = state.get(family, ({}, []))
+            rules: list[tuple[str, Rule | Foreign]] = []
+            for chain, payload in raw:
+                try:
+                    rules.append((chain, decode(chain, family, payload)))
+                except _Unexpected as exc:
+                    names = " ".join(name for name, _ in _decode_expressions(payload))
+                    rules.append((chain, Foreign(chain=chain, text=f"{_where(family, chain)}: [{names}]",
+                                                 reason=str(exc))))
+            lives.extend(_live(family, table, chains, rules) for table in tables)
+        return lives
+
+    def remove(self) -> bool:
+        with nl.Netlink() as sock:
+            present = _present(sock)
+            if present:
+                sock.transact(batch([], present))
+        return bool(present)
+
+    def syntax(self, rule: Rule, family: int, table: str) -> str:
+        return describe(rule, family, table)

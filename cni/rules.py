@@ -1,6 +1,6 @@
-"""Plan -> the nat-table rule set of one address family. Pure: no I/O.
+"""Plan -> our nat-table rule sets, one per address family. Pure: no I/O.
 
-Design (DESIGN.md §3), the same for IPv4 and IPv6:
+Design (docs/design.md, "Rule design"), the same for IPv4 and IPv6:
 
   PREROUTING -p tcp -j MGW_PREROUTING      inserted first
   OUTPUT     -p tcp -j MGW_OUTPUT          inserted first
@@ -18,61 +18,20 @@ Design (DESIGN.md §3), the same for IPv4 and IPv6:
 from __future__ import annotations
 
 from cni.config import PluginConfig
+from cni.contract import LOOPBACK
+from cni.model import Rule, RuleSet
 from cni.policy import Plan
-from cni.records import record
 
-CHAIN_PREFIX = "MGW_"
+NAT = "nat"
 INBOUND = "MGW_INBOUND"
 PREROUTING = "MGW_PREROUTING"
 OUTPUT = "MGW_OUTPUT"
-OWN_CHAINS = (INBOUND, PREROUTING, OUTPUT)
-BUILTIN_JUMPS = (("PREROUTING", PREROUTING), ("OUTPUT", OUTPUT))
+NAT_CHAINS = (INBOUND, OUTPUT, PREROUTING)
+NAT_JUMPS = (("PREROUTING", PREROUTING), ("OUTPUT", OUTPUT))
 
-LOOPBACK = {4: "127.0.0.1/32", 6: "::1/128"}
+HOST_PREFIX = {4: "/32", 6: "/128"}
 # Source address of Istio's inbound passthrough connections to the application.
 ISTIO_PASSTHROUGH_SOURCE = {4: "127.0.0.6/32", 6: "::6/128"}
-
-
-@record
-class Rule:
-    """One `-p tcp` rule in the nat table; fields left None do not match."""
-
-    chain: str
-    target: str
-    dport: str | None = None
-    src: str | None = None
-    dst: str | None = None
-    out_iface: str | None = None
-    uid_owner: int | None = None
-    to_port: int | None = None
-
-    def render(self) -> str:
-        """iptables-save syntax, for logs and CHECK messages."""
-        parts = [f"-A {self.chain}"]
-        if self.src:
-            parts.append(f"-s {self.src}")
-        if self.dst:
-            parts.append(f"-d {self.dst}")
-        if self.out_iface:
-            parts.append(f"-o {self.out_iface}")
-        parts.append("-p tcp")
-        if self.dport:
-            parts.append(f"-m tcp --dport {self.dport}")
-        if self.uid_owner is not None:
-            parts.append(f"-m owner --uid-owner {self.uid_owner}")
-        parts.append(f"-j {self.target}")
-        if self.to_port is not None:
-            parts.append(f"--to-ports {self.to_port}")
-        return " ".join(parts)
-
-
-@record
-class RuleSet:
-    """Our chains' rules in order, and the jumps from the built-in chains."""
-
-    family: int
-    rules: tuple[Rule, ...]
-    jumps: tuple[Rule, ...]
 
 
 def port_ranges(ports: set[int]) -> list[str]:
@@ -97,6 +56,8 @@ def exempt_ports(plan: Plan, config: PluginConfig) -> set[int]:
 
 
 def build_ruleset(plan: Plan, config: PluginConfig, family: int) -> RuleSet:
+    """The nat-table rule set of one family."""
+    loopback = LOOPBACK[family] + HOST_PREFIX[family]
     exempt = exempt_ports(plan, config)
     rules = [Rule(INBOUND, "RETURN", dport=dport) for dport in port_ranges(exempt)]
     rules.append(Rule(INBOUND, "REDIRECT", to_port=config.engine_port))
@@ -111,11 +72,16 @@ def build_ruleset(plan: Plan, config: PluginConfig, family: int) -> RuleSet:
         rules.extend(Rule(PREROUTING, "RETURN", dport=dport) for dport in port_ranges(captured))
         rules.append(Rule(PREROUTING, INBOUND))
 
-    rules.append(Rule(OUTPUT, INBOUND, dst=LOOPBACK[family], out_iface="lo", dport=str(config.validation_port)))
+    rules.append(Rule(OUTPUT, INBOUND, dst=loopback, out_iface="lo", dport=str(config.validation_port)))
     if plan.mesh == "istio":
         uid = config.istio_proxy_uid
         rules.append(Rule(OUTPUT, INBOUND, src=ISTIO_PASSTHROUGH_SOURCE[family], out_iface="lo", uid_owner=uid))
-        rules.append(Rule(OUTPUT, INBOUND, dst=LOOPBACK[family], out_iface="lo", uid_owner=uid))
+        rules.append(Rule(OUTPUT, INBOUND, dst=loopback, out_iface="lo", uid_owner=uid))
 
-    jumps = tuple(Rule(builtin, own) for builtin, own in BUILTIN_JUMPS)
-    return RuleSet(family=family, rules=tuple(rules), jumps=jumps)
+    jumps = tuple(Rule(builtin, own) for builtin, own in NAT_JUMPS)
+    return RuleSet(family=family, table=NAT, chains=NAT_CHAINS, rules=tuple(rules), jumps=jumps)
+
+
+def build_rulesets(plan: Plan, config: PluginConfig, families: list[int]) -> list[RuleSet]:
+    """Every rule set a protected pod gets, per family and table."""
+    return [build_ruleset(plan, config, family) for family in families]

@@ -1,4 +1,5 @@
-"""Repair pods that started before the plugin was in place: their validator exited 3 (DESIGN §7)."""
+"""Repair pods that started before the plugin was in place: their validator exited 3 (docs/design.md,
+"Lessons")."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-VALIDATOR_CONTAINER = "airlock-microgateway-network-validator"
-INJECT = "sidecar.microgateway.airlock.com/inject"
-REPAIR_LABEL = "sidecar.microgateway.airlock.com/network-validation"
-NOT_REDIRECTED = 3
+from cni.contract import ANNOTATION_PREFIX, EXIT_NOT_REDIRECTED, PLUGIN_TYPE, VALIDATOR_CONTAINER
+from cni.policy import is_protected
+
+REPAIR_LABEL = ANNOTATION_PREFIX + "network-validation"
 QUEUE_LIMIT = 1000
 MAX_BACKOFF_SECONDS = 30.0
 
@@ -21,8 +22,7 @@ MAX_BACKOFF_SECONDS = 30.0
 def needs_repair(pod: dict[str, Any]) -> bool:
     """A protected pod whose validator init container last terminated with exit 3. Pure."""
     metadata = pod.get("metadata") or {}
-    protected = ((metadata.get("labels") or {}).get(INJECT) == "true"
-                 or (metadata.get("annotations") or {}).get(INJECT) == "true")
+    protected = is_protected(metadata.get("labels") or {}, metadata.get("annotations") or {})
     if not protected or metadata.get("deletionTimestamp"):
         return False
     for status in (pod.get("status") or {}).get("initContainerStatuses") or []:
@@ -30,7 +30,7 @@ def needs_repair(pod: dict[str, Any]) -> bool:
             continue
         for state in (status.get("state") or {}, status.get("lastState") or {}):
             terminated = state.get("terminated") or {}
-            if terminated.get("exitCode") == NOT_REDIRECTED:
+            if terminated.get("exitCode") == EXIT_NOT_REDIRECTED:
                 return True
     return False
 
@@ -90,7 +90,7 @@ class Repairer:
             involved_object=client.V1ObjectReference(kind="Pod", name=name, namespace=namespace, uid=meta["uid"],
                                                      api_version="v1"),
             reason="MicrogatewayNetworkValidationFailed", message=message, type="Warning",
-            source=client.V1EventSource(component="microgateway-cni", host=self.node_name),
+            source=client.V1EventSource(component=PLUGIN_TYPE, host=self.node_name),
             first_timestamp=now, last_timestamp=now, count=1))
 
     def work(self, stop: threading.Event) -> None:

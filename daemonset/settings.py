@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from cni.config import NETFILTER_BACKENDS
+from cni.contract import NETFILTER_BACKENDS
 
 MODES = ("chained", "standalone", "manual")
 REPAIR_MODES = ("deletePods", "labelPods", "none")

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from cni.contract import ENGINE_PORT, VALIDATION_PORT
 from validator.options import FAMILY_CHOICES, OPTIONS, PORT_RANGE, SECONDS_RANGE, Option, ProbeOptions
 from validator.verdict import EXIT_NOT_REDIRECTED, EXIT_OK, families_for, run_probe
 
@@ -53,8 +54,8 @@ def probe(ctx: click.Context, **values: Any) -> None:
 
 
 @probe.command()
-@click.option("--engine-port", type=click.IntRange(1, 65535), default=13378, show_default=True)
-@click.option("--validation-port", type=click.IntRange(1, 65535), default=19003, show_default=True)
+@click.option("--engine-port", type=click.IntRange(*PORT_RANGE), default=ENGINE_PORT, show_default=True)
+@click.option("--validation-port", type=click.IntRange(*PORT_RANGE), default=VALIDATION_PORT, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of the readable report.")
 def diagnose(engine_port: int, validation_port: int, as_json: bool) -> None:
     """Explain why the redirection fails (needs NET_ADMIN in the pod's netns, e.g. kubectl debug).

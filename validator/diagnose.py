@@ -8,58 +8,39 @@ import socket
 import time
 from typing import Any
 
-from cni.rules import INBOUND, OUTPUT, PREROUTING, Rule
-
-LOOPBACK = {4: "127.0.0.1", 6: "::1"}
-
-
-def _live_rules(families: list[int]) -> dict[int, dict[str, tuple[list[Any], list[Any]]]]:
-    """Per family and backend, our chains' rules and the jumps into them: the legacy nat table (read
-    only where it already exists, so diagnose never creates it) and our nft tables."""
-    from cni import netfilter, nftables
-    from cni.netns import legacy_nat_loaded
-
-    loaded = [family for family in families if legacy_nat_loaded(family)]
-    legacy = netfilter.read_families(loaded) if loaded else {}
-    native = nftables.read(families)
-    found: dict[int, dict[str, tuple[list[Any], list[Any]]]] = {family: {} for family in families}
-    for family in families:
-        for backend, live in (("iptables-legacy", legacy), ("nftables", native)):
-            rules, jumps = live.get(family, ([], []))
-            if rules or jumps:
-                found[family][backend] = (rules, jumps)
-    return found
-
-
-def _render(backend: str, rule: Rule | str, family: int) -> str:
-    from cni import nftables
-
-    if isinstance(rule, str):
-        return rule
-    return rule.render() if backend == "iptables-legacy" else nftables.describe(rule, family)
+from cni.contract import LOOPBACK
+from cni.model import Live
+from cni.rules import INBOUND, NAT, OUTPUT, PREROUTING
 
 
 def chain_report(families: list[int], engine_port: int) -> dict[int, dict[str, Any]]:
-    """Our chains and jumps per family, from whichever backend holds them (both, after a switch)."""
+    """Our nat chains and jumps per family, read through the plugin's own backends - both of them, as
+    a node may have switched - and shown in the syntax of the backend that holds them."""
+    from cni import backend
+
+    found: dict[int, list[tuple[backend.Backend, Live]]] = {family: [] for family in families}
+    for name in backend.NAMES:
+        reader = backend.load(name)
+        for live in reader.read(families, (NAT,)):
+            if live.chains or live.jumps or live.foreign:
+                found[live.family].append((reader, live))
     report: dict[int, dict[str, Any]] = {}
-    for family, backends in _live_rules(families).items():
-        rules = [(backend, r) for backend, (live, _) in backends.items() for r in live]
-        jumps = [j for _, (_, live) in backends.items() for j in live]
-        decoded = [r for _, r in rules if isinstance(r, Rule)]
-        # A chain may be empty (Istio capturing every port leaves MGW_PREROUTING so); jumps prove it exists.
-        chains = sorted({r.chain for r in decoded} | {j.target for j in jumps if isinstance(j, Rule)})
-        redirect = any(r.chain == INBOUND and r.target == "REDIRECT" and r.to_port == engine_port for r in decoded)
-        unrestricted_output = [r.render() for r in decoded
+    for family, lives in found.items():
+        rules = [rule for _, live in lives for rule in live.rules]
+        jumps = [jump for _, live in lives for jump in live.jumps]
+        unrestricted_output = [r.render() for r in rules
                                if r.chain == OUTPUT and r.dport is None and r.uid_owner is None]
         report[family] = {
-            "backends": sorted(backends),
-            "chains": chains,
-            "rules": [_render(backend, r, family) for backend, r in rules],
-            "prerouting_jump": any(isinstance(j, Rule) and j.target == PREROUTING for j in jumps),
-            "output_jump": any(isinstance(j, Rule) and j.target == OUTPUT for j in jumps),
-            "redirects_to_engine": redirect,
+            "backends": [reader.name for reader, _ in lives],
+            "chains": sorted({chain for _, live in lives for chain in live.chains}),
+            "rules": [reader.syntax(r, family, NAT) for reader, live in lives for r in live.rules]
+            + [f"{f.text}  [unexpected: {f.reason}]" for _, live in lives for f in live.foreign],
+            "prerouting_jump": any(j.target == PREROUTING for j in jumps),
+            "output_jump": any(j.target == OUTPUT for j in jumps),
+            "redirects_to_engine": any(r.chain == INBOUND and r.target == "REDIRECT" and r.to_port == engine_port
+                                       for r in rules),
             "unrestricted_output": unrestricted_output,
-            "istio_mode": any(isinstance(r, Rule) and r.uid_owner is not None for r in decoded),
+            "istio_mode": any(r.uid_owner is not None for r in rules),
         }
     return report
 

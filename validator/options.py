@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from cni.contract import ENGINE_PORT, PORT_RANGE, VALIDATION_PORT
 from cni.records import record
 
 ENV_PREFIX = "MGW_VALIDATOR_"
@@ -33,12 +34,12 @@ class Option:
         return self.name.replace("-", "_")
 
 
-PORT_RANGE = (1, 65535)
 SECONDS_RANGE = (0.1, 300.0)
 
 OPTIONS = (
-    Option("engine-port", "port", 13378, "Port the redirection must land on; the validator listens there itself."),
-    Option("validation-port", "port", 19003, "Loopback port the validator connects to."),
+    Option("engine-port", "port", ENGINE_PORT,
+           "Port the redirection must land on; the validator listens there itself."),
+    Option("validation-port", "port", VALIDATION_PORT, "Loopback port the validator connects to."),
     Option("deadline", "seconds", 3.0, "Seconds to keep retrying before giving up (fail closed)."),
     Option("families", "families", "auto", "Address families to probe; auto adds IPv6 when ::1 exists in the pod."),
     Option("termination-log", "path", "/dev/termination-log",

@@ -14,10 +14,10 @@ import socket
 import struct
 import time
 
+from cni.contract import LOOPBACK
 from cni.records import record
 
 SO_ORIGINAL_DST = 80  # IP6T_SO_ORIGINAL_DST is the same number at SOL_IPV6
-LOOPBACK = {4: "127.0.0.1", 6: "::1"}
 RETRY_PAUSE_SECONDS = 0.1
 
 

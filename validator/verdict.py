@@ -1,16 +1,17 @@
 """The init container's verdict: run the probe, write the termination message and one JSON line, and
-return the exit code (DESIGN §2): 0 redirection works, 3 redirection not working."""
+return the exit code (docs/design.md, "Contract"): 0 redirection works, 3 redirection not working."""
 
 from __future__ import annotations
 
 import sys
 import time
 
+from cni.contract import EXIT_NOT_REDIRECTED
 from validator.jsonline import dumps
 from validator.options import ProbeOptions
 from validator.probe import PortInUse, ProbeResult, ipv6_loopback_present, probe_families
 
-EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_NOT_REDIRECTED = 0, 1, 2, 3
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 
 ADVICE = ("Check that the microgateway-cni DaemonSet runs and is ready on this node, that the pod does not use "
           "hostNetwork, and that microgateway-cni is chained in the node's CNI configuration. After fixing, "

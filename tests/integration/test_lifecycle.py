@@ -145,8 +145,8 @@ def test_check_fails_when_a_rule_is_missing_or_altered(node, change):
     done = node.cni("check", pod, conflist, check=False)
     assert done.returncode != 0
     assert "differ" in done.stderr and ("missing" in done.stderr or "unexpected" in done.stderr)
-    syntax = "-A MGW_" if node.backend == "iptables-legacy" else "ip microgateway MGW_"
-    assert syntax in done.stderr or "ip microgateway PREROUTING" in done.stderr, done.stderr
+    syntax = "-A " if node.backend == "iptables-legacy" else "ip microgateway "
+    assert syntax in done.stderr, done.stderr
 
 
 def test_check_fails_when_ipv6_rules_flushed(node):

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from cni import nfnetlink as nl
 from cni import nftables
 from cni.config import PluginConfig
+from cni.model import Rule
 from cni.policy import Plan
-from cni.rules import Rule, build_ruleset
+from cni.rules import build_ruleset
 
 
 def encoded(rule: Rule, family: int) -> bytes:
@@ -39,14 +40,20 @@ def rules(draw: st.DrawFn) -> tuple[Rule, int]:
         return f"{nftables._text_address(packed)}/{prefix}"
 
     target = draw(st.sampled_from(["RETURN", "REDIRECT", "MGW_INBOUND", "MGW_OUTPUT", "ACCEPT", "DROP"]))
+    protocol = draw(st.sampled_from(["tcp", "udp", "icmp", "ipv6-icmp", None]))
+    states = draw(st.lists(st.sampled_from(list(nftables.CT_STATES)), unique=True))
     return Rule(
         chain=draw(st.sampled_from(["MGW_INBOUND", "MGW_OUTPUT", "PREROUTING"])),
         target=target,
-        dport=draw(dports),
+        protocol=protocol,
+        dport=draw(dports) if protocol in ("tcp", "udp") else None,
         src=draw(st.one_of(st.none(), address.map(cidr))),
         dst=draw(st.one_of(st.none(), address.map(cidr))),
+        in_iface=draw(st.sampled_from([None, "lo", "eth0"])),
         out_iface=draw(st.sampled_from([None, "lo", "eth0", "a" * 15])),
         uid_owner=draw(st.one_of(st.none(), st.integers(0, 2**32 - 2))),
+        # the order iptables-save prints, which decoding reproduces
+        ctstate=",".join(s for s in nftables.CT_STATES if s in states) or None,
         to_port=draw(ports) if target == "REDIRECT" else None,
     ), family
 
@@ -71,10 +78,10 @@ def test_foreign_expressions_are_unexpected():
     counter = nftables._expr("counter")
     with pytest.raises(nftables._Unexpected):
         nftables.decode("MGW_INBOUND", 4, encoded(base, 4) + counter)
-    udp = [nftables._meta(nftables.META_L4PROTO), nftables._cmp(nftables.CMP_EQ, bytes([17])),
+    gre = [nftables._meta(nftables.META_L4PROTO), nftables._cmp(nftables.CMP_EQ, bytes([47])),
            nftables._verdict(nftables.VERDICTS["RETURN"])]
     with pytest.raises(nftables._Unexpected):
-        nftables.decode("MGW_INBOUND", 4, b"".join(udp))
+        nftables.decode("MGW_INBOUND", 4, b"".join(gre))
     goto = [nftables._meta(nftables.META_L4PROTO), nftables._cmp(nftables.CMP_EQ, bytes([6])),
             nftables._verdict(-4, "MGW_INBOUND")]
     with pytest.raises(nftables._Unexpected):
@@ -95,7 +102,7 @@ def test_batch_replaces_existing_tables_and_creates_exclusively():
 
 
 def test_base_chains_hook_nat_at_dstnat_priority_with_accept_policy():
-    body = dict(nl.attributes(nftables._chain_body("PREROUTING")))
+    body = dict(nl.attributes(nftables._chain_body("nat-PREROUTING")))
     hook = dict(nl.attributes(body[nftables.CHAIN_HOOK]))
     assert nl.text(body[nftables.CHAIN_TYPE]) == "nat"
     assert nl.int32(hook[nftables.HOOK_NUM]) == 0 and nl.int32(hook[nftables.HOOK_PRIORITY]) == -100
@@ -108,6 +115,18 @@ def test_uid_is_compared_in_host_byte_order_ports_in_network_byte_order():
     exprs = nftables._decode_expressions(encoded(Rule("MGW_OUTPUT", "RETURN", dport="19003", uid_owner=1337), 4))
     values = [nftables._data_value(data[nftables.CMP_DATA]) for name, data in exprs if name == "cmp"]
     assert struct.pack(">H", 19003) in values and struct.pack("=I", 1337) in values
+
+
+def test_filter_rules_translate_every_field():
+    """The non-TCP-inbound kind of rule: interface, conntrack state, other protocols, accept/drop."""
+    established = Rule("MGW_INPUT", "ACCEPT", protocol=None, ctstate="RELATED,ESTABLISHED")
+    assert nftables.render(established, 4) == "ct state established,related accept"
+    assert nftables.decode("MGW_INPUT", 4, encoded(established, 4)) == established
+    loopback = Rule("MGW_INPUT", "ACCEPT", protocol=None, in_iface="lo")
+    assert nftables.render(loopback, 6) == 'iifname "lo" accept'
+    udp = Rule("MGW_INPUT", "ACCEPT", protocol="udp", dport="53")
+    assert nftables.render(udp, 6) == "udp dport 53 accept"
+    assert nftables.decode("MGW_INPUT", 6, encoded(Rule("MGW_INPUT", "DROP", protocol=None), 6)).target == "DROP"
 
 
 def test_render_matches_nft_list_syntax():

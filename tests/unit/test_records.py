@@ -50,7 +50,8 @@ def test_fields_with_defaults_come_last():
 
 
 @pytest.mark.parametrize(("modules", "absent"), [
-    ("cni.main, cni.kube, cni.netfilter, cni.libiptc, cni.netns, cni.policy, cni.rules", ("typing", "inspect")),
+    ("cni.main, cni.kube, cni.applier, cni.backend, cni.iptables_legacy, cni.libiptc, cni.netns, cni.policy, "
+     "cni.rules", ("typing", "inspect")),
     ("validator.main, validator.verdict, validator.options", ("typing", "inspect", "json", "re")),
 ])
 def test_the_per_pod_paths_do_not_import_what_they_avoid(modules: str, absent: tuple[str, ...]):

@@ -1,0 +1,92 @@
+"""The pod-netns side of ADD and CHECK: what runs inside the pod's network namespace, and the forked
+worker it runs in.
+
+The parent never enters the pod netns. It starts an Applier before asking the API, so the worker
+prepares the backend (imports python-iptables for iptables-legacy) meanwhile on another core; then it
+hands over the plan, and the worker enters the pod netns, learns its address families there, builds
+the rule sets and applies (or reads) them. A pod that turns out not to be protected has its worker
+cancelled jobless, so it never touched anything.
+
+`configure` and `inspect` are the jobs themselves, given a backend and the families: unit tests run
+them in-process against a fake backend (tests/unit/test_orchestration.py).
+"""
+
+from __future__ import annotations
+
+from cni.backend import Backend
+from cni.config import PluginConfig
+from cni.model import drift
+from cni.policy import Plan
+from cni.rules import build_rulesets
+from cni.worker import Worker
+
+TYPE_CHECKING = False  # typing costs ~8 ms of a frozen start (cni/records.py): annotations only
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    Job = Callable[[Backend, list[int], Plan, PluginConfig], Any]
+
+
+def configure(backend: Backend, families: list[int], plan: Plan, config: PluginConfig) -> list[int]:
+    """Write the plan's rule sets for `families` in the current netns; the families configured.
+
+    Then take out what another backend left (the node switched since an earlier ADD of this pod):
+    after ours are in place, so the pod is never without rules."""
+    backend.apply(build_rulesets(plan, config, families))
+    from cni.backend import NAMES, remove_everywhere
+
+    if backend.name in NAMES:
+        remove_everywhere(tuple(name for name in NAMES if name != backend.name))
+    return families
+
+
+def inspect(backend: Backend, families: list[int], plan: Plan, config: PluginConfig) -> list[str]:
+    """How the current netns differs from what `configure` writes; empty when it does not."""
+    expected = build_rulesets(plan, config, families)
+    tables = tuple(sorted({ruleset.table for ruleset in expected}))
+    live = {(state.family, state.table): state for state in backend.read(families, tables)}
+    return [problem for ruleset in expected
+            for problem in drift(ruleset, live[ruleset.family, ruleset.table],
+                                 lambda rule, rs=ruleset: backend.syntax(rule, rs.family, rs.table))]
+
+
+def _in_pod(backend: Backend, ipv6_hint: bool, job: Job, plan: Plan, config: PluginConfig) -> Any:
+    """In the worker, already inside the pod netns: the families are the netns's own."""
+    from cni.netns import pod_families
+
+    return job(backend, pod_families(ipv6_hint), plan, config)
+
+
+class Applier:
+    """One forked worker for one pod: prepares `backend` at once, then runs configure or inspect once."""
+
+    def __init__(self, backend: Backend, netns: str, ipv6_hint: bool) -> None:
+        self._backend = backend
+        self._netns = netns
+        self._ipv6_hint = ipv6_hint
+        self._worker = Worker(backend.prepare)
+
+    @property
+    def backend_name(self) -> str:
+        return self._backend.name
+
+    def configure(self, plan: Plan, config: PluginConfig) -> list[int]:
+        families: list[int] = self._worker.run(self._netns, _in_pod, self._backend, self._ipv6_hint, configure,
+                                               plan, config)
+        return families
+
+    def inspect(self, plan: Plan, config: PluginConfig) -> list[str]:
+        problems: list[str] = self._worker.run(self._netns, _in_pod, self._backend, self._ipv6_hint, inspect,
+                                               plan, config)
+        return problems
+
+    def cancel(self) -> None:
+        """Stop a worker that got no job (an unprotected pod, an API error); it touched nothing."""
+        self._worker.dismiss()
+
+    def __enter__(self) -> Applier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
