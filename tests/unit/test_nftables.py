@@ -13,8 +13,9 @@ from cni import nfnetlink as nl
 from cni import nftables
 from cni.config import PluginConfig
 from cni.model import Rule
-from cni.policy import Plan
-from cni.rules import build_ruleset
+from cni.policy import Plan, plan_for
+from cni.rules import build_ruleset, build_rulesets
+from tests.support import golden
 
 
 def encoded(rule: Rule, family: int) -> bytes:
@@ -134,3 +135,15 @@ def test_render_matches_nft_list_syntax():
     assert nftables.render(rule, 6) == 'ip6 saddr ::6 oifname "lo" meta l4proto tcp meta skuid 1337 jump MGW_INBOUND'
     assert nftables.render(Rule("MGW_INBOUND", "RETURN", dport="19000:19002"), 4) == "tcp dport 19000-19002 return"
     assert nftables.render(Rule("MGW_INBOUND", "REDIRECT", to_port=13378), 4) == "meta l4proto tcp redirect to :13378"
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("case", sorted(golden.CASES))
+def test_nft_tables_match_the_golden_files(case, family):
+    """tests/golden/<case>-v<family>.nft: what `nft list table` prints for the case (MGW_UPDATE_GOLDEN=1)."""
+    rulesets = build_rulesets(plan_for(golden.CASES[case]), PluginConfig(), [family])
+    text = nftables.render_table(rulesets)
+    path = golden.DIR / f"{case}-v{family}.nft"
+    if golden.UPDATE:
+        path.write_text(text)
+    assert text == path.read_text(), f"{path.name} differs (MGW_UPDATE_GOLDEN=1 rewrites it):\n{text}"
