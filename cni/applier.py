@@ -1,11 +1,12 @@
 """The pod-netns side of ADD and CHECK: what runs inside the pod's network namespace, and the forked
 worker it runs in.
 
-The parent never enters the pod netns. It starts an Applier before asking the API, so the worker
-prepares the backend (imports python-iptables for iptables-legacy) meanwhile on another core; then it
-hands over the plan, and the worker enters the pod netns, learns its address families there, builds
-the rule sets and applies (or reads) them. A pod that turns out not to be protected has its worker
-cancelled jobless, so it never touched anything.
+For a backend that needs preparing (iptables-legacy) the parent never enters the pod netns. It
+starts an Applier before asking the API, so the worker prepares the backend (imports python-iptables)
+meanwhile on another core; then it hands over the plan, and the worker enters the pod netns, learns
+its address families there, builds the rule sets and applies (or reads) them. A pod that turns out
+not to be protected has its worker cancelled jobless, so it never touched anything. A backend with
+nothing to prepare (nftables) runs the same jobs in-process (Applier).
 
 `configure` and `inspect` are the jobs themselves, given a backend and the families: unit tests run
 them in-process against a fake backend (tests/unit/test_orchestration.py).
@@ -59,31 +60,43 @@ def _in_pod(backend: Backend, ipv6_hint: bool, job: Job, plan: Plan, config: Plu
 
 
 class Applier:
-    """One forked worker for one pod: prepares `backend` at once, then runs configure or inspect once."""
+    """One forked worker for one pod: prepares `backend` at once, then runs configure or inspect once.
+
+    A backend with nothing to prepare (Backend.needs_worker False: nftables) gets no worker: there
+    is no import to overlap with the lookup, and a fork, the pickled hand-over and the reaping would
+    only add to every ADD. Its one job runs in this process, which enters the pod netns for it and
+    exits right after."""
 
     def __init__(self, backend: Backend, netns: str, ipv6_hint: bool) -> None:
         self._backend = backend
         self._netns = netns
         self._ipv6_hint = ipv6_hint
-        self._worker = Worker(backend.prepare)
+        self._worker = Worker(backend.prepare) if backend.needs_worker else None
 
     @property
     def backend_name(self) -> str:
         return self._backend.name
 
+    def _run(self, job: Job, plan: Plan, config: PluginConfig) -> Any:
+        if self._worker is None:
+            from cni.netns import enter_pod
+
+            enter_pod(self._netns)
+            return _in_pod(self._backend, self._ipv6_hint, job, plan, config)
+        return self._worker.run(self._netns, _in_pod, self._backend, self._ipv6_hint, job, plan, config)
+
     def configure(self, plan: Plan, config: PluginConfig) -> list[int]:
-        families: list[int] = self._worker.run(self._netns, _in_pod, self._backend, self._ipv6_hint, configure,
-                                               plan, config)
+        families: list[int] = self._run(configure, plan, config)
         return families
 
     def inspect(self, plan: Plan, config: PluginConfig) -> list[str]:
-        problems: list[str] = self._worker.run(self._netns, _in_pod, self._backend, self._ipv6_hint, inspect,
-                                               plan, config)
+        problems: list[str] = self._run(inspect, plan, config)
         return problems
 
     def cancel(self) -> None:
         """Stop a worker that got no job (an unprotected pod, an API error); it touched nothing."""
-        self._worker.dismiss()
+        if self._worker is not None:
+            self._worker.dismiss()
 
     def __enter__(self) -> Applier:
         return self

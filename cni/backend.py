@@ -52,6 +52,8 @@ class Backend(abc.ABC):
     """Writes, reads and removes our rules (cni/model.py) in the current netns."""
 
     name = ""
+    # Whether apply/read run in the applier's forked worker, so `prepare` overlaps the pod lookup.
+    needs_worker = True
 
     def prepare(self) -> None:  # noqa: B027 - optional hook; most backends need nothing
         """Load what apply and read need; the applier runs it while the pod is looked up."""

@@ -19,6 +19,7 @@ from tests.e2e.conftest import binary
 from tests.integration.helpers import target
 from tests.support.node import DRIVER, VALIDATOR_UID, Node, Pod, pod_fixture
 
+pytestmark = pytest.mark.backends  # the bundle carries both backends' code: legacy's C libraries, nft's netlink
 CACHE = Path(os.environ.get("MGW_ROOTFS_CACHE", "/var/cache/microgateway-cni-tests/minbase-bookworm"))
 
 
@@ -57,7 +58,7 @@ class Rootfs:
     def write_conflist(self) -> str:
         bridge = self.node.bridge_entry()
         bridge["ipam"]["dataDir"] = "/var/lib/cni/networks"
-        entry = {"type": "microgateway-cni", "logLevel": "debug",
+        entry = {"type": "microgateway-cni", "logLevel": "debug", "netfilterBackend": self.node.backend,
                  "kubernetes": {"kubeconfig": "/etc/cni/net.d/microgateway-cni-kubeconfig", "apiDeadlineSeconds": 2}}
         doc = {"cniVersion": "1.0.0", "name": "mgw-minbase", "plugins": [bridge, entry]}
         (self.upper / "etc/cni/net.d/10-mgw.conflist").write_text(json.dumps(doc))
@@ -96,12 +97,13 @@ def test_protected_pod_on_a_node_without_python_or_iptables(binaries, minbase, n
     verdict = rootfs.run(pod.netns, ["/opt/mgw/microgateway-network-validator/microgateway-network-validator",
                                      "--termination-log", "/dev/null"], userspec=f"{VALIDATOR_UID}:{VALIDATOR_UID}")
     assert verdict.returncode == 0, verdict.stdout + verdict.stderr
-    # diagnose (as root, like kubectl debug) reads the chains with the bundled python-iptables
+    # diagnose (as root, like kubectl debug) reads the chains with the bundled python-iptables and netlink
     diagnose = rootfs.run(pod.netns, ["/opt/mgw/microgateway-network-validator/microgateway-network-validator",
                                       "diagnose", "--json"], userspec="0:0")
     assert diagnose.returncode == 0, diagnose.stdout + diagnose.stderr
     report = json.loads(diagnose.stdout)
     assert set(report["invariants"].values()) == {"ok"} and report["chains"]["4"]["rules"], report
+    assert report["chains"]["4"]["backends"] == [node.backend], report
     node.start_workloads(pod, [8080])
     node.add_pod_fixture(pod_fixture("client", protected=False))
     client_netns = f"mgwt-{node.id}-minclient"
