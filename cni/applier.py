@@ -14,9 +14,11 @@ them in-process against a fake backend (tests/unit/test_orchestration.py).
 
 from __future__ import annotations
 
+import functools
+
 from cni.backend import Backend
 from cni.config import PluginConfig
-from cni.model import drift
+from cni.model import Rule, RuleSet, drift
 from cni.policy import Plan
 from cni.rules import build_rulesets
 from cni.worker import Worker
@@ -47,9 +49,12 @@ def inspect(backend: Backend, families: list[int], plan: Plan, config: PluginCon
     expected = build_rulesets(plan, config, families)
     tables = tuple(sorted({ruleset.table for ruleset in expected}))
     live = {(state.family, state.table): state for state in backend.read(families, tables)}
-    return [problem for ruleset in expected
-            for problem in drift(ruleset, live[ruleset.family, ruleset.table],
-                                 lambda rule, rs=ruleset: backend.syntax(rule, rs.family, rs.table))]
+    return [problem for ruleset in expected for problem in
+            drift(ruleset, live[ruleset.family, ruleset.table], functools.partial(_syntax, backend, ruleset))]
+
+
+def _syntax(backend: Backend, ruleset: RuleSet, rule: Rule) -> str:
+    return backend.syntax(rule, ruleset.family, ruleset.table)
 
 
 def _in_pod(backend: Backend, ipv6_hint: bool, job: Job, plan: Plan, config: PluginConfig) -> Any:

@@ -84,7 +84,8 @@ def text(payload: bytes) -> str:
 
 
 def int32(payload: bytes) -> int:
-    return struct.unpack(">i", payload[:4])[0]
+    value: int = struct.unpack(">i", payload[:4])[0]
+    return value
 
 
 class Reply:
@@ -146,7 +147,7 @@ class Netlink:
         seq = self._seq
         self._seq += 1
         self._send(_message((NFNL_SUBSYS_NFTABLES << 8) | command, NLM_F_REQUEST | NLM_F_DUMP, seq, family, body))
-        replies = []
+        replies: list[Reply] = []
         while True:
             for msg_type, _, got_seq, payload in self._messages():
                 if got_seq != seq:

@@ -11,6 +11,7 @@ the new ones written, in one transaction (I6) - no fork per family, no rollback.
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 
@@ -212,7 +213,10 @@ def _chain_body(name: str) -> bytes:
 
 def _in_table(rule: Rule, table: str) -> Rule:
     """A rule as it lives in our nft table: a jump sits in our base chain for its built-in chain."""
-    return rule._replace(chain=base_chain(table, rule.chain)) if rule.chain in BUILTIN_CHAINS[table] else rule
+    if rule.chain not in BUILTIN_CHAINS[table]:
+        return rule
+    moved: Rule = rule._replace(chain=base_chain(table, rule.chain))  # type: ignore[attr-defined]  # a namedtuple
+    return moved
 
 
 def _rule_body(rule: Rule, family: int, table: str) -> bytes:
@@ -265,8 +269,7 @@ def batch(rulesets: list[RuleSet], present: set[int]) -> list[nl.Command]:
         for _, rules in chains:
             for table, rule in rules:
                 commands.append((nl.NEWRULE, nfproto, nl.NLM_F_CREATE | nl.NLM_F_APPEND,
-                                 _rule_body(rule, family, table),
-                                 lambda r=rule, f=family, t=table: f"rule {describe(r, f, t)}"))
+                                 _rule_body(rule, family, table), functools.partial(_rule_error, rule, family, table)))
     return commands
 
 
@@ -315,6 +318,11 @@ def render(rule: Rule, family: int) -> str:
 def describe(rule: Rule, family: int, table: str) -> str:
     """A rule with its place in our nft table: "ip6 microgateway MGW_OUTPUT: tcp dport 19003 ..."."""
     return f"{FAMILY_NAMES[FAMILIES[family]]} {TABLE} {_in_table(rule, table).chain}: {render(rule, family)}"
+
+
+def _rule_error(rule: Rule, family: int, table: str) -> str:
+    """What a failed NEWRULE names (rendered only then)."""
+    return f"rule {describe(rule, family, table)}"
 
 
 def _base_header(name: str) -> str:
@@ -543,7 +551,7 @@ def _live(family: int, table: str, chains: dict[str, Any], rules: list[tuple[str
             if in_base or chain in live_chains:
                 foreign.append(entry)
         elif in_base:
-            jumps.append(entry._replace(chain=BASE_CHAINS[chain][1]))
+            jumps.append(entry._replace(chain=BASE_CHAINS[chain][1]))  # type: ignore[attr-defined]  # a namedtuple
         elif chain in live_chains:
             live_rules.append(entry)
     return Live(family=family, table=table, chains=tuple(sorted(live_chains)), rules=tuple(live_rules),
@@ -568,7 +576,7 @@ class NftablesBackend(Backend):
 
     def read(self, families: list[int], tables: tuple[str, ...] = TABLES) -> list[Live]:
         state = _snapshot()
-        lives = []
+        lives: list[Live] = []
         for family in families:
             chains, raw = state.get(family, ({}, []))
             rules: list[tuple[str, Rule | Foreign]] = []
