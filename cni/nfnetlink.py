@@ -1,13 +1,17 @@
 """nf_tables over netlink with hand-built messages: one batch per write, dumps for reads.
 
-Why not pyroute2 here: importing `pyroute2.netlink.nfnetlink.nftsocket` pulls in the whole package
-(asyncio, logging, multiprocessing, its NDB) and measured 130-290 ms of `-X importtime` and +22 MiB
-peak RSS on the build machine (docs/design.md, "nftables backend"), against a whole protected
-ADD+DEL budget of about 165 ms and 40 MiB. The plugin needs five message types and eight expression
-types; their layout is the kernel's UAPI (linux/netfilter/nf_tables.h, nfnetlink.h), so they are
-built here in a few lines of struct packing. pyroute2 decodes the same tables independently in the
-tests, which keeps this encoder honest.
+Why not pyroute2 on this path (docs/design.md, "nftables backend"): its nf_tables socket imports the
+whole package, which does not fit the ADD budget; the plugin needs a handful of message and
+expression types whose layout is the kernel's UAPI (linux/netfilter/nf_tables.h, nfnetlink.h), so
+they are built here with struct. pyroute2 decodes the same tables independently in the tests
+(tests/integration/test_nftables.py), which keeps this encoder honest.
 """
+# Measured on the build machine (2 cores, shared), the reason for the above: importing
+# pyroute2.netlink.nfnetlink.nftsocket took 130-290 ms (-X importtime; it loads asyncio, logging,
+# multiprocessing and pyroute2's NDB through the package __init__) and an interpreter doing nothing
+# else peaked at 33 MiB RSS, against a protected ADD+DEL budget of 0.85x portmap (~165 ms here) and
+# 40 MiB. This module and cni/nftables.py import in a few ms; the nftables ADD+DEL measured 0.69x
+# portmap with the one-dir binary (scripts/bench.sh).
 
 from __future__ import annotations
 

@@ -562,7 +562,7 @@ class NftablesBackend(Backend):
     """Native nftables over netlink (cni/nfnetlink.py): no nft binary, no libnftables, no heavy import."""
 
     name = "nftables"
-    needs_worker = False  # nothing to prepare: a few ms of imports (cni/nfnetlink.py)
+    needs_worker = False  # nothing to prepare: its imports are light (cni/nfnetlink.py)
 
     def apply(self, rulesets: list[RuleSet]) -> None:
         with nl.Netlink() as sock:
