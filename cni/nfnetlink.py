@@ -48,8 +48,20 @@ if TYPE_CHECKING:
     Command = tuple[int, int, int, bytes, str | Callable[[], str]]
 
 
-class Conflict(CniError):
+class NetlinkError(CniError):
+    """A netlink request the kernel refused, with its errno."""
+
+    def __init__(self, what: str, err: int) -> None:
+        super().__init__(NETFILTER_FAILURE, f"{what}: {os.strerror(err)}", f"errno {err}")
+        self.errno = err
+
+
+class Conflict(NetlinkError):
     """The transaction met a table or chain that came (EEXIST) or went (ENOENT) since we looked."""
+
+
+# The kernel has no nf_tables (or may not load it): nothing of ours can exist there.
+UNSUPPORTED = (errno.EOPNOTSUPP, errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT)
 
 
 def attr(kind: int, payload: bytes) -> bytes:
@@ -107,8 +119,8 @@ def _message(msg_type: int, flags: int, seq: int, family: int, body: bytes, res_
     return HEADER.pack(HEADER.size + len(payload), msg_type, flags, seq, 0) + payload
 
 
-def _failure(what: str, err: int) -> CniError:
-    return CniError(NETFILTER_FAILURE, f"{what}: {os.strerror(err)}", f"errno {err}")
+def _failure(what: str, err: int) -> NetlinkError:
+    return NetlinkError(what, err)
 
 
 class Netlink:
@@ -200,7 +212,7 @@ class Netlink:
             description = descriptions[seq]
             what = f"nftables transaction failed at {description if isinstance(description, str) else description()}"
             if err in (errno.EEXIST, errno.ENOENT):
-                raise Conflict(NETFILTER_FAILURE, f"{what}: {os.strerror(err)}", f"errno {err}")
+                raise Conflict(what, err)
             raise _failure(what, err)
         if not acked:
             raise CniError(NETFILTER_FAILURE, "nftables transaction not acknowledged by the kernel")

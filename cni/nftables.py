@@ -591,10 +591,15 @@ class NftablesBackend(Backend):
         return lives
 
     def remove(self) -> bool:
-        with nl.Netlink() as sock:
-            present = _present(sock)
-            if present:
-                sock.transact(batch([], present))
+        try:
+            with nl.Netlink() as sock:
+                present = _present(sock)
+                if present:
+                    sock.transact(batch([], present))
+        except nl.NetlinkError as exc:
+            if exc.errno in nl.UNSUPPORTED:  # no nf_tables here, so nothing of ours either (DEL on legacy)
+                return False
+            raise
         return bool(present)
 
     def syntax(self, rule: Rule, family: int, table: str) -> str:
