@@ -38,6 +38,7 @@ CASES = [
     ("no container id", {"CNI_CONTAINERID": None}, None, 4),
     ("unsupported version", {}, "0.1.0", 1),
     ("bad config value", {}, {"enginePort": "x"}, 7),
+    ("unknown backend", {}, {"netfilterBackend": "iptables-nft"}, 7),
     ("netns not a netns", {"CNI_NETNS": "/etc/hostname"}, None, 4),
     ("netns vanished", {"CNI_NETNS": "/run/netns/does-not-exist-mgw"}, None, 4),
     ("runtime's own netns", {"CNI_NETNS": "/proc/self/ns/net"}, None, 4),
@@ -66,4 +67,6 @@ def test_bad_input(sandbox, case, env_change, stdin, code):
     error = cni_error(exec_plugin(node, env, stdin))
     assert error["code"] == code, error
     assert error["msg"]
+    if case == "unknown backend":
+        assert "'netfilterBackend'" in error["msg"] and "'iptables-nft'" in error["msg"], error
     no_rules(node, netns)

@@ -332,3 +332,16 @@ def test_a_node_that_switched_backends_leaves_nothing_behind(before):
         assert node.mgw_rules(second) == [] and node.mgw_rules(second, 6) == []
         node.cni("del", first, conflist)
         assert node.mgw_rules(first) == [] and node.mgw_rules(first, 6) == []
+
+
+def test_auto_follows_the_node():
+    """`auto`: nftables on a node without legacy tables; iptables-legacy once the node has one (here
+    kube-proxy's stand-in: the legacy filter table created in the node netns)."""
+    with Node(backend="auto") as node:
+        first = protected_pod(node, "first")
+        assert node.nft_table(first) and "nat" not in node.legacy_tables(first)
+        node.exec(node.netns, ["iptables-legacy", "-t", "filter", "-L", "-n"])
+        second = protected_pod(node, "second")
+        assert node.nft_table(second) == "" and any(line.startswith("-A ") for line in node.mgw_rules(second))
+        log = node.log_file.read_text()
+        assert '"backend": "nftables"' in log and '"backend": "iptables-legacy"' in log
