@@ -7,8 +7,14 @@ import sys
 
 import pytest
 
+from cni.config import PluginConfig
+from cni.model import Rule, RuleSet, drift
+from cni.nftables import NftablesBackend, render_table
+from cni.policy import plan_for
+from cni.rules import build_rulesets
+from cni.worker import Worker
 from tests.support import golden
-from tests.support.node import Node, pod_fixture
+from tests.support.node import Node, Pod, pod_fixture
 
 DECODE = """
 import json, sys
@@ -76,3 +82,41 @@ def test_pyroute2_reads_our_rules_as_we_meant_them(nft_node):
         assert all(exprs[-1] == ["immediate", "NFT_RETURN"] for exprs in inbound[:-1])
         output = [exprs for chain, exprs in chains if chain == "MGW_OUTPUT"]
         assert len(output) == 3 and all(exprs[-1] == ["immediate", "NFT_JUMP MGW_INBOUND"] for exprs in output)
+
+
+def _round_trip(rulesets: list[RuleSet]) -> tuple[list[str], bool, bool]:
+    """In the test netns (a worker's job): apply twice, read, compare; remove twice."""
+    backend = NftablesBackend()
+    backend.apply(rulesets)
+    backend.apply(rulesets)
+    tables = tuple(sorted({rs.table for rs in rulesets}))
+    live = {(state.family, state.table): state for state in backend.read([4, 6], tables)}
+    problems = [p for rs in rulesets for p in drift(rs, live[rs.family, rs.table])]
+    return problems, backend.remove(), backend.remove()
+
+
+def test_filter_rules_of_non_tcp_inbound_round_trip_through_the_kernel(nft_node):
+    """Every field the non-TCP-inbound rules use (interface, conntrack state, protocols, a UDP port,
+    accept and drop) lands in a filter-INPUT base chain and reads back as written; nft lists it as
+    the renderer says."""
+    rulesets = build_rulesets(plan_for({}), PluginConfig(), [4, 6])
+    for family in (4, 6):
+        icmp = "icmp" if family == 4 else "ipv6-icmp"
+        rules = (Rule("MGW_INPUT", "ACCEPT", protocol=None, in_iface="lo"),
+                 Rule("MGW_INPUT", "ACCEPT", protocol=None, ctstate="RELATED,ESTABLISHED"),
+                 Rule("MGW_INPUT", "RETURN"),
+                 Rule("MGW_INPUT", "ACCEPT", protocol=icmp),
+                 Rule("MGW_INPUT", "ACCEPT", protocol="udp", dport="5353"),
+                 Rule("MGW_INPUT", "DROP", protocol=None))
+        rulesets.append(RuleSet(family=family, table="filter", chains=("MGW_INPUT",), rules=rules,
+                                jumps=(Rule("INPUT", "MGW_INPUT", protocol=None),)))
+    netns = f"mgwt-{nft_node.id}-filter"
+    nft_node._add_netns(netns)
+    with Worker(lambda: None) as worker:
+        worker.run(f"/run/netns/{netns}", NftablesBackend().apply, rulesets)
+    listed = Pod(name="filter", namespace="default", netns=netns, container_id="f1")
+    for family in (4, 6):
+        assert nft_node.nft_table(listed, family) == render_table([rs for rs in rulesets if rs.family == family])
+    with Worker(lambda: None) as worker:
+        problems, removed, removed_again = worker.run(f"/run/netns/{netns}", _round_trip, rulesets)
+    assert problems == [] and removed is True and removed_again is False
