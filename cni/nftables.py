@@ -62,7 +62,7 @@ NF_DROP, NF_ACCEPT = 0, 1
 NF_NAT_RANGE_PROTO_SPECIFIED = 2
 REG_VERDICT, REG_1 = 0, 1
 META_IIFNAME, META_OIFNAME, META_SKUID, META_L4PROTO = 6, 7, 10, 16
-CT_STATE = 0
+CT_STATE, CT_STATUS = 0, 2
 NETWORK_HEADER, TRANSPORT_HEADER = 1, 2
 CMP_EQ, CMP_NEQ, CMP_LT, CMP_LTE, CMP_GT, CMP_GTE = range(6)
 IFNAMSIZ = 16
@@ -78,6 +78,9 @@ PROTOCOL_NAMES = {number: name for name, number in PROTOCOLS.items()}
 PORT_PROTOCOLS = ("tcp", "udp", "sctp")
 # conntrack states in the order iptables-save prints them, and their bits in `ct state`
 CT_STATES = {"INVALID": 1, "NEW": 8, "RELATED": 4, "ESTABLISHED": 2, "UNTRACKED": 64}
+# --ctstate's NAT pseudo-states are `ct status` bits (IPS_SRC_NAT, IPS_DST_NAT): a connection that a
+# REDIRECT (a destination NAT) took carries dnat.
+CT_STATUSES = {"SNAT": 0x10, "DNAT": 0x20}
 
 
 def base_chain(table: str, builtin: str) -> str:
@@ -146,11 +149,14 @@ def _protocol(rule: Rule) -> str | None:
     return protocol
 
 
-def _ct_bits(states: str) -> int:
-    try:
-        return sum(CT_STATES[state] for state in states.upper().split(","))
-    except KeyError:
-        raise CniError(NETFILTER_FAILURE, f"nftables backend: conntrack state {states!r} is not supported") from None
+def _ct_match(states: str) -> tuple[int, int]:
+    """--ctstate's value as (ct key, bits): states and NAT pseudo-states cannot mix in one nft match."""
+    names = states.upper().split(",")
+    if all(name in CT_STATES for name in names):
+        return CT_STATE, sum(CT_STATES[name] for name in names)
+    if all(name in CT_STATUSES for name in names):
+        return CT_STATUS, sum(CT_STATUSES[name] for name in names)
+    raise CniError(NETFILTER_FAILURE, f"nftables backend: conntrack state {states!r} is not supported")
 
 
 def expressions(rule: Rule, family: int) -> list[bytes]:
@@ -179,8 +185,9 @@ def expressions(rule: Rule, family: int) -> list[bytes]:
     if rule.uid_owner is not None:
         exprs += [_meta(META_SKUID), _cmp(CMP_EQ, struct.pack("=I", rule.uid_owner))]
     if rule.ctstate:
-        exprs += [_expr("ct", nl.be32(CT_KEY, CT_STATE), nl.be32(CT_DREG, REG_1)),
-                  _bitwise(struct.pack("=I", _ct_bits(rule.ctstate))), _cmp(CMP_NEQ, bytes(4))]
+        key, bits = _ct_match(rule.ctstate)
+        exprs += [_expr("ct", nl.be32(CT_KEY, key), nl.be32(CT_DREG, REG_1)),
+                  _bitwise(struct.pack("=I", bits)), _cmp(CMP_NEQ, bytes(4))]
     if rule.target == "REDIRECT":
         if rule.to_port is None:
             raise CniError(NETFILTER_FAILURE, f"nftables backend: REDIRECT without a port: {rule.render()}")
@@ -304,8 +311,10 @@ def render(rule: Rule, family: int) -> str:
     if rule.uid_owner is not None:
         parts.append(f"meta skuid {rule.uid_owner}")
     if rule.ctstate:
-        states = sorted(rule.ctstate.upper().split(","), key=lambda state: CT_STATES.get(state, 0))
-        parts.append("ct state " + ",".join(state.lower() for state in states))  # nft's order: by bit
+        names = rule.ctstate.upper().split(",")
+        table = CT_STATUSES if all(name in CT_STATUSES for name in names) else CT_STATES
+        ordered = sorted(names, key=lambda name: table.get(name, 0))  # nft prints bits in ascending order
+        parts.append(f"ct {'status' if table is CT_STATUSES else 'state'} " + ",".join(n.lower() for n in ordered))
     if rule.target == "REDIRECT":
         parts.append(f"redirect to :{rule.to_port}")
     elif rule.target in VERDICTS:
@@ -382,12 +391,14 @@ def _compare(fields: dict[str, Any], loaded: tuple[Any, ...], mask: bytes | None
         fields["out_iface"] = nl.text(value)
     elif loaded == ("meta", META_SKUID) and op == CMP_EQ and len(value) == 4:
         fields["uid_owner"] = struct.unpack("=I", value)[0]
-    elif loaded == ("ct", CT_STATE) and op == CMP_NEQ and value == bytes(4) and mask is not None and len(mask) == 4:
+    elif (loaded in (("ct", CT_STATE), ("ct", CT_STATUS)) and op == CMP_NEQ and value == bytes(4)
+          and mask is not None and len(mask) == 4 and "ctstate" not in fields):
+        table = CT_STATES if loaded[1] == CT_STATE else CT_STATUSES
         bits = struct.unpack("=I", mask)[0]
-        states = [name for name, bit in CT_STATES.items() if bits & bit]
-        if sum(CT_STATES[name] for name in states) != bits:
-            raise _Unexpected(f"ct state bits {bits:#x}")
-        fields["ctstate"] = ",".join(states)
+        names = [name for name, bit in table.items() if bits & bit]
+        if sum(table[name] for name in names) != bits:
+            raise _Unexpected(f"ct bits {bits:#x}")
+        fields["ctstate"] = ",".join(names)
     elif loaded == ("payload", NETWORK_HEADER, src_offset, length) and op == CMP_EQ:
         fields["src"] = _network(value, mask)
     elif loaded == ("payload", NETWORK_HEADER, dst_offset, length) and op == CMP_EQ:

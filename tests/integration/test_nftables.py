@@ -96,15 +96,17 @@ def _round_trip(rulesets: list[RuleSet]) -> tuple[list[str], bool, bool]:
 
 
 def test_filter_rules_of_non_tcp_inbound_round_trip_through_the_kernel(nft_node):
-    """Every field the non-TCP-inbound rules use (interface, conntrack state, protocols, a UDP port,
-    accept and drop) lands in a filter-INPUT base chain and reads back as written; nft lists it as
+    """Every field the non-TCP-inbound rules use (interface, conntrack state and DNAT status,
+    protocols, ports, accept, return and drop) lands in a filter-INPUT base chain and reads back as written; nft lists it as
     the renderer says."""
     rulesets = build_rulesets(plan_for({}), PluginConfig(), [4, 6])
     for family in (4, 6):
         icmp = "icmp" if family == 4 else "ipv6-icmp"
-        rules = (Rule("MGW_INPUT", "ACCEPT", protocol=None, in_iface="lo"),
-                 Rule("MGW_INPUT", "ACCEPT", protocol=None, ctstate="RELATED,ESTABLISHED"),
-                 Rule("MGW_INPUT", "RETURN"),
+        rules = (Rule("MGW_INPUT", "RETURN", protocol=None, in_iface="lo"),
+                 Rule("MGW_INPUT", "RETURN", protocol=None, ctstate="RELATED,ESTABLISHED"),
+                 Rule("MGW_INPUT", "RETURN", ctstate="DNAT"),
+                 Rule("MGW_INPUT", "RETURN", dport="19000:19002"),
+                 Rule("MGW_INPUT", "DROP"),
                  Rule("MGW_INPUT", "ACCEPT", protocol=icmp),
                  Rule("MGW_INPUT", "ACCEPT", protocol="udp", dport="5353"),
                  Rule("MGW_INPUT", "DROP", protocol=None))

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from cni import nfnetlink as nl
 from cni import nftables
 from cni.config import PluginConfig
+from cni.errors import CniError
 from cni.model import Rule
 from cni.policy import Plan, plan_for
 from cni.rules import build_ruleset, build_rulesets
@@ -42,7 +43,8 @@ def rules(draw: st.DrawFn) -> tuple[Rule, int]:
 
     target = draw(st.sampled_from(["RETURN", "REDIRECT", "MGW_INBOUND", "MGW_OUTPUT", "ACCEPT", "DROP"]))
     protocol = draw(st.sampled_from(["tcp", "udp", "icmp", "ipv6-icmp", None]))
-    states = draw(st.lists(st.sampled_from(list(nftables.CT_STATES)), unique=True))
+    states = draw(st.one_of(st.lists(st.sampled_from(list(nftables.CT_STATES)), unique=True),
+                            st.sampled_from([["DNAT"], ["SNAT"]])))
     return Rule(
         chain=draw(st.sampled_from(["MGW_INBOUND", "MGW_OUTPUT", "PREROUTING"])),
         target=target,
@@ -54,7 +56,7 @@ def rules(draw: st.DrawFn) -> tuple[Rule, int]:
         out_iface=draw(st.sampled_from([None, "lo", "eth0", "a" * 15])),
         uid_owner=draw(st.one_of(st.none(), st.integers(0, 2**32 - 2))),
         # the order iptables-save prints, which decoding reproduces
-        ctstate=",".join(s for s in nftables.CT_STATES if s in states) or None,
+        ctstate=",".join(s for s in (*nftables.CT_STATES, *nftables.CT_STATUSES) if s in states) or None,
         to_port=draw(ports) if target == "REDIRECT" else None,
     ), family
 
@@ -125,6 +127,11 @@ def test_filter_rules_translate_every_field():
     assert nftables.decode("MGW_INPUT", 4, encoded(established, 4)) == established
     loopback = Rule("MGW_INPUT", "ACCEPT", protocol=None, in_iface="lo")
     assert nftables.render(loopback, 6) == 'iifname "lo" accept'
+    redirected = Rule("MGW_INPUT", "RETURN", ctstate="DNAT")
+    assert nftables.render(redirected, 4) == "meta l4proto tcp ct status dnat return"
+    assert nftables.decode("MGW_INPUT", 4, encoded(redirected, 4)) == redirected
+    with pytest.raises(CniError):
+        nftables.expressions(Rule("MGW_INPUT", "RETURN", ctstate="ESTABLISHED,DNAT"), 4)
     udp = Rule("MGW_INPUT", "ACCEPT", protocol="udp", dport="53")
     assert nftables.render(udp, 6) == "udp dport 53 accept"
     assert nftables.decode("MGW_INPUT", 6, encoded(Rule("MGW_INPUT", "DROP", protocol=None), 6)).target == "DROP"
