@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # Build: docker build -t microgateway-cni:0.1.0 .
 # The builder runs the same script the tests run (scripts/build-binaries.sh); the final image carries
-# only the three one-dir binaries and runs the installer as its entrypoint.
+# only the three one-dir bundles (each with its own loader, glibc and licenses/ notices: the base image's
+# C library is never used) and runs the installer as its entrypoint.
 
 FROM debian:12-slim AS builder
 ENV DEBIAN_FRONTEND=noninteractive
@@ -10,7 +11,7 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       python3.11 python3.11-venv libpython3.11 python3-dev gcc libc6-dev binutils \
-      libiptc-dev libxtables-dev iptables ca-certificates \
+      libiptc-dev libxtables-dev iptables ca-certificates musl-tools \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -32,7 +33,8 @@ COPY --from=builder /src/dist/bin/microgateway-network-validator/ /usr/local/lib
 COPY --from=builder /src/dist/bin/microgateway-cni-installer/ /usr/local/lib/microgateway-cni-installer/
 RUN ln -s /usr/local/lib/microgateway-cni-installer/microgateway-cni-installer /usr/local/bin/microgateway-cni-installer \
  && ln -s /usr/local/lib/microgateway-network-validator/microgateway-network-validator \
-          /usr/local/bin/microgateway-network-validator
+          /usr/local/bin/microgateway-network-validator \
+ && ln -s /usr/local/lib/microgateway-cni/licenses /usr/share/doc/microgateway-cni
 ENV MGW_PLUGIN_BINARY=/usr/local/lib/microgateway-cni/microgateway-cni
 # The validator (same image, other command) runs as non-root; the installer needs root only to write the host's CNI dirs
 # (the DaemonSet sets runAsUser: 0 and drops every capability it does not need).

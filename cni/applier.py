@@ -23,7 +23,7 @@ from cni.policy import Plan
 from cni.rules import build_rulesets
 from cni.worker import Worker
 
-TYPE_CHECKING = False  # typing costs ~8 ms of a frozen start (cni/records.py): annotations only
+TYPE_CHECKING = False  # typing is kept off the run-time path (cni/records.py): annotations only
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any

@@ -14,7 +14,7 @@ import abc
 from cni.errors import NETFILTER_FAILURE, CniError
 from cni.model import TABLES, Live, Rule, RuleSet
 
-TYPE_CHECKING = False  # typing costs ~8 ms of a frozen start (cni/records.py): annotations only
+TYPE_CHECKING = False  # typing is kept off the run-time path (cni/records.py): annotations only
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import TypeVar

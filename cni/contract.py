@@ -5,6 +5,10 @@ Imported by the plugin, the validator and the installer alike, so it imports not
 
 from __future__ import annotations
 
+TYPE_CHECKING = False  # typing is kept off the run-time path (cni/records.py): annotations only
+if TYPE_CHECKING:
+    from typing import TypeGuard
+
 PLUGIN_TYPE = "microgateway-cni"
 ANNOTATION_PREFIX = "sidecar.microgateway.airlock.com/"
 INJECT = ANNOTATION_PREFIX + "inject"
@@ -33,6 +37,6 @@ def is_port_text(text: str) -> bool:
     return text.isascii() and text.isdigit() and PORT_RANGE[0] <= int(text) <= PORT_RANGE[1]
 
 
-def is_port(value: object) -> bool:
+def is_port(value: object) -> TypeGuard[int]:
     """An int (not a bool) in PORT_RANGE."""
     return isinstance(value, int) and not isinstance(value, bool) and PORT_RANGE[0] <= value <= PORT_RANGE[1]

@@ -3,8 +3,8 @@
 python-iptables is imported only by `prepare` (the applier's worker, or diagnose), never by DEL: removal
 needs no matches or targets, so it uses libiptc directly (cni/libiptc.py) in the calling process.
 libxtables registers an extension for the first family that loads it, so one process cannot REDIRECT
-for IPv4 and IPv6 (python-iptables issues #135, #316, #325): writing and reading run one process per
-family (cni/worker.py's fan_out).
+for IPv4 and IPv6 (python-iptables issues #135, #316, #325): writing and reading run in a forked
+child per family (cni/worker.py's fan_out), so the calling process stays clean for the next call.
 
 Each table of each family is one python-iptables handle: our old state removed, our chains and
 jumps written, one commit - a table replace, so a rule set is never half-written (I6).
@@ -13,6 +13,7 @@ jumps written, one commit - a table replace, so a rule set is never half-written
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 
 from cni import libraries
@@ -22,12 +23,15 @@ from cni.model import TABLES, Foreign, Live, Rule, RuleSet, is_ours, ours_in
 from cni.netns import legacy_tables
 from cni.worker import fan_out
 
-TYPE_CHECKING = False  # typing costs ~8 ms of a frozen start (cni/records.py): annotations only
+TYPE_CHECKING = False  # typing is kept off the run-time path (cni/records.py): annotations only
 if TYPE_CHECKING:
     from typing import Any
 
 # python-iptables' name for "no -p": a rule without a protocol matches all of them.
 ANY_PROTOCOL = ("ip", "all", "0")
+# Where python-iptables' protocol names differ from iptables-save's (the model's).
+PROTOCOL_NUMBERS = {"ipv6-icmp": "58"}
+PROTOCOL_NAMES = {"icmpv6": "ipv6-icmp"}
 PORT_MATCHES = ("tcp", "udp")
 
 
@@ -64,7 +68,7 @@ def _encode(family: int, spec: Rule) -> Any:
     iptc = _iptc()
     rule = iptc.Rule() if family == 4 else iptc.Rule6()
     if spec.protocol:
-        rule.protocol = spec.protocol
+        rule.protocol = PROTOCOL_NUMBERS.get(spec.protocol, spec.protocol)
     if spec.src:
         rule.src = spec.src
     if spec.dst:
@@ -121,7 +125,7 @@ def _apply_table(ruleset: RuleSet) -> None:
 
 def _apply_family(rulesets: list[RuleSet]) -> None:
     for ruleset in rulesets:
-        retrying(lambda rs=ruleset: _apply_table(rs), "apply")
+        retrying(functools.partial(_apply_table, ruleset), "apply")
 
 
 def _net(value: str | None, family: int) -> str | None:
@@ -137,7 +141,7 @@ def _net(value: str | None, family: int) -> str | None:
 def _decode(rule: Any, chain: str, family: int) -> Rule | Foreign:
     """A live rule as a Rule, or as Foreign when it has anything our rules never have."""
     odd: list[str] = []
-    protocol = None if rule.protocol in ANY_PROTOCOL else rule.protocol
+    protocol = None if rule.protocol in ANY_PROTOCOL else PROTOCOL_NAMES.get(rule.protocol, rule.protocol)
     fields = {"src": rule.src, "dst": rule.dst, "in_iface": rule.in_interface, "out_iface": rule.out_interface}
     if any((value or "").startswith("!") for value in (protocol, *fields.values())):
         odd.append("inverted match")
@@ -193,7 +197,7 @@ def _read_table(family: int, table: str) -> Live:
 
 def _read_family(family: int, tables: tuple[str, ...]) -> list[Live]:
     present = legacy_tables(family)
-    return [retrying(lambda t=table: _read_table(family, t), "read") if table in present
+    return [retrying(functools.partial(_read_table, family, table), "read") if table in present
             else Live(family=family, table=table, chains=(), rules=(), jumps=()) for table in tables]
 
 
@@ -237,7 +241,7 @@ class LegacyBackend(Backend):
         for family in (4, 6):
             for table in sorted(legacy_tables(family) & set(TABLES)):
                 try:
-                    removed = retrying(lambda f=family, t=table: libiptc.remove_ours(f, t), "remove") or removed
+                    removed = retrying(functools.partial(libiptc.remove_ours, family, table), "remove") or removed
                 except CniError as exc:
                     failures.append(exc)
         if failures:

@@ -1,8 +1,8 @@
 """Reading one pod from the kube-apiserver with the kubeconfig the installer wrote.
 
-One HTTP/1.0 GET over ssl, by hand, instead of the official `kubernetes` client (its import alone
-takes ~600 ms, python -X importtime) or even http.client (34 ms of imports, the email package): the
-ADD budget of DESIGN §6 is smaller than either. HTTP/1.0 means no chunking: the body ends at EOF.
+One HTTP/1.0 GET over ssl, by hand, instead of the official `kubernetes` client or even http.client
+(which imports the email package): either import alone would eat much of the ADD budget
+(docs/design.md, "Performance budget"). HTTP/1.0 means no chunking: the body ends at EOF.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import urllib.parse
 from cni.errors import INVALID_CONFIG, IO_FAILURE, TRY_AGAIN_LATER, UNKNOWN_CONTAINER, CniError
 from cni.records import record
 
-TYPE_CHECKING = False  # typing costs ~8 ms of a frozen start (cni/records.py): annotations only
+TYPE_CHECKING = False  # typing is kept off the run-time path (cni/records.py): annotations only
 if TYPE_CHECKING:
     from typing import Any
 
@@ -125,9 +125,10 @@ def _get(cluster: Cluster, path: str) -> tuple[int, bytes]:
     if cluster.token:
         lines.append(f"Authorization: Bearer {cluster.token}")
     request = ("\r\n".join(lines) + "\r\n\r\n").encode()
-    # An ASCII host as bytes skips the IDNA encoding of getaddrinfo and ssl (the codec costs ~2 ms to import).
+    # An ASCII host as bytes skips the IDNA encoding of getaddrinfo and ssl, and so the codec's import.
     address = cluster.host.encode() if cluster.host.isascii() else cluster.host
-    with socket.create_connection((address, cluster.port), timeout=REQUEST_TIMEOUT_SECONDS) as raw, \
+    with socket.create_connection((address, cluster.port),  # type: ignore[arg-type] # bytes: see above
+                                  timeout=REQUEST_TIMEOUT_SECONDS) as raw, \
             cluster.context.wrap_socket(raw, server_hostname=address) as tls:
         tls.sendall(request)
         chunks: list[bytes] = []
@@ -165,7 +166,8 @@ def get_pod(cluster: Cluster, namespace: str, name: str, deadline_seconds: float
             problem = f"HTTP {status}"
         if status == 200:
             try:
-                return json.loads(body)
+                pod: dict[str, Any] = json.loads(body)
+                return pod
             except ValueError:
                 raise CniError(IO_FAILURE, f"kube-apiserver sent an undecodable pod {namespace}/{name}") from None
         if status == 404:

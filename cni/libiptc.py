@@ -1,7 +1,7 @@
 """Removing our chains and the jumps into them with libiptc directly, any family and table in this process.
 
-python-iptables' import costs 25-35 ms per process (ctypes structure classes for every xtables
-version, measured with cProfile), and its xtables state forces a forked worker per family. Removal
+python-iptables' import is slow (ctypes structure classes for every xtables version) and its
+xtables state forces a forked worker per family. Removal
 needs neither matches nor targets, only libiptc's chain and rule handles, so DEL - on every pod
 deletion - and the rollback of a failed ADD use these libiptc calls instead. Adding and reading
 rules stays with python-iptables.
@@ -21,7 +21,7 @@ from cni.errors import NETFILTER_FAILURE, CniError
 from cni.libraries import library_path
 from cni.model import ours_in
 
-TYPE_CHECKING = False  # typing costs ~8 ms of a frozen start (cni/records.py): annotations only
+TYPE_CHECKING = False  # typing is kept off the run-time path (cni/records.py): annotations only
 if TYPE_CHECKING:
     from typing import Any
 

@@ -1,7 +1,7 @@
 """JSON-lines logging to stderr and the configured log file; stdout is reserved for the CNI result.
 
-Written by hand on purpose: `import logging` plus python-json-logger costs ~8 ms of imports
-(python -X importtime) on a path that runs for every pod start, for one dict per line.
+Written by hand on purpose: `import logging` plus python-json-logger are imports on a path that runs
+for every pod start (python -X importtime shows them), for one dict per line.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-TYPE_CHECKING = False  # typing costs ~8 ms of a frozen start (cni/records.py): annotations only
+TYPE_CHECKING = False  # typing is kept off the run-time path (cni/records.py): annotations only
 if TYPE_CHECKING:
     from typing import Any
 

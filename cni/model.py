@@ -30,7 +30,8 @@ def is_ours(chain_or_target: str) -> bool:
 
 @record
 class Rule:
-    """One rule; a field left None does not match. protocol None matches every protocol."""
+    """One rule; a field left None does not match. protocol is named as iptables-save prints it
+    (/etc/protocols: tcp, udp, icmp, ipv6-icmp); None matches every protocol."""
 
     chain: str
     target: str

@@ -9,7 +9,7 @@ from cni.contract import EXCLUDE_INBOUND_PORTS, INJECT, SERVICE_MESH, is_port_te
 from cni.errors import INVALID_CONFIG, CniError
 from cni.records import record
 
-TYPE_CHECKING = False  # typing costs ~8 ms of a frozen start (cni/records.py): annotations only
+TYPE_CHECKING = False  # typing is kept off the run-time path (cni/records.py): annotations only
 if TYPE_CHECKING:
     from typing import Any
 

@@ -16,7 +16,7 @@ from cni.errors import (
 )
 from cni.records import record
 
-TYPE_CHECKING = False  # typing costs ~8 ms of a frozen start (cni/records.py): annotations only
+TYPE_CHECKING = False  # typing is kept off the run-time path (cni/records.py): annotations only
 if TYPE_CHECKING:
     from typing import Any
 

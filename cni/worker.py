@@ -1,31 +1,33 @@
-"""Forked workers for the python-iptables work of ADD and CHECK.
+"""Forked workers: the process machinery under cni/applier.py and the legacy backend's per-family work.
 
-python-iptables' import costs 25-35 ms (cProfile), about as long as the pod lookup on the API. The
-Worker is forked before that lookup and imports it meanwhile on another core; once the parent knows
+A backend's preparation (python-iptables' import) takes about as long as the pod lookup on the API.
+The Worker is forked before that lookup and prepares meanwhile on another core; once the parent knows
 the pod is protected it hands over one job, which runs in the pod netns. A pod that turns out not to
-be protected has its worker killed, jobless, so it never touched anything (up to ~30 ms of CPU on
-another core, the price of ~35 ms less ADD latency for protected pods, scripts/bench.sh). Should the
-parent die first, the worker reads the end of the job pipe and exits.
+be protected has its worker killed, jobless, so it never touched anything: some CPU on another core,
+traded for a shorter protected ADD (scripts/bench.sh shows both). Should the parent die first, the
+worker reads the end of the job pipe and exits.
 
 libxtables registers an extension for the first family that loads it, so one process cannot use
-REDIRECT for IPv4 and IPv6 (python-iptables issues #135, #316, #325; reproduced here): fan_out runs
-the first family in the worker and forks a sibling per further family. The import itself leaves no
-family state behind, so the forked siblings start clean and do not import again.
+REDIRECT for IPv4 and IPv6 (python-iptables issues #135, #316, #325; reproduced here): fan_out forks a
+child per family from a worker that never does family work itself. The import leaves no family
+state behind, so every child starts clean without importing again, however many operations the
+worker runs.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 
 from cni.errors import NETFILTER_FAILURE, CniError
 
-TYPE_CHECKING = False  # typing costs ~8 ms of a frozen start (cni/records.py): annotations only
+TYPE_CHECKING = False  # typing is kept off the run-time path (cni/records.py): annotations only
 if TYPE_CHECKING:
     from typing import Any
 
 # pickle (and signal for SIGKILL) are left out of the module imports: an unprotected pod's ADD only
-# forks and kills a worker, and the two imports cost ~3 ms of its start-up (-X importtime).
+# forks and kills a worker and need not pay for them (-X importtime).
 SIGKILL = 9
 
 
@@ -150,28 +152,25 @@ class Worker:
 
 
 def fan_out(jobs: list[tuple[int, Callable[..., Any], tuple[Any, ...]]]) -> dict[int, Any | CniError]:
-    """Run each (family, function, args): the first here, every other in a forked sibling, in parallel.
+    """Run each (family, function, args) in a forked child of its own, all in parallel.
 
-    Every family's outcome comes back, its CniError included, so the caller can undo what succeeded."""
-    siblings = []
-    for family, function, args in jobs[1:]:
+    Never in this process: whatever family a job binds libxtables to would stay bound here, and every
+    later child would inherit it. Every family's outcome comes back, its CniError included, so the
+    caller can undo what succeeded."""
+    children = []
+    for family, function, args in jobs:
         read_end, write_end = os.pipe()
         pid = _fork()
         if pid == 0:
             try:
                 os.close(read_end)
-                _report(write_end, _guarded(lambda f=function, a=args: f(*a), f"IPv{family}"))
+                _report(write_end, _guarded(functools.partial(function, *args), f"IPv{family}"))
             finally:
                 os._exit(0)
         os.close(write_end)
-        siblings.append((family, pid, read_end))
+        children.append((family, pid, read_end))
     outcomes: dict[int, Any | CniError] = {}
-    for family, function, args in jobs[:1]:
-        try:
-            outcomes[family] = _raise_or_return(_guarded(lambda f=function, a=args: f(*a), f"IPv{family}"))
-        except CniError as exc:
-            outcomes[family] = exc
-    for family, pid, read_end in siblings:
+    for family, pid, read_end in children:
         try:
             outcomes[family] = _outcome(_read_all(read_end), pid, f"IPv{family}")
         except CniError as exc:

@@ -8,11 +8,16 @@ import signal
 import sys
 import threading
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from daemonset.settings import Settings, SettingsError, from_env
+from daemonset.api import api_client, describe_api_error
+from daemonset.settings import Settings, SettingsError, from_env, help_table
+
+if TYPE_CHECKING:
+    from daemonset.server import Metrics
+    from daemonset.taint import TaintGate
 
 log_ = logging.getLogger("microgateway-cni-installer")
 
@@ -38,25 +43,6 @@ def _settings() -> Settings:
         raise click.UsageError(str(exc)) from None
 
 
-def api_client(settings: Settings) -> Any:
-    """The official client, authenticated with the (rotating) projected service-account token."""
-    from kubernetes import client
-
-    sa = settings.service_account_dir
-    config = client.Configuration()
-    config.host = settings.api_server
-    config.ssl_ca_cert = os.path.join(sa, "ca.crt")
-
-    def refresh(cfg: Any) -> None:
-        with open(os.path.join(sa, "token")) as f:
-            cfg.api_key["authorization"] = f.read().strip()
-
-    config.api_key_prefix["authorization"] = "Bearer"
-    config.refresh_api_key_hook = refresh
-    refresh(config)
-    return client.ApiClient(config)
-
-
 def daemonset_deleted(api: Any, settings: Settings) -> bool:
     """True only when the API says our DaemonSet is gone or going; any doubt keeps the plugin installed."""
     from kubernetes import client
@@ -64,26 +50,47 @@ def daemonset_deleted(api: Any, settings: Settings) -> bool:
 
     try:
         ds = client.AppsV1Api(api).read_namespaced_daemon_set(settings.daemonset_name, settings.namespace)
-    except ApiException as exc:
-        return exc.status == 404
     except Exception as exc:
-        log("warn", "cannot tell whether the DaemonSet is being deleted; leaving the plugin installed", error=str(exc))
+        if isinstance(exc, ApiException) and exc.status == 404:
+            return True
+        log("warn", "cannot tell whether the DaemonSet is being deleted; leaving the plugin installed",
+            error=describe_api_error(exc, os.path.join(settings.service_account_dir, "ca.crt")))
         return False
     return ds.metadata.deletion_timestamp is not None
 
 
-@click.group(invoke_without_command=True)
+@click.group(invoke_without_command=True, help=f"""Install microgateway-cni on this node and keep it chained; serve
+health, readiness and metrics.
+
+Configured by environment variables (set from the DaemonSet's ConfigMap and the downward API):
+
+\b
+{help_table()}
+""")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
-    """Install microgateway-cni on this node and keep it chained; serve health, readiness and metrics.
-
-    Configured by environment variables (set from the DaemonSet's ConfigMap): MGW_MODE (chained |
-    standalone | manual), MGW_CNI_NET_DIR, MGW_CNI_BIN_DIR, MGW_HOST_CNI_NET_DIR, MGW_PLUGIN_BINARY,
-    MGW_LOG_LEVEL, MGW_LOG_FILE_PATH, MGW_EXCLUDE_NAMESPACES, MGW_REPAIR_MODE (deletePods | labelPods |
-    none), MGW_LISTEN_PORT, NODE_NAME, POD_NAMESPACE, KUBERNETES_SERVICE_HOST/PORT.
-    """
     if ctx.invoked_subcommand is None:
         ctx.invoke(run)
+
+
+def _taint_gate(settings: Settings, api: Any, metrics: Metrics) -> TaintGate:
+    """The start-up taint gate for this node; a gate that cannot reach the API or name its node is an error."""
+    from daemonset.taint import TaintGate
+
+    if settings.startup_taint and (api is None or not settings.node_name):
+        raise click.UsageError(f"MGW_STARTUP_TAINT={settings.startup_taint} needs NODE_NAME and "
+                               "KUBERNETES_SERVICE_HOST to lift the taint; set MGW_STARTUP_TAINT= (empty) to turn "
+                               "the gate off")
+
+    def opened(seconds: float | None) -> None:
+        metrics.node_untainted.set(1)
+        if seconds is not None:
+            metrics.untaint_seconds.set(seconds)
+
+    gate = TaintGate(api, settings.node_name, settings.startup_taint, log,
+                     on_failure=lambda reason: metrics.untaint_failures.labels(reason=reason).inc(), on_open=opened)
+    metrics.node_untainted.set(1 if gate.open else 0)
+    return gate
 
 
 @cli.command()
@@ -101,7 +108,9 @@ def run() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    server = serve(settings.listen_port, installer.ready, metrics)
+    api = api_client(settings) if settings.api_server else None
+    gate = _taint_gate(settings, api, metrics)
+    server = serve(settings.listen_port, lambda: installer.ready() and gate.open, metrics)
 
     def reconcile() -> None:
         try:
@@ -115,7 +124,8 @@ def run() -> None:
 
     threads = [threading.Thread(target=watch, args=([settings.cni_net_dir, settings.cni_bin_dir,
                                                      settings.service_account_dir], reconcile, stop), daemon=True)]
-    api = api_client(settings) if settings.api_server else None
+    threads.append(threading.Thread(target=gate.run, args=(installer.ready, installer.binary_path, stop.wait),
+                                    daemon=True))
     if api is not None and settings.node_name and settings.repair_mode != "none":
         repairer = Repairer(api, settings.node_name, settings.repair_mode, log,
                             lambda result: metrics.repairs.labels(result=result).inc())
@@ -139,7 +149,8 @@ def uninstall() -> None:
 
     settings = _settings()
     _setup_logging(settings.log_level)
-    Installer(settings, log).uninstall()
+    if not Installer(settings, log).uninstall():
+        sys.exit(1)
 
 
 @cli.command()

@@ -21,6 +21,7 @@ class Primary(NamedTuple):
     name: str
     document: dict[str, Any]
     was_single: bool
+    raw: bytes  # the file's bytes as read: a later write is committed only if they are still there
 
 
 def parse(name: str, raw: bytes) -> Primary | None:
@@ -33,7 +34,7 @@ def parse(name: str, raw: bytes) -> Primary | None:
         return None
     if isinstance(doc.get("plugins"), list) and doc["plugins"]:
         if all(isinstance(p, dict) and p.get("type") for p in doc["plugins"]):
-            return Primary(name, doc, was_single=False)
+            return Primary(name, doc, was_single=False, raw=raw)
         return None
     if name.endswith(".conflist"):
         return None
@@ -42,7 +43,7 @@ def parse(name: str, raw: bytes) -> Primary | None:
     single = dict(doc)
     conflist = {"cniVersion": single.pop("cniVersion", "0.3.1"), "name": single.pop("name", "k8s-pod-network"),
                 "plugins": [single]}
-    return Primary(name, conflist, was_single=True)
+    return Primary(name, conflist, was_single=True, raw=raw)
 
 
 def choose_primary(files: dict[str, bytes], own_standalone: str = STANDALONE_NAME) -> Primary | None:

@@ -8,6 +8,8 @@ import os
 import shutil
 import tempfile
 
+ASIDE_MARK = ".mgw-aside-"
+
 
 def digest(path: str) -> str | None:
     try:
@@ -25,8 +27,8 @@ def read(path: str) -> bytes | None:
         return None
 
 
-def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
-    """Write beside the target, fsync, rename over it, fsync the directory."""
+def _write_temp(path: str, data: bytes, mode: int) -> str:
+    """A complete, fsynced file beside `path` whose name no CNI loader picks up (it ends in .tmp)."""
     directory = os.path.dirname(path) or "."
     fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
@@ -35,16 +37,130 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
             f.flush()
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
-        os.rename(temp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
+        _unlink(temp)
         raise
-    dir_fd = os.open(directory, os.O_RDONLY)
+    return temp
+
+
+def _fsync_dir(directory: str) -> None:
+    dir_fd = os.open(directory or ".", os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
+    """Write beside the target, fsync, rename over it, fsync the directory. Only for files we own."""
+    temp = _write_temp(path, data, mode)
+    try:
+        os.rename(temp, path)
+    except BaseException:
+        _unlink(temp)
+        raise
+    _fsync_dir(os.path.dirname(path))
+
+
+def _aside_name(path: str) -> str:
+    """A unique name (installers of two pods may share a pid) that no CNI loader picks up."""
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}{ASIDE_MARK}{os.urandom(6).hex()}")
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def put_back(aside: str, path: str) -> None:
+    """Return a set-aside (or parked) file to its name, unless a newer one took that name meanwhile:
+    then the set-aside one is superseded and dropped."""
+    with contextlib.suppress(FileExistsError, FileNotFoundError):
+        os.link(aside, path)
+    _unlink(aside)
+    _fsync_dir(os.path.dirname(path))
+
+
+def _set_aside(path: str, expected: bytes, aside: str | None = None) -> str | None:
+    """Move the file at `path` aside (atomically: whatever is there now); its new name if it is `expected`,
+    else it goes back (unless a newer file took the name meanwhile) and the answer is None."""
+    aside = aside or _aside_name(path)
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return None
+    try:
+        if read(aside) == expected:
+            return aside
+    except BaseException:
+        put_back(aside, path)
+        raise
+    put_back(aside, path)
+    return None
+
+
+def _link_if_free(temp: str, path: str) -> bool:
+    try:
+        os.link(temp, path)
+    except FileExistsError:  # the agent wrote in between: its newer document stays
+        return False
+    return True
+
+
+def replace_if_unchanged(path: str, expected: bytes | None, data: bytes | None, mode: int = 0o644) -> bool:
+    """Compare-and-swap for a file another agent may write at any moment (docs/design.md, "Writing
+    files we do not own").
+
+    Commits `data` (None: removes the file) only if `path` still holds `expected` (None: absent) and
+    returns True; otherwise changes nothing and returns False, so the caller re-reads and recomputes.
+    rename() alone cannot be conditional: an agent's write between our compare and our rename would be
+    lost. So the current file is first moved aside - atomically taking whatever is there at that
+    instant - and checked; ours is then linked in, which fails if the agent created the name again
+    meanwhile. A reader sees the old document, ours, or (between the two steps) no file, never ours
+    over a newer one.
+    """
+    if read(path) != expected:
+        return False
+    if expected is None and data is None:
+        return True
+    temp = _write_temp(path, data, mode) if data is not None else None
+    try:
+        aside = _set_aside(path, expected) if expected is not None else None
+        if expected is not None and aside is None:
+            return False
+        try:
+            committed = temp is None or _link_if_free(temp, path)
+        except BaseException:
+            if aside is not None:
+                put_back(aside, path)
+            raise
+        if aside is not None:
+            _unlink(aside)
+    finally:
+        if temp is not None:
+            _unlink(temp)
+    if committed:
+        _fsync_dir(os.path.dirname(path))
+    return committed
+
+
+def move_if_unchanged(path: str, expected: bytes, new_path: str) -> bool:
+    """Rename a file we do not own (e.g. park it) only if it still holds `expected`."""
+    if _set_aside(path, expected, new_path) is None:
+        return False
+    _fsync_dir(os.path.dirname(path))
+    return True
+
+
+def restore_set_aside(directory: str) -> list[str]:
+    """Put back files a killed installer left set aside in the middle of replace_if_unchanged."""
+    restored = []
+    for name in os.listdir(directory):
+        if name.startswith(".") and ASIDE_MARK in name:
+            original = name[1:name.rindex(ASIDE_MARK)]
+            put_back(os.path.join(directory, name), os.path.join(directory, original))
+            restored.append(original)
+    return restored
 
 
 def copy_atomic(source: str, path: str, mode: int = 0o755) -> None:

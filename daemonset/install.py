@@ -6,10 +6,12 @@ import base64
 import json
 import os
 import shutil
+import subprocess
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from daemonset import conflist, files
 from daemonset.settings import Settings
@@ -17,6 +19,16 @@ from daemonset.settings import Settings
 PLUGIN_NAME = "microgateway-cni"
 ORIGINAL_SUFFIX = ".mgw-original"  # not a CNI extension: libcni ignores the parked single-plugin .conf
 REVERT_WINDOW_SECONDS = 60.0
+MAX_ATTEMPTS = 10  # re-reads when another agent changes a file between our read and our commit
+
+
+class Clock(Protocol):
+    """What the installer needs of time: the `time` module, or a test's clock that does not sleep."""
+
+    def monotonic(self) -> float: ...
+
+    def sleep(self, seconds: float, /) -> None: ...
+VERIFY_TIMEOUT_SECONDS = 30.0
 
 
 def kubeconfig_document(server: str, ca_pem: bytes, token: str) -> dict[str, Any]:
@@ -28,15 +40,42 @@ def kubeconfig_document(server: str, ca_pem: bytes, token: str) -> dict[str, Any
             "contexts": [{"name": "microgateway-cni", "context": {"cluster": "local", "user": "microgateway-cni"}}]}
 
 
+def verify_plugin(executable: str) -> str | None:
+    """Run a freshly copied plugin once as the kubelet would (CNI VERSION): None if it answers, else why not.
+
+    A plugin that cannot start on this node (a C library it lacks, a broken copy, another architecture)
+    must never replace a working one: the kubelet would fail every pod sandbox on the node.
+    """
+    try:
+        done = subprocess.run([executable], input=b'{"cniVersion": "1.0.0"}', capture_output=True,
+                              env={**os.environ, "CNI_COMMAND": "VERSION"}, timeout=VERIFY_TIMEOUT_SECONDS, check=False)
+    except subprocess.TimeoutExpired:
+        return f"no answer to CNI VERSION within {VERIFY_TIMEOUT_SECONDS:.0f}s"
+    except OSError as exc:
+        return f"cannot execute it: {exc.strerror}"
+    try:
+        supported = json.loads(done.stdout)["supportedVersions"]
+    except (ValueError, KeyError, TypeError):
+        supported = None
+    if done.returncode != 0 or not isinstance(supported, list) or "1.0.0" not in supported:
+        lines = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
+        return f"CNI VERSION exited {done.returncode}: {lines[-1] if lines else 'no output'}"
+    return None
+
+
 class Installer:
     def __init__(self, settings: Settings, log: Callable[..., None],
-                 on_revert: Callable[[], None] = lambda: None) -> None:
+                 on_revert: Callable[[], None] = lambda: None, clock: Clock = time) -> None:
         self.settings = settings
+        self.clock = clock
         self.log = log
         self.on_revert = on_revert
         self.written: dict[str, bytes] = {}  # what we last wrote per conflist path
         self._bundle_digest: str | None = None
+        self.bundle_error: str | None = None  # why the image's plugin bundle cannot run here, while it cannot
         self.reverts: deque[float] = deque()
+        self._lock = threading.RLock()  # the watch thread's reconcile and SIGTERM's uninstall never interleave
+        self._uninstalled = False
 
     # -- paths -------------------------------------------------------------------------------------
     @property
@@ -76,7 +115,9 @@ class Installer:
     def _install_bundle(self, source_dir: str) -> bool:
         """A PyInstaller one-dir bundle: versioned hidden directory + atomically swapped symlink.
 
-        The previous version stays until the next update: a kubelet may be running it for a DEL.
+        The previous version stays until the next update: a kubelet may be running it for a DEL. The new
+        version must answer CNI VERSION from its new place before the symlink points at it; if it cannot,
+        the previous plugin stays, the installer stays not ready, and later reconciles try again.
         """
         if self._bundle_digest is None:
             self._bundle_digest = files.tree_digest(source_dir)  # the image is immutable: hash once
@@ -91,6 +132,17 @@ class Installer:
             return False
         if not os.path.isdir(os.path.join(bin_dir, version_dir)):
             files.copy_tree_atomic(source_dir, os.path.join(bin_dir, version_dir))
+        error = verify_plugin(os.path.join(bin_dir, link_target))
+        if error is not None:
+            if error != self.bundle_error:
+                self.log("error", "the plugin bundle cannot run on this node; keeping the previous plugin and "
+                         "staying not ready", bundle=os.path.join(bin_dir, version_dir), error=error,
+                         previous=previous or None)
+            self.bundle_error = error
+            if not os.path.exists(self.binary_path):  # nothing to keep: never chain a plugin that is not there
+                raise RuntimeError(f"no runnable plugin installed: {error}")
+            return False
+        self.bundle_error = None
         files.symlink_atomic(link_target, self.binary_path)
         keep = {version_dir, previous.split(os.sep)[0]}
         for name in os.listdir(bin_dir):
@@ -113,56 +165,101 @@ class Installer:
         return True
 
     def chain(self) -> str:
-        """Make the configuration contain our entry; returns 'unchanged', 'written' or 'waiting'."""
-        entry = self.settings.plugin_entry()
-        if self.settings.mode == "manual":
-            return "unchanged"
-        if self.settings.mode == "standalone":
-            data = conflist.render(conflist.standalone(entry))
-            if files.read(self.standalone_path) == data:
+        """Make the configuration contain our entry; returns 'unchanged', 'written', 'waiting' or 'contended'.
+
+        Every write is derived from a read made just before it and committed only if the file still
+        holds what was read (files.replace_if_unchanged); on a change we re-read and recompute, at most
+        MAX_ATTEMPTS times. The revert back-off pauses before a fresh read, never between a read and
+        the write derived from it.
+        """
+        with self._lock:
+            if self.settings.mode == "manual" or self._uninstalled:
                 return "unchanged"
-            files.write_atomic(self.standalone_path, data)
-            return "written"
+            files.restore_set_aside(self.settings.cni_net_dir)
+            for attempt in range(MAX_ATTEMPTS):
+                if self.settings.mode == "standalone":
+                    result = self._chain_standalone()
+                else:
+                    result = self._chain_primary(count_revert=attempt == 0)
+                if result not in (None, "paused"):
+                    return result
+                if result is None:
+                    self.log("debug", "the CNI configuration changed between our read and our commit; re-reading",
+                             dir=self.settings.cni_net_dir)
+            self.log("warn", "the CNI configuration kept changing while we chained it; retrying on the next "
+                     "change", dir=self.settings.cni_net_dir, attempts=MAX_ATTEMPTS)
+            return "contended"
+
+    def _chain_standalone(self) -> str | None:
+        data = conflist.render(conflist.standalone(self.settings.plugin_entry()))
+        current = files.read(self.standalone_path)
+        if current == data:
+            return "unchanged"
+        return "written" if files.replace_if_unchanged(self.standalone_path, current, data) else None
+
+    def _chain_primary(self, count_revert: bool) -> str | None:
+        """One read-derive-commit round: a result, 'paused' (read again), or None (changed under us).
+
+        A revert is counted in the first round of a chain() only, however many rounds a conflict takes.
+        """
+        entry = self.settings.plugin_entry()
         primary = conflist.choose_primary(self._conf_files())
         if primary is None:
             return "waiting"
         if conflist.is_chained(primary.document, entry) and not primary.was_single:
             return "unchanged"
-        target = os.path.join(self.settings.cni_net_dir, conflist.target_name(primary))
-        if target in self.written:
-            self._revert_seen(target)
+        directory = self.settings.cni_net_dir
+        target = os.path.join(directory, conflist.target_name(primary))
+        if count_revert and target in self.written and self._revert_seen(target):
+            return "paused"
         data = conflist.render(conflist.with_entry(primary.document, entry))
-        files.write_atomic(target, data)
-        if primary.was_single:
-            source = os.path.join(self.settings.cni_net_dir, primary.name)
-            os.replace(source, source + ORIGINAL_SUFFIX)
+        source = os.path.join(directory, primary.name)
+        if not primary.was_single:
+            if not files.replace_if_unchanged(target, primary.raw, data):
+                return None
+        else:
+            # Park the single-plugin file, then link the .conflist in: meanwhile a reader finds no primary
+            # at most, never our .conflist beside a newer original.
+            parked = source + ORIGINAL_SUFFIX
+            if not files.move_if_unchanged(source, primary.raw, parked):
+                return None
+            if not files.replace_if_unchanged(target, files.read(target), data):
+                files.put_back(parked, source)
+                return None
         self.written[target] = data
         self.log("info", "plugin chained", conflist=target, primary=primary.name)
         return "written"
 
-    def _revert_seen(self, path: str) -> None:
-        """Someone rewrote a file we chained: count, warn past the threshold, and back off."""
-        now = time.monotonic()
+    def _revert_seen(self, path: str) -> bool:
+        """Someone rewrote a file we chained: count, warn past the threshold, and back off (True: paused)."""
+        now = self.clock.monotonic()
         self.reverts.append(now)
         while self.reverts and now - self.reverts[0] > REVERT_WINDOW_SECONDS:
             self.reverts.popleft()
         self.on_revert()
         count = len(self.reverts)
         self.log("info", "chained entry was removed by another agent; re-inserting", conflist=path)
-        if count >= self.settings.revert_warning_threshold:
-            self.log("warn", f"{path} was reverted {count} times in {REVERT_WINDOW_SECONDS:.0f}s: another agent keeps "
-                     "rewriting the CNI configuration (e.g. Cilium with cni.exclusive=true, or a primary CNI that "
-                     "owns the file); configure it to allow chaining or use MGW_MODE=standalone",
-                     reverts=count)
-            time.sleep(min(0.5 * (count - self.settings.revert_warning_threshold + 1), 10.0))
+        if count < self.settings.revert_warning_threshold:
+            return False
+        self.log("warn", f"{path} was reverted {count} times in {REVERT_WINDOW_SECONDS:.0f}s: another agent keeps "
+                 "rewriting the CNI configuration (e.g. Cilium with cni.exclusive=true, or a primary CNI that "
+                 "owns the file); configure it to allow chaining or use MGW_MODE=standalone",
+                 reverts=count)
+        self.clock.sleep(min(0.5 * (count - self.settings.revert_warning_threshold + 1), 10.0))
+        return True
 
     def reconcile(self) -> str:
-        self.install_binary()
-        self.write_kubeconfig()
-        return self.chain()
+        with self._lock:
+            if self._uninstalled:  # a change event that raced SIGTERM's uninstall must not reinstall
+                return "unchanged"
+            self.install_binary()
+            self.write_kubeconfig()
+            return self.chain()
 
     # -- readiness and uninstall ---------------------------------------------------------------------
     def ready(self) -> bool:
+        if self.bundle_error is not None:
+            return False
         if not os.path.exists(self.binary_path) or not os.path.exists(self.kubeconfig_path):
             return False
         entry = self.settings.plugin_entry()
@@ -173,26 +270,55 @@ class Installer:
         primary = conflist.choose_primary(self._conf_files())
         return primary is not None and not primary.was_single and conflist.is_chained(primary.document, entry)
 
-    def uninstall(self) -> None:
-        """Remove our entry (or standalone file) and the kubeconfig; keep the binary for later DELs."""
+    def uninstall(self) -> bool:
+        """Remove our entry (or standalone file) and the kubeconfig; keep the binary for later DELs.
+
+        Files are changed conditionally, like in chain(). False when an entry of ours could not be
+        removed: then the kubeconfig stays, since the plugin it configures is still being called.
+        """
+        with self._lock:
+            self._uninstalled = True
+            files.restore_set_aside(self.settings.cni_net_dir)
+            step = self._unchain_standalone if self.settings.mode == "standalone" else self._unchain
+            for _ in range(MAX_ATTEMPTS):
+                if self.settings.mode == "manual" or step():
+                    break
+                self.log("debug", "the CNI configuration changed between our read and our commit; re-reading",
+                         dir=self.settings.cni_net_dir)
+            else:
+                self.log("error", "the CNI configuration kept changing; our entry may still be in it, so the "
+                         "kubeconfig stays", dir=self.settings.cni_net_dir, attempts=MAX_ATTEMPTS)
+                return False
+            files.remove(self.kubeconfig_path)
+            self.written.clear()
+            self.log("info", "uninstalled; binary kept for DEL of remaining pods", binary=self.binary_path)
+            return True
+
+    def _unchain_standalone(self) -> bool:
+        """True when our standalone file is gone."""
+        current = files.read(self.standalone_path)
+        return current is None or files.replace_if_unchanged(self.standalone_path, current, None)
+
+    def _unchain(self) -> bool:
+        """One pass over the config files (read just before each change); True when none holds our entry."""
         directory = self.settings.cni_net_dir
-        if self.settings.mode == "standalone":
-            files.remove(self.standalone_path)
-        elif self.settings.mode == "chained":
-            for name, data in self._conf_files().items():
-                path = os.path.join(directory, name)
-                parsed = conflist.parse(name, data)
-                if parsed is None or not any(p.get("type") == PLUGIN_NAME for p in parsed.document["plugins"]):
-                    continue
-                stem = path.rsplit(".", 1)[0]
-                parked = [stem + ext + ORIGINAL_SUFFIX for ext in (".conf", ".json")
-                          if os.path.exists(stem + ext + ORIGINAL_SUFFIX)]
-                if parked:
-                    os.replace(parked[0], parked[0].removesuffix(ORIGINAL_SUFFIX))
-                    files.remove(path)
-                else:
-                    files.write_atomic(path, conflist.render(conflist.without_entry(parsed.document)))
+        done = True
+        for name, data in self._conf_files().items():
+            path = os.path.join(directory, name)
+            parsed = conflist.parse(name, data)
+            if parsed is None or not any(p.get("type") == PLUGIN_NAME for p in parsed.document["plugins"]):
+                continue
+            stem = path.rsplit(".", 1)[0]
+            parked = [stem + ext + ORIGINAL_SUFFIX for ext in (".conf", ".json")
+                      if os.path.exists(stem + ext + ORIGINAL_SUFFIX)]
+            if parked:
+                # The original comes back before our .conflist goes: never a moment without a primary.
+                files.put_back(parked[0], parked[0].removesuffix(ORIGINAL_SUFFIX))
+                removed = files.replace_if_unchanged(path, data, None)
+            else:
+                removed = files.replace_if_unchanged(path, data, conflist.render(conflist.without_entry(
+                    parsed.document)))
+            if removed:
                 self.log("info", "plugin unchained", conflist=path)
-        files.remove(self.kubeconfig_path)
-        self.written.clear()
-        self.log("info", "uninstalled; binary kept for DEL of remaining pods", binary=self.binary_path)
+            done = done and removed
+        return done

@@ -18,8 +18,18 @@ class Metrics:
                                registry=self.registry)
         self.repairs = Counter("microgateway_cni_repairs", "Pods repaired by result", ["result"],
                                registry=self.registry)
-        self.ready = Gauge("microgateway_cni_ready", "1 while binary, kubeconfig and chained entry are in place",
-                           registry=self.registry)
+        self.ready = Gauge("microgateway_cni_ready", "1 while binary, kubeconfig and chained entry are in place "
+                           "and the start-up taint is gone (or its gate is off)", registry=self.registry)
+        # The start-up taint gate (daemonset/taint.py): is the node open to pods yet, how long it took, what failed.
+        self.node_untainted = Gauge("microgateway_cni_node_untainted",
+                                    "1 once this node carries no start-up taint of ours (lifted, absent, or gate off)",
+                                    registry=self.registry)
+        self.untaint_seconds = Gauge("microgateway_cni_untaint_seconds",
+                                     "Seconds from installer start until the start-up taint was gone",
+                                     registry=self.registry)
+        self.untaint_failures = Counter("microgateway_cni_untaint_failures",
+                                        "Failed attempts to lift the start-up taint by reason", ["reason"],
+                                        registry=self.registry)
 
 
 def serve(port: int, ready: Callable[[], bool], metrics: Metrics) -> ThreadingHTTPServer:

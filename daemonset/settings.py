@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -10,6 +11,9 @@ from cni.contract import NETFILTER_BACKENDS
 MODES = ("chained", "standalone", "manual")
 REPAIR_MODES = ("deletePods", "labelPods", "none")
 LOG_LEVELS = ("debug", "info", "warn", "error")
+STARTUP_TAINT = "microgateway-cni.airlock.com/not-ready"
+# A taint key is a qualified name: optional DNS-subdomain prefix and "/", then a name of at most 63 characters.
+TAINT_KEY = re.compile(r"^(?:[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
 class SettingsError(ValueError):
@@ -34,13 +38,14 @@ class Settings(NamedTuple):
     api_server: str = ""
     listen_port: int = 8000
     revert_warning_threshold: int = 5
+    startup_taint: str = STARTUP_TAINT
 
     @property
     def kubeconfig_name(self) -> str:
         return "microgateway-cni-kubeconfig"
 
     def plugin_entry(self) -> dict[str, Any]:
-        """The conflist entry, in the shape of DESIGN §2."""
+        """The conflist entry, in the shape of docs/design.md, "Contract"."""
         return {"type": "microgateway-cni", "logLevel": self.log_level, "logFilePath": self.log_file_path,
                 "netfilterBackend": self.netfilter_backend,
                 "kubernetes": {"kubeconfig": f"{self.host_cni_net_dir}/{self.kubeconfig_name}",
@@ -56,7 +61,49 @@ ENV = {
     "MGW_NETFILTER_BACKEND": "netfilter_backend",
     "NODE_NAME": "node_name", "POD_NAMESPACE": "namespace", "MGW_DAEMONSET_NAME": "daemonset_name",
     "MGW_SERVICE_ACCOUNT_DIR": "service_account_dir",
+    "MGW_STARTUP_TAINT": "startup_taint",
 }
+
+
+def _default(attr: str) -> str:
+    value = Settings._field_defaults[attr]
+    return ",".join(value) if isinstance(value, tuple) else str(value)
+
+
+# Every variable from_env reads, with what it sets and its default: the installer's --help.
+VARIABLES: tuple[tuple[str, str, str], ...] = (
+    ("MGW_MODE", "chained | standalone (own conflist, for Multus/OpenShift) | manual", _default("mode")),
+    ("MGW_CNI_NET_DIR", "the node's CNI config dir, as mounted in this container", _default("cni_net_dir")),
+    ("MGW_CNI_BIN_DIR", "the node's CNI bin dir, as mounted in this container", _default("cni_bin_dir")),
+    ("MGW_HOST_CNI_NET_DIR", "the CNI config dir as the node sees it (paths in our entry)",
+     _default("host_cni_net_dir")),
+    ("MGW_PLUGIN_BINARY", "the plugin to install (beside an _internal dir: the one-dir bundle)",
+     _default("plugin_binary")),
+    ("MGW_LOG_LEVEL", "debug | info | warn | error, for the installer and the plugin", _default("log_level")),
+    ("MGW_LOG_FILE_PATH", "the plugin's log file on the node", _default("log_file_path")),
+    ("MGW_EXCLUDE_NAMESPACES", "comma-separated namespaces whose pods the plugin never touches",
+     _default("exclude_namespaces")),
+    ("MGW_REPAIR_MODE", "deletePods | labelPods | none: pods whose validator found no redirection",
+     _default("repair_mode")),
+    ("MGW_LISTEN_PORT", "port of /healthz, /readyz and /metrics", _default("listen_port")),
+    ("MGW_REVERT_WARNING_THRESHOLD", "removals of our entry by another agent per minute before the installer "
+     "warns and backs off", _default("revert_warning_threshold")),
+    ("MGW_DAEMONSET_NAME", "our DaemonSet: SIGTERM uninstalls only while it is being deleted",
+     _default("daemonset_name")),
+    ("MGW_SERVICE_ACCOUNT_DIR", "token, and ca.crt that the API server's certificate must chain to",
+     _default("service_account_dir")),
+    ("MGW_STARTUP_TAINT", "taint key lifted from this node once the plugin is ready; empty: no start-up gate",
+     _default("startup_taint")),
+    ("NODE_NAME", "this node (downward API); empty: no pod repair", _default("node_name")),
+    ("POD_NAMESPACE", "our namespace (downward API)", _default("namespace")),
+    ("KUBERNETES_SERVICE_HOST", "API server address (set by the kubelet); empty: no API access", ""),
+    ("KUBERNETES_SERVICE_PORT", "API server port", "443"),
+)
+
+
+def help_table() -> str:
+    """One entry per variable, for a click help paragraph that is printed as it is."""
+    return "\n".join(f"{name} (default: {default or 'unset'})\n    {what}" for name, what, default in VARIABLES)
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
@@ -78,6 +125,11 @@ def from_env(env: Mapping[str, str]) -> Settings:
             if not (env[var].isascii() and env[var].isdigit()) or not 0 < int(env[var]) < 65536:
                 raise SettingsError(f"{var}={env[var]!r} is invalid; expected a positive integer")
             values[attr] = int(env[var])
+    if "MGW_STARTUP_TAINT" in env:  # present but empty turns the start-up taint gate off
+        values["startup_taint"] = env["MGW_STARTUP_TAINT"].strip()
+        if values["startup_taint"] and not TAINT_KEY.match(values["startup_taint"]):
+            raise SettingsError(f"MGW_STARTUP_TAINT={env['MGW_STARTUP_TAINT']!r} is invalid; expected a taint key "
+                                "such as microgateway-cni.airlock.com/not-ready, or empty to turn the gate off")
     host, port = env.get("KUBERNETES_SERVICE_HOST", ""), env.get("KUBERNETES_SERVICE_PORT", "443")
     if host:
         values["api_server"] = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"

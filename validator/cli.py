@@ -13,9 +13,9 @@ from typing import Any
 
 import click
 
-from cni.contract import ENGINE_PORT, VALIDATION_PORT
-from validator.options import FAMILY_CHOICES, OPTIONS, PORT_RANGE, SECONDS_RANGE, Option, ProbeOptions
-from validator.verdict import EXIT_NOT_REDIRECTED, EXIT_OK, families_for, run_probe
+from cni.contract import ENGINE_PORT, EXIT_NOT_REDIRECTED, PORT_RANGE, VALIDATION_PORT
+from validator.options import FAMILY_CHOICES, OPTIONS, SECONDS_RANGE, Option, ProbeOptions
+from validator.verdict import EXIT_OK, families_for, run_probe
 
 CLICK_TYPES: dict[str, Any] = {
     "port": click.IntRange(*PORT_RANGE),
@@ -39,7 +39,7 @@ def _click_option(option: Option) -> Callable[..., Any]:
 @click.group(invoke_without_command=True, context_settings={"auto_envvar_prefix": "MGW_VALIDATOR"})
 @_with_options
 @click.pass_context
-def probe(ctx: click.Context, **values: Any) -> None:
+def probe(ctx: click.Context, /, **values: Any) -> None:
     """Prove that this pod's inbound traffic is redirected to the Engine before the application starts.
 
     Listens on the Engine port on loopback, connects to the validation port, and passes only if the

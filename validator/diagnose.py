@@ -1,5 +1,5 @@
 """`diagnose`: explain *why* a pod's redirection does not work. Run by a person with NET_ADMIN inside
-the pod's netns (kubectl debug). Never on the init-container path: scapy alone takes ~1 s to import.
+the pod's netns (kubectl debug). Never on the init-container path: scapy is a heavy import.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def trace_probe(family: int, validation_port: int, engine_port: int, timeout: fl
         except OSError as exc:
             outcome = f"error: {exc}"
     time.sleep(0.2)
-    packets = sniffer.stop() or []
+    packets: list[Any] = sniffer.stop() or []
     syns = [p[TCP] for p in packets if p[TCP].flags == "S"]
     replies = [p[TCP] for p in packets if p[TCP].flags in ("SA", "RA", "R")]
     syn_port = syns[0].dport if syns else None

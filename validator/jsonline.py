@@ -1,8 +1,8 @@
 """The verdict's one JSON line, without importing json.
 
-`import json` loads its decoder and with it `re` and regex compilation: ~6 ms of the validator's
-50 ms verdict budget (measured with interleaved runs of the built binary, DESIGN §6), and the
-validator only ever writes JSON. The output is what json.dumps(value) writes (ensure_ascii), for the
+`import json` loads its decoder and with it `re` and regex compilation, a noticeable part of the
+validator's verdict budget (docs/design.md, "Performance budget"), and the validator only ever
+writes JSON. The output is what json.dumps(value) writes (ensure_ascii), for the
 types a verdict holds: dicts with str keys, lists, str, int, float, bool and None.
 """
 

@@ -1,7 +1,7 @@
 """The probe's options, declared once: the click CLI is built from this table, and the init container's
 plain invocation is parsed from it without importing click.
 
-click's import alone costs ~45 ms of a 50 ms verdict budget (DESIGN §6, measured with -X importtime),
+click's import alone would take most of the verdict budget (docs/design.md, "Performance budget"),
 so the common case - nothing but these options and MGW_VALIDATOR_* variables - takes the plain path.
 Anything the plain parser is not sure about (--help, a subcommand, an unknown option, a value it would
 have to reject) goes to click, which keeps the one source of usage errors and help text.
@@ -95,9 +95,10 @@ def parse_plain(argv: Sequence[str], env: Mapping[str, str]) -> ProbeOptions | N
         if not arg.startswith("--"):
             return None
         name, has_value, text = arg[2:].partition("=")
-        option = BY_NAME.get(name)
-        if option is None:
+        found = BY_NAME.get(name)
+        if found is None:
             return None
+        option = found
         if not has_value:
             if not args or args[0].startswith("-"):
                 return None

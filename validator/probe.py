@@ -35,7 +35,8 @@ class ProbeResult:
     detail: str = ""
 
     def as_dict(self) -> dict[str, object]:
-        return self._asdict()
+        return {"family": self.family, "ok": self.ok, "outcome": self.outcome, "attempts": self.attempts,
+                "ms": self.ms, "detail": self.detail}
 
 
 def ipv6_loopback_present() -> bool:
@@ -106,7 +107,7 @@ def _attempt(listener: socket.socket, family: int, validation_port: int, timeout
             addr, port = original_destination(conn, family)
             if port != validation_port:
                 return "wrong-port", f"original destination was port {port}, expected {validation_port}"
-            token = os.urandom(16)  # the CSPRNG behind `secrets`, without its 30 ms of imports
+            token = os.urandom(16)  # the CSPRNG behind `secrets`, without its imports
             conn.sendall(token)
             client.sendall(_recv_exact(client, len(token)))
             if _recv_exact(conn, len(token)) != token:

@@ -32,5 +32,13 @@ def test_stages_build_with_the_tested_script_and_ship_only_binaries():
     assert re.search(r"^USER 65532", final, re.MULTILINE)
     for label in ("title", "version", "source", "licenses", "description"):
         assert f"org.opencontainers.image.{label}=" in final
-    copied = re.findall(r"COPY --from=builder /src/dist/bin/(\S+)/", final)
+    copied = re.findall(r"COPY --from=builder /src/dist/bin/(\S+)/ ", final)
     assert sorted(copied) == ["microgateway-cni", "microgateway-cni-installer", "microgateway-network-validator"]
+
+
+def test_builder_has_the_launcher_toolchain_and_the_image_carries_the_notices():
+    builder, final = DOCKERFILE.rsplit("\nFROM ", 1)
+    assert "musl-tools" in builder, "build-binaries.sh compiles the static launcher with musl-gcc"
+    # whole bundles are copied, so each keeps its licenses/ directory (glibc, libgcc_s, musl, ...)
+    assert re.findall(r"COPY --from=builder /src/dist/bin/(\S+)/ /usr/local/lib/\1/", final)
+    assert "ln -s /usr/local/lib/microgateway-cni/licenses /usr/share/doc/microgateway-cni" in final

@@ -135,7 +135,7 @@ def test_del_with_netns_gone_and_never_configured(node):
 
 
 @pytest.mark.parametrize("change", ["delete redirect", "replace a return", "insert a return",
-                                    "delete prerouting jump", "redirect elsewhere"])
+                                    "delete prerouting jump", "redirect elsewhere", "foreign rule"])
 def test_check_fails_when_a_rule_is_missing_or_altered(node, change):
     """CHECK reports the drift in the syntax of the backend in use."""
     pod = protected_pod(node, "web")
@@ -187,28 +187,47 @@ def test_api_down_for_protected_pod_is_error_11_and_no_rules(node):
     assert any(entry.get("code") == 11 for entry in log)
 
 
-def _plugin_processes(node) -> list[str]:
-    plugin = str(node.bin_dir / "microgateway-cni").encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if plugin in cmdline:
-            found.append(entry)
-    return found
+# Runs one plugin process as the child of a subreaper: whatever the plugin leaves running when it exits
+# (a worker it forked and did not reap) is re-parented to this script, counted, and killed.
+ORPHAN_COUNTER = r"""
+import ctypes, json, os, signal, subprocess, sys
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+done = subprocess.run(sys.argv[1:], input=sys.stdin.buffer.read(), stdout=subprocess.PIPE,
+                      stderr=subprocess.DEVNULL)
+with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as f:
+    orphans = [int(pid) for pid in f.read().split()]
+for pid in orphans:
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+print(json.dumps({"code": done.returncode, "stdout": done.stdout.decode(), "orphans": len(orphans)}))
+"""
+
+
+def _left_behind(node, pod, command: str = "ADD") -> dict:
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_PATH": str(node.bin_dir), **env_for(node, pod, command)}
+    stdin = json.dumps({**plugin_conf(node, "1.0.0"), "prevResult": pod.result}).encode()
+    done = subprocess.run(["ip", "netns", "exec", node.netns, sys.executable, "-c", ORPHAN_COUNTER,
+                           str(node.bin_dir / "microgateway-cni")], input=stdin, env=env, capture_output=True,
+                          timeout=60, check=True)
+    return json.loads(done.stdout)
 
 
 def test_no_netfilter_worker_outlives_the_plugin(node):
-    """ADD forks a worker before asking the API; it is reaped for an unprotected pod and on API failure."""
+    """ADD and CHECK fork a worker before asking the API: it is gone when the plugin exits, whether it
+    was used (protected pod), cancelled (unprotected pod) or cancelled on an API failure."""
     node.add_pod_fixture(pod_fixture("plain", protected=False))
-    plain = node.new_pod("plain", node.write_conflist())
-    assert node.mgw_rules(plain) == [] and _plugin_processes(node) == []
+    node.add_pod_fixture(pod_fixture("web"))
+    primary = node.write_conflist(chained=False, name="primary.conflist")
+    plain, web = node.new_pod("plain", primary), node.new_pod("web", primary)
+    for pod, command in ((plain, "ADD"), (web, "ADD"), (web, "CHECK")):
+        outcome = _left_behind(node, pod, command)
+        assert (outcome["code"], outcome["orphans"]) == (0, 0), (pod.name, command, outcome)
+    assert node.mgw_rules(web) and not node.mgw_rules(plain)
     node.stop_api()
-    failed = node.new_pod("web", node.write_conflist(), check=False)
-    assert failed.add_output.returncode != 0 and _plugin_processes(node) == []
+    failed = _left_behind(node, plain)
+    assert failed["code"] == 1 and json.loads(failed["stdout"])["code"] == 11 and failed["orphans"] == 0
+
+
 
 
 def test_runtime_annotations_are_conclusive_without_api(node):

@@ -10,6 +10,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from daemonset.settings import STARTUP_TAINT
+from tests.support.node import tolerates
+
 MANIFESTS = Path(__file__).resolve().parents[2] / "daemonset" / "manifests"
 KUBERNETES_VERSION = "1.30"
 
@@ -22,13 +25,19 @@ def render(overlay: str) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
-@pytest.mark.parametrize("overlay", ["default", "gke", "openshift"])
+KINDS = ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet", "ServiceAccount"]
+POLICY_KINDS = ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+
+
+@pytest.mark.parametrize("overlay", ["default", "gke", "openshift", "no-admission-policy"])
 def test_overlay_renders_and_validates(overlay):
     docs = render(overlay)
-    assert sorted(d["kind"] for d in docs) == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet",
-                                               "ServiceAccount"]
+    expected = KINDS if overlay == "no-admission-policy" else KINDS + POLICY_KINDS
+    assert sorted(d["kind"] for d in docs) == sorted(expected)
     for doc in docs:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        if doc["kind"] in POLICY_KINDS:
+            assert "namespace" not in doc["metadata"], "cluster-scoped"
     ds = next(d for d in docs if d["kind"] == "DaemonSet")
     spec = ds["spec"]["template"]["spec"]
     assert ds["metadata"]["namespace"] == "kube-system" and spec["hostNetwork"] is True
@@ -39,7 +48,8 @@ def test_overlay_renders_and_validates(overlay):
     config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
     expected = {"default": ("/etc/cni/net.d", "/opt/cni/bin", "chained"),
                 "gke": ("/etc/cni/net.d", "/home/kubernetes/bin", "chained"),
-                "openshift": ("/etc/cni/multus/net.d", "/var/lib/cni/bin", "standalone")}[overlay]
+                "openshift": ("/etc/cni/multus/net.d", "/var/lib/cni/bin", "standalone"),
+                "no-admission-policy": ("/etc/cni/net.d", "/opt/cni/bin", "chained")}[overlay]
     assert (paths["cni-net-dir"], paths["cni-bin-dir"], config["MGW_MODE"]) == expected
 
 
@@ -48,4 +58,21 @@ def test_rbac_is_minimal():
     granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
                for v in rule["verbs"]}
     assert granted == {("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"), ("", "pods", "delete"),
-                       ("", "events", "create"), ("apps", "daemonsets", "get")}
+                       ("", "events", "create"), ("apps", "daemonsets", "get"), ("", "nodes", "get"),
+                       ("", "nodes", "patch")}
+
+
+def test_installer_tolerates_the_taint_it_lifts_and_the_policy_names_the_configured_key():
+    docs = render("default")
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    assert config["MGW_STARTUP_TAINT"] == STARTUP_TAINT
+    ds = next(d for d in docs if d["kind"] == "DaemonSet")
+    assert tolerates(ds["spec"]["template"]["spec"]["tolerations"], {"key": STARTUP_TAINT, "effect": "NoSchedule"})
+    policy = next(d for d in docs if d["kind"] == "ValidatingAdmissionPolicy")
+    binding = next(d for d in docs if d["kind"] == "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+    key = next(v for v in policy["spec"]["variables"] if v["name"] == "taintKey")["expression"]
+    assert key == f"'{STARTUP_TAINT}'"
+    sa = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]
+    username = f"system:serviceaccount:{sa['namespace']}:{sa['name']}"
+    assert f"'{username}'" in policy["spec"]["matchConditions"][0]["expression"]

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import pytest
 
 from tests.integration.helpers import tamper
-from tests.support.node import VALIDATOR_UID, Node, Pod, pod_fixture
+from tests.support.node import VALIDATOR_UID, Node, Pod, executable, pod_fixture
 
 pytestmark = pytest.mark.backends
 
-VALIDATOR = os.path.join(os.path.dirname(sys.executable), "microgateway-network-validator")
+VALIDATOR = str(executable("microgateway-network-validator"))
 
 
 def run_validator(node: Node, pod: Pod, *args: str) -> tuple[int, dict, str]:

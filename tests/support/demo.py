@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from tests.support.installer import INSTALLER, Daemon, Host
 from tests.support.istio import istio_rules
-from tests.support.node import Node, Pod, pod_fixture, wait_for
+from tests.support.node import STARTUP_TAINT, Node, Pod, node_fixture, pod_fixture, tolerates, wait_for
 
 MESH = {"sidecar.microgateway.airlock.com/serviceMesh": "istio"}
 EXCLUDE = {"sidecar.microgateway.airlock.com/excludeInboundPorts": "8081"}
@@ -69,22 +69,41 @@ def run_demo(report: Report, keep: bool = False) -> bool:
     node = Node(families=(4,))
     node.start()
     try:
-        report.step("1. node: netns, bridge network, kube-API stand-in; the installer chains microgateway-cni")
+        report.step("1. node boots with the start-up taint; the installer chains microgateway-cni, then lifts it")
         node.write_pods({})
-        for pod in (pod_fixture("shop", annotations=EXCLUDE), pod_fixture("mesh-shop", annotations=MESH),
-                    pod_fixture("plain", protected=False)):
+        node.write_nodes({"node-1": node_fixture(taints=[STARTUP_TAINT])})  # kubelet --register-with-taints
+        shop_fixture = pod_fixture("shop", annotations=EXCLUDE)
+        for pod in (shop_fixture, pod_fixture("mesh-shop", annotations=MESH), pod_fixture("plain", protected=False)):
             node.add_pod_fixture(pod)
         report.info(f"node netns {node.netns}, host root {node.dir}")
+        report.info(f"node-1 registered with taints: {_taints(node)}")
         report.info("pods in the API: default/shop (protected, 8081 excluded), default/mesh-shop (protected, "
                     "istio), default/plain (not protected)")
         conflist = node.write_conflist(chained=False, name="10-bridge.conflist")
         host = Host(node.dir / "host", node.token, node.ca_pem, net_dir=node.conf_dir, bin_dir=node.bin_dir,
                 log_file=node.log_file)
+        blocking = untolerated(node.api_node(), shop_fixture)
+        report.check("protected pod waits", bool(blocking) and not node.pods,
+                     "default/shop stays Pending, no sandbox: 0/1 nodes are available: 1 node(s) had untolerated "
+                     f"taint {{{blocking[0]['key']}: }}"
+                     if blocking else "scheduler would place default/shop on a node without the plugin")
         installer = Daemon(node, host)
+        started = time.monotonic()
+        lifted = wait_for(lambda: not untolerated(node.api_node(), shop_fixture), timeout=20)
+        seconds = time.monotonic() - started
         ready = wait_for(installer.ready, timeout=20)
         chained = [p["type"] for p in json.loads(conflist.read_text())["plugins"]]
         report.check("installer ready", ready, f"binary copied to {node.bin_dir.name}/, kubeconfig written, "
                      f"{conflist.name} plugins: {' -> '.join(chained)}")
+        messages = [e.get("message", "") for e in installer.log()]
+        order = [m for m in messages if m in ("plugin chained", UNTAINTED)]
+        report.check("installer lifts the taint", lifted and order == ["plugin chained", UNTAINTED],
+                     f"~{seconds:.1f} s after start, after chaining; node-1 taints now: {_taints(node)}; "
+                     "the scheduler places the pods")
+        for line in _metrics(node).splitlines():
+            if line.startswith(("microgateway_cni_node_untainted", "microgateway_cni_untaint_seconds",
+                                "microgateway_cni_ready")):
+                report.info(f"/metrics {line}")
 
         report.step("2. pods created through libcni (ADD with K8S_POD_* CNI_ARGS)")
         shop = node.new_pod("shop", conflist)
@@ -119,6 +138,10 @@ def run_demo(report: Report, keep: bool = False) -> bool:
         for pod, port, expected in expectations:
             reply = replies[f"{pod.ip()}:{port}"]
             report.check(f"{pod.name}:{port}", path_of(reply) == expected, f"{path_of(reply)}   ({reply})")
+
+        repairs = [e["verb"] for e in node.journal_entries() if e["verb"] in ("delete", "event")]
+        report.check("no validator failure, no repair", not repairs and "microgateway_cni_repairs_total{"
+                     not in _metrics(node), "the gate kept every pod off the node until the plugin was in place")
 
         report.step("5. failure story: a protected pod started while the plugin is not chained")
         subprocess.run(["ip", "netns", "exec", node.netns, INSTALLER, "uninstall"], env=host.env(),
@@ -173,6 +196,26 @@ def run_demo(report: Report, keep: bool = False) -> bool:
         report.check("nothing left behind", not left and not node.dir.exists() and not stray,
                      f"namespaces left: {left or 'none'}; stray files: {DEFAULT_LOG if stray else 'none'}")
     return report.passed
+
+
+UNTAINTED = "start-up taint removed: pods may be scheduled to this node"
+
+
+def untolerated(node: dict, pod: dict) -> list[dict]:
+    """The scheduler's taint filter: NoSchedule/NoExecute taints the pod does not tolerate."""
+    tolerations = pod["spec"].get("tolerations", [])
+    return [t for t in node["spec"].get("taints", [])
+            if t["effect"] != "PreferNoSchedule" and not tolerates(tolerations, t)]
+
+
+def _taints(node: Node) -> str:
+    taints = node.api_node()["spec"].get("taints", [])
+    return ", ".join(f"{t['key']}:{t['effect']}" for t in taints) or "none"
+
+
+def _metrics(node: Node) -> str:
+    return node.exec(node.netns, [sys.executable, "-c", "import urllib.request;print(urllib.request.urlopen("
+                                  "'http://127.0.0.1:8000/metrics').read().decode())"], check=False).stdout
 
 
 def _validator_failed_status() -> dict:

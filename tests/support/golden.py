@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cni.contract import EXCLUDE_INBOUND_PORTS as EXCLUDE
+from cni.contract import SERVICE_MESH as MESH
+from cni.policy import ISTIO_EXCLUDE_INBOUND as ISTIO_EXCLUDE
+from cni.policy import ISTIO_INCLUDE_INBOUND as ISTIO_INCLUDE
+
 DIR = Path(__file__).resolve().parents[1] / "golden"
 UPDATE = os.environ.get("MGW_UPDATE_GOLDEN") == "1"
-MESH = "sidecar.microgateway.airlock.com/serviceMesh"
-EXCLUDE = "sidecar.microgateway.airlock.com/excludeInboundPorts"
-ISTIO_INCLUDE = "traffic.sidecar.istio.io/includeInboundPorts"
-ISTIO_EXCLUDE = "traffic.sidecar.istio.io/excludeInboundPorts"
 
 CASES: dict[str, dict[str, str]] = {
     "no-mesh": {},

@@ -1,4 +1,5 @@
-"""Istio's REDIRECT-mode nat rules as `istio-iptables` writes them in a pod (DESIGN §3), for fixtures."""
+"""Istio's REDIRECT-mode nat rules as `istio-iptables` writes them in a pod, for fixtures
+(docs/design.md, "Istio fixture")."""
 
 from __future__ import annotations
 

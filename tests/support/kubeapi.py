@@ -1,13 +1,20 @@
 """A stand-in for the kube-apiserver: HTTPS, bearer-token auth, only the endpoints this project uses.
 
-No kube-apiserver can run on the test machines (DESIGN §5); the client code under test is the same
+No kube-apiserver can run on the test machines (docs/design.md, "Testing"); the client code under test is the same
 that talks to a real cluster. Pods come from a JSON fixture file re-read on every request, so a test
 can change the cluster by rewriting it. Deletions and events are appended to a journal file.
+
+Nodes (GET, merge PATCH) behave like the apiserver where the start-up taint gate depends on it: a
+resourceVersion in the patch is a precondition (409 on mismatch), every write bumps it, RBAC denials
+("forbidden": ["patch nodes"]) answer 403, and the project's ValidatingAdmissionPolicy is evaluated with
+CEL for the fixture's "user" (the token's identity) unless "admissionPolicy" is false. "races" holds
+merge patches another agent lands on a node just before our next PATCH of it is handled.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import re
@@ -21,7 +28,27 @@ POD_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)$")
 LIST_PATH = re.compile(r"^/api/v1/(?:namespaces/([^/]+)/)?pods$")
 EVENTS_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/events$")
 DAEMONSET_PATH = re.compile(r"^/apis/apps/v1/namespaces/([^/]+)/daemonsets/([^/]+)$")
+NODE_PATH = re.compile(r"^/api/v1/nodes/([^/]+)$")
+MERGE_PATCH = "application/merge-patch+json"
 WATCH_POLL_SECONDS = 0.1
+
+
+def merge_patch(target: object, patch: object) -> object:
+    """RFC 7386: objects merge key by key, null removes, anything else (lists too) replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def status(code: int, reason: str, message: str) -> dict:
+    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason,
+            "message": message}
 
 
 def make_handler(fixtures: str, journal: str, token: str):
@@ -55,9 +82,7 @@ def make_handler(fixtures: str, journal: str, token: str):
         def _store_pods(self, pods: dict) -> None:
             doc = self._fixtures()
             doc["pods"] = pods
-            with open(fixtures + ".tmp", "w") as f:
-                json.dump(doc, f)
-            os.replace(fixtures + ".tmp", fixtures)
+            self._store(doc)
 
         def _selected(self, namespace: str | None, query: dict) -> dict:
             selector = dict(s.split("=", 1) for s in query.get("fieldSelector", [""])[0].split(",") if s)
@@ -111,6 +136,14 @@ def make_handler(fixtures: str, journal: str, token: str):
                 items = list(self._selected(match[1], query).values())
                 self._send(200, {"kind": "PodList", "apiVersion": "v1",
                                  "metadata": {"resourceVersion": "1"}, "items": items})
+            elif match := NODE_PATH.match(url.path):
+                if self._forbidden("get", match[1]):
+                    return
+                node = self._fixtures().get("nodes", {}).get(match[1])
+                if node is None:
+                    self._send(404, status(404, "NotFound", f'nodes "{match[1]}" not found'))
+                else:
+                    self._send(200, node)
             elif match := DAEMONSET_PATH.match(url.path):
                 ds = self._fixtures().get("daemonsets", {}).get(f"{match[1]}/{match[2]}")
                 if ds is None:
@@ -149,7 +182,71 @@ def make_handler(fixtures: str, journal: str, token: str):
             self._store_pods(pods)
             self._send(200, deleted)  # like the apiserver: the pod object being deleted
 
+        def _forbidden(self, verb: str, name: str) -> bool:
+            """An RBAC denial the fixture asks for ("patch nodes"), worded like the apiserver's."""
+            if f"{verb} nodes" not in self._fixtures().get("forbidden", []):
+                return False
+            user = self._fixtures().get("user", {}).get("username", "system:anonymous")
+            self._send(403, status(403, "Forbidden", f'nodes "{name}" is forbidden: User "{user}" cannot {verb} '
+                                                     'resource "nodes" in API group "" at the cluster scope'))
+            return True
+
+        def _patch_node(self, name: str) -> None:
+            """Merge patch with the apiserver's optimistic concurrency, then admission, then a new resourceVersion."""
+            if self._forbidden("patch", name):
+                return
+            if self.headers.get("Content-Type") != MERGE_PATCH:
+                self._send(415, status(415, "UnsupportedMediaType", f"only {MERGE_PATCH} is served for nodes"))
+                return
+            body = self._body()
+            doc = self._fixtures()
+            nodes = doc.get("nodes", {})
+            if name not in nodes:
+                self._send(404, status(404, "NotFound", f'nodes "{name}" not found'))
+                return
+            races = doc.get("races", {}).get(name, [])
+            if races:  # another agent's write lands between our read and this write
+                nodes[name] = self._bump(merge_patch(nodes[name], races.pop(0)))
+            old = nodes[name]
+            new = merge_patch(copy.deepcopy(old), body)
+            if not new["spec"].get("taints", True):
+                del new["spec"]["taints"]  # omitempty, as the apiserver stores it
+            if new["metadata"].get("resourceVersion") != old["metadata"]["resourceVersion"]:
+                self._store(doc)
+                self._record({"verb": "patch-node", "node": name, "body": body, "code": 409})
+                self._send(409, status(409, "Conflict", f'Operation cannot be fulfilled on nodes "{name}": the object '
+                                                        "has been modified; please apply your changes to the latest "
+                                                        "version and try again"))
+                return
+            if doc.get("admissionPolicy", True):
+                from tests.support.admission import admit, load_policy
+
+                verdict = admit(load_policy(), doc.get("user", {}), old, new)
+                if not verdict.allowed:
+                    self._store(doc)
+                    self._record({"verb": "patch-node", "node": name, "body": body, "code": 403})
+                    self._send(403, status(403, "Forbidden", verdict.message))
+                    return
+            nodes[name] = self._bump(new)
+            self._store(doc)
+            self._record({"verb": "patch-node", "node": name, "body": body, "code": 200})
+            self._send(200, nodes[name])
+
+        @staticmethod
+        def _bump(node: dict) -> dict:
+            node["metadata"]["resourceVersion"] = str(int(node["metadata"]["resourceVersion"]) + 1)
+            return node
+
+        def _store(self, doc: dict) -> None:
+            with open(fixtures + ".tmp", "w") as f:
+                json.dump(doc, f)
+            os.replace(fixtures + ".tmp", fixtures)
+
         def do_PATCH(self) -> None:
+            if match := NODE_PATH.match(urllib.parse.urlsplit(self.path).path):
+                if self._authorized():
+                    self._patch_node(match[1])
+                return
             if (found := self._existing_pod()) is None:
                 return
             key, pods, body = found

@@ -21,17 +21,59 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cni.contract import INJECT
+from tests.support import bundles
+
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ROOT / "tests" / "support" / "libcni-driver" / "libcni-driver"
 VENV_BIN = Path(sys.executable).parent
 SYSTEM_PLUGINS = Path("/usr/lib/cni")
 API_PORT = 6443
+API_HOST_NAME = "kube-apiserver.mgwt.test"  # in the stand-in's certificate; resolvable only where a test maps it
 APP_UID, ENGINE_UID, ISTIO_UID, VALIDATOR_UID = 1000, 1001, 1337, 1002
 SUBNET4, GATEWAY4 = "10.88.0.0/24", "10.88.0.1"
 SUBNET6, GATEWAY6 = "fd00:88::/64", "fd00:88::1"
-INJECT = "sidecar.microgateway.airlock.com/inject"
 BACKENDS = ("iptables-legacy", "nftables")
 NFT_FAMILY = {4: "ip", 6: "ip6"}
+# Run by root inside the private mount namespace `ip netns exec` makes for one command, before it drops
+# to another uid: a tmpfs over the top-most directory that others cannot enter (/root is 0700), with
+# the checkout and the interpreter's installation bound back at their own paths, so every path under
+# ROOT - the virtualenv's interpreter and console scripts, PYTHONPATH, dist/ - works for that uid, and
+# nothing changes outside that one command.
+REVEAL = """set -e
+hidden=$1 stash=$2 paths=$3
+shift 3
+IFS=:
+i=0
+for path in $paths; do i=$((i + 1)); mkdir -p "$stash/$i"; mount --bind "$path" "$stash/$i"; done
+mount -t tmpfs -o mode=0755,size=64k mgw-reveal "$hidden"
+i=0
+for path in $paths; do i=$((i + 1)); mkdir -p "$path"; mount --bind "$stash/$i" "$path"; done
+unset IFS
+exec "$@"
+"""
+
+
+def hidden_ancestor(path: Path) -> Path | None:
+    """The top-most directory above path that other users cannot enter, if any."""
+    for parent in reversed(path.parents):
+        if not parent.stat().st_mode & 0o001:
+            return parent
+    return None
+
+
+HIDDEN = hidden_ancestor(ROOT)
+# What REVEAL binds back under HIDDEN: the checkout, and the interpreter the virtualenv points at.
+REVEALED = ":".join(str(path) for path in (ROOT, Path(os.path.realpath(sys.executable)).parents[1])
+                    if HIDDEN is not None and HIDDEN in path.parents)
+
+
+def executable(name: str) -> Path:
+    """The console script, or with MGW_TEST_BINARIES=1 the built bundle (tests/support/bundles.py)."""
+    if bundles.selected():
+        bundles.ensure_built()
+        return bundles.binary(name)
+    return VENV_BIN / name
 
 
 def run(cmd: list[str], check: bool = True, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -47,6 +89,39 @@ def pod_fixture(name: str, namespace: str = "default", protected: bool = True,
                          "labels": labels, "annotations": dict(annotations or {})},
             "spec": {"nodeName": node, "containers": [{"name": "app", "image": "registry.example/app:1"}]},
             "status": {"phase": "Pending"}}
+
+
+STARTUP_TAINT = {"key": "microgateway-cni.airlock.com/not-ready", "effect": "NoSchedule"}
+INSTALLER_USER = "system:serviceaccount:kube-system:microgateway-cni"
+
+
+def node_fixture(name: str = "node-1", taints: list[dict[str, Any]] | None = None,
+                 uid: str = "node-1-uid") -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "uid": uid, "resourceVersion": "100",
+                         "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}},
+            "spec": {"podCIDR": "10.88.0.0/24", "podCIDRs": ["10.88.0.0/24"], **({"taints": taints} if taints else {})},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def tolerates(tolerations: list[dict[str, Any]], taint: dict[str, Any]) -> bool:
+    """The scheduler's match of a pod's tolerations against one taint (core/v1 Toleration.ToleratesTaint)."""
+    for t in tolerations:
+        if t.get("effect") and t["effect"] != taint["effect"]:
+            continue
+        if t.get("operator", "Equal") == "Exists":
+            if not t.get("key") or t["key"] == taint["key"]:
+                return True
+        elif t.get("key") == taint["key"] and t.get("value", "") == taint.get("value", ""):
+            return True
+    return False
+
+
+def token_user(node: str | None = "node-1", uid: str = "node-1-uid") -> dict[str, Any]:
+    """The installer's identity from a pod-bound token; Kubernetes >= 1.32 adds the node it runs on."""
+    extra = {"authentication.kubernetes.io/node-name": [node], "authentication.kubernetes.io/node-uid": [uid]}
+    return {"username": INSTALLER_USER, "groups": ["system:serviceaccounts", "system:authenticated"],
+            "extra": extra if node else {}}
 
 
 @dataclass
@@ -104,13 +179,15 @@ class Node:
         self.close()
 
     def start(self) -> None:
-        for sub in (self.bin_dir, self.conf_dir, self.dir / "cache", self.dir / "ipam"):
+        for sub in (self.bin_dir, self.conf_dir, self.dir / "cache", self.dir / "ipam", self.dir / "checkout"):
             sub.mkdir(parents=True)
         for plugin in ("bridge", "host-local", "loopback", "portmap"):
             (self.bin_dir / plugin).symlink_to(SYSTEM_PLUGINS / plugin)
-        self.install_plugin(VENV_BIN / "microgateway-cni")
+        self.install_plugin(executable("microgateway-cni"))
         self._add_netns(self.netns)
         self.write_pods({})
+        self.write_nodes({"node-1": node_fixture()})
+        self.write_fixture("user", token_user())
         self._start_api()
 
     def close(self) -> None:
@@ -140,7 +217,7 @@ class Node:
     def _start_api(self) -> None:
         cert, key = self.dir / "api.crt", self.dir / "api.key"
         run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-days", "1", "-subj", "/CN=kube-apiserver", "-addext", "subjectAltName=IP:127.0.0.1",
+             "-days", "1", "-subj", "/CN=kube-apiserver", "-addext", f"subjectAltName=IP:127.0.0.1,DNS:{API_HOST_NAME}",
              "-keyout", str(key), "-out", str(cert)])
         self.ca_pem = cert.read_bytes()
         self.api = self.spawn(self.netns, [sys.executable, "-m", "tests.support.kubeapi", "--port", str(API_PORT),
@@ -177,7 +254,17 @@ class Node:
     def write_daemonsets(self, daemonsets: dict[str, dict[str, Any]]) -> None:
         self._write_fixture("daemonsets", daemonsets)
 
-    def _write_fixture(self, section: str, value: dict[str, Any]) -> None:
+    def write_nodes(self, nodes: dict[str, dict[str, Any]]) -> None:
+        self._write_fixture("nodes", nodes)
+
+    def write_fixture(self, section: str, value: Any) -> None:
+        """Any other stand-in section: "user", "forbidden", "races", "admissionPolicy" (tests/support/kubeapi.py)."""
+        self._write_fixture(section, value)
+
+    def api_node(self, name: str = "node-1") -> dict[str, Any]:
+        return json.loads(self.fixtures.read_text())["nodes"][name]
+
+    def _write_fixture(self, section: str, value: Any) -> None:
         doc = json.loads(self.fixtures.read_text()) if self.fixtures.exists() else {}
         doc[section] = value
         tmp = self.fixtures.with_suffix(".tmp")
@@ -264,9 +351,11 @@ class Node:
 
     def _wrap(self, netns: str, cmd: list[str], uid: int | None) -> list[str]:
         prefix = ["ip", "netns", "exec", netns]
-        if uid is not None:
-            prefix += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
-        return prefix + cmd
+        if uid is None:
+            return prefix + cmd
+        if HIDDEN is not None:  # a checkout under /root: let the other uid reach it (REVEAL)
+            prefix += ["sh", "-c", REVEAL, "reveal", str(HIDDEN), str(self.dir / "checkout"), REVEALED]
+        return [*prefix, "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *cmd]
 
     def spawn(self, netns: str, cmd: list[str], uid: int | None = None) -> subprocess.Popen[str]:
         """Start a long-running process in netns and wait until it prints 'ready'."""
@@ -298,7 +387,7 @@ class Node:
 
     def validate(self, pod: Pod, *args: str, validator: str | None = None) -> tuple[int, str, str]:
         """Run the validator in the pod as an unprivileged uid: (exit code, stdout, termination message)."""
-        validator = validator or str(VENV_BIN / "microgateway-network-validator")
+        validator = validator or str(executable("microgateway-network-validator"))
         termination = self.dir / f"termination-{pod.name}"
         termination.write_text("")
         os.chown(termination, VALIDATOR_UID, VALIDATOR_UID)

@@ -1,10 +1,17 @@
 import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
 from daemonset import conflist
-from daemonset.settings import Settings, SettingsError, from_env
+from daemonset.settings import ENV, Settings, SettingsError, from_env
+
+INSTALLER = os.path.join(os.path.dirname(sys.executable), "microgateway-cni-installer")
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cni"
 ENTRY = Settings().plugin_entry()
@@ -83,3 +90,32 @@ def test_settings_from_env():
 def test_invalid_settings_name_the_variable(env, name):
     with pytest.raises(SettingsError, match=name):
         from_env(env)
+
+
+class RecordingEnv(Mapping[str, str]):
+    """An empty environment that remembers every variable asked for."""
+
+    def __init__(self) -> None:
+        self.asked: set[str] = set()
+
+    def __getitem__(self, name: str) -> str:
+        self.asked.add(name)
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def test_help_lists_every_setting_the_installer_reads_with_its_default():
+    env = RecordingEnv()
+    defaults = from_env(env)
+    shown = subprocess.run([INSTALLER, "--help"], capture_output=True, text=True, check=True).stdout
+    listed = dict(re.findall(r"^\s+([A-Z_]+) \(default: ([^)]*)\)$", shown, re.MULTILINE))
+    assert env.asked and env.asked <= set(listed), env.asked - set(listed)
+    assert listed["MGW_REVERT_WARNING_THRESHOLD"] == str(defaults.revert_warning_threshold) == "5"
+    assert listed["MGW_LISTEN_PORT"] == "8000" and listed["MGW_EXCLUDE_NAMESPACES"] == "kube-system"
+    for name, attr in ENV.items():
+        assert listed[name] == (str(getattr(defaults, attr)) or "unset"), name

@@ -50,13 +50,13 @@ def test_fields_with_defaults_come_last():
 
 
 @pytest.mark.parametrize(("modules", "absent"), [
-    ("cni.main, cni.kube, cni.applier, cni.backend, cni.iptables_legacy, cni.libiptc, cni.netns, cni.policy, "
-     "cni.rules", ("typing", "inspect")),
+    ("cni.main, cni.kube, cni.applier, cni.backend, cni.contract, cni.iptables_legacy, cni.libiptc, cni.model, "
+     "cni.netns, cni.policy, cni.rules", ("typing", "inspect")),
     ("validator.main, validator.verdict, validator.options", ("typing", "inspect", "json", "re")),
 ])
 def test_the_per_pod_paths_do_not_import_what_they_avoid(modules: str, absent: tuple[str, ...]):
-    """typing costs ~8 ms of every frozen plugin and validator start (cni/records.py); json and re ~6 ms
-    of the validator's (validator/jsonline.py)."""
+    """typing is paid on every frozen plugin and validator start (cni/records.py), json and re on the
+    validator's (validator/jsonline.py)."""
     code = f"import sys; import {modules}; print(sorted(m for m in {absent!r} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-S", "-c", f"import sys; sys.path[:0] = {sys.path!r}; {code}"],
                           capture_output=True, text=True, check=True)

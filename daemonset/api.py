@@ -1,0 +1,52 @@
+"""The installer's edge to the kube-apiserver: an authenticated client, and errors worth a clear word."""
+
+from __future__ import annotations
+
+import os
+import ssl
+from typing import Any
+
+from daemonset.settings import Settings
+
+
+def certificate_rejection(exc: BaseException) -> str | None:
+    """Why TLS verification refused the API server, found anywhere in the exception's causes; else None.
+
+    urllib3 wraps the ssl error several layers deep, and a refused certificate must be named as such
+    rather than as an unreachable server."""
+    cause: object = exc
+    seen: set[int] = set()
+    while isinstance(cause, BaseException) and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return str(cause.verify_message)
+        cause = cause.__cause__ or cause.__context__ or getattr(cause, "reason", None)
+    return None
+
+
+def api_client(settings: Settings) -> Any:
+    """The official client, authenticated with the (rotating) projected service-account token."""
+    from kubernetes import client
+
+    sa = settings.service_account_dir
+    config = client.Configuration()
+    config.host = settings.api_server
+    config.verify_ssl = True  # the API server's certificate must chain to the service account's CA
+    config.ssl_ca_cert = os.path.join(sa, "ca.crt")
+
+    def refresh(cfg: Any) -> None:
+        with open(os.path.join(sa, "token")) as f:
+            cfg.api_key["authorization"] = f.read().strip()
+
+    config.api_key_prefix["authorization"] = "Bearer"
+    config.refresh_api_key_hook = refresh
+    refresh(config)
+    return client.ApiClient(config)
+
+
+def describe_api_error(exc: BaseException, ca_path: str) -> str:
+    """The reason for a failed API call; a certificate that does not chain to our CA says so plainly."""
+    rejection = certificate_rejection(exc)
+    if rejection is not None:
+        return f"API server certificate rejected: {rejection} (verified against {ca_path})"
+    return f"{type(exc).__name__}: {exc}"

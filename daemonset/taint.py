@@ -1,0 +1,137 @@
+"""The start-up taint gate: lift this node's not-ready taint once the plugin can protect pods.
+
+A node registers with the taint (docs/design.md, "Start-up taint"), so the scheduler places no pod on
+it before the installer has put the plugin in place: otherwise a protected pod would start without
+rules, fail its validator and be repaired. The installer only ever removes the taint, and only on its
+own node; the node's registration adds it again on the next boot.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from daemonset.api import certificate_rejection
+from daemonset.install import verify_plugin
+
+READY_POLL_SECONDS = 0.2
+FIRST_BACKOFF_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 30.0
+CONFLICT_RETRIES = 5
+REASONS = {401: "unauthorized", 403: "forbidden", 404: "node_not_found", 409: "conflict", 422: "invalid"}
+
+
+class NotRunnable(RuntimeError):
+    """The installed plugin does not answer CNI VERSION: a pod sandbox would fail, so keep the taint."""
+
+
+class StillConflicting(RuntimeError):
+    """Others kept changing the node between our read and our write."""
+
+
+def failure_reason(exc: BaseException) -> tuple[str, str]:
+    """A bounded metric label and the detail to log (the API's own message where it sent one)."""
+    from kubernetes.client.exceptions import ApiException
+
+    if isinstance(exc, ApiException):
+        try:
+            detail = json.loads(exc.body or "{}").get("message") or exc.reason
+        except (ValueError, AttributeError):
+            detail = exc.reason
+        status = exc.status or 0
+        return REASONS.get(status, "api_error" if status >= 500 else f"http_{status}"), f"{status}: {detail}"
+    if isinstance(exc, NotRunnable):
+        return "plugin_not_runnable", str(exc)
+    if isinstance(exc, StillConflicting):
+        return "conflict", str(exc)
+    rejection = certificate_rejection(exc)
+    if rejection is not None:
+        return "certificate_rejected", f"API server certificate rejected: {rejection}"
+    return "unreachable", f"{type(exc).__name__}: {exc}"
+
+
+class TaintGate:
+    """Remove exactly one taint key from one node, once, with a resourceVersion precondition."""
+
+    def __init__(self, api: Any, node_name: str, key: str, log: Callable[..., None],
+                 on_failure: Callable[[str], None] = lambda reason: None,
+                 on_open: Callable[[float | None], None] = lambda seconds: None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.api = api
+        self.node_name = node_name
+        self.key = key
+        self.log = log
+        self.on_failure = on_failure
+        self.on_open = on_open
+        self.clock = clock
+        self.started = clock()
+        self.open = not key  # an empty key turns the gate off
+        self.seconds: float | None = None
+
+    def lift(self) -> str:
+        """One attempt: read the node, drop our key, write with the read resourceVersion; re-read on 409.
+
+        A merge patch replaces the whole taint list, so the precondition is what keeps a taint someone
+        added or changed between our read and our write: the API refuses the stale write and we re-read.
+        """
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        core = client.CoreV1Api(self.api)
+        for _ in range(CONFLICT_RETRIES):
+            # Raw JSON, not the client's model: others' taints go back exactly as read, fields unknown to
+            # this client version included.
+            node = json.loads(core.read_node(self.node_name, _preload_content=False).data)
+            version = node["metadata"]["resourceVersion"]
+            taints = (node.get("spec") or {}).get("taints") or []
+            keep = [t for t in taints if t.get("key") != self.key]
+            if len(keep) == len(taints):
+                return "absent"
+            body = {"metadata": {"resourceVersion": version}, "spec": {"taints": keep}}
+            try:
+                core.patch_node(self.node_name, body, _content_type="application/merge-patch+json")
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                self.log("info", "node changed since it was read; reading it again", node=self.node_name,
+                         resource_version=version)
+                continue
+            return "removed"
+        raise StillConflicting(f"node {self.node_name} changed on each of {CONFLICT_RETRIES} attempts")
+
+    def run(self, ready: Callable[[], bool], plugin: str, sleep: Callable[[float], bool]) -> None:
+        """Wait until `ready()`, check the installed plugin runs, then lift the taint; back off on failure.
+
+        `sleep(seconds)` returns True when the installer is stopping (threading.Event.wait in production,
+        a fake clock in tests).
+        """
+        backoff = FIRST_BACKOFF_SECONDS
+        while not self.open:
+            if not ready():
+                if sleep(READY_POLL_SECONDS):
+                    return
+                continue
+            try:
+                if problem := verify_plugin(plugin):
+                    raise NotRunnable(problem)
+                outcome = self.lift()
+            except Exception as exc:
+                reason, detail = failure_reason(exc)
+                self.on_failure(reason)
+                self.log("warn", "cannot remove the start-up taint; retrying", node=self.node_name, taint=self.key,
+                         reason=reason, error=detail, backoff=backoff)
+                if sleep(backoff):
+                    return
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                continue
+            self.seconds = self.clock() - self.started
+            self.open = True
+            self.on_open(self.seconds)
+            if outcome == "removed":
+                self.log("info", "start-up taint removed: pods may be scheduled to this node", node=self.node_name,
+                         taint=self.key, seconds=round(self.seconds, 3))
+            else:
+                self.log("info", "node carries no start-up taint (lifted before, or not registered with it)",
+                         node=self.node_name, taint=self.key)

@@ -1,0 +1,168 @@
+"""The installer never writes back an old configuration over another agent's newer one.
+
+Real processes on real files: the installer (as a daemon or as `uninstall`), an agent rewriting the
+primary's conflist (tests/support/conf_agent.py) and a reader watching the file. No kube-apiserver
+is involved. Verdicts are counts of lost updates, never timings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemonset import conflist
+from daemonset.install import Installer
+from tests.support.conf_agent import agent_part, generation, with_generation
+from tests.support.installer import INSTALLER, Daemon, Host
+from tests.support.node import ROOT, wait_for
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cni"
+CALICO = FIXTURES / "10-calico.conflist"
+AGENT = [sys.executable, "-m", "tests.support.conf_agent"]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture
+def node_host(node):
+    return node, Host(node.dir / "host", node.token, node.ca_pem, net_dir=node.conf_dir, bin_dir=node.bin_dir,
+                      log_file=node.log_file)
+
+
+def agent(path: Path, *args: str) -> dict[str, Any]:
+    """Run the agent to completion; its figures."""
+    done = subprocess.run([*AGENT, "agent", "--path", str(path), "--base", str(CALICO), *args], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+class Reader:
+    """A process reading the file in a loop until stopped; its figures."""
+
+    def __init__(self, path: Path, stop: Path) -> None:
+        self.stop = stop
+        self.proc = subprocess.Popen([*AGENT, "reader", "--path", str(path), "--until", str(stop)], cwd=ROOT, env=ENV,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
+
+    def figures(self) -> dict[str, Any]:
+        self.stop.touch()
+        out, err = self.proc.communicate(timeout=60)
+        assert self.proc.returncode == 0, err
+        return json.loads(out.splitlines()[-1])
+
+
+def generation_doc(gen: int, entry: dict[str, Any] | None = None) -> dict[str, Any]:
+    return with_generation(json.loads(CALICO.read_text()), gen, entry)
+
+
+def report(capsys, name: str, **figures: dict[str, Any]) -> None:
+    with capsys.disabled():
+        print(f"\n{name}: " + "; ".join(f"{who}: {json.dumps(f)}" for who, f in figures.items()))
+
+
+def test_agent_write_during_the_revert_pause_is_kept(tmp_path, capsys):
+    """The issue's case: the primary writes mtu 1408 while the installer backs off after reading 1407."""
+    host = Host(tmp_path, "token", b"ca")
+    path = host.net_dir / "10-calico.conflist"
+    newer: list[dict[str, Any]] = []
+
+    def log(level: str, msg: str, **fields: Any) -> None:
+        if level == "warn" and not newer:  # the installer has read generation 7 and is about to pause
+            newer.append(agent(path, "--start", "8", "--writes", "1"))
+
+    installer = Installer(host.settings(MGW_REVERT_WARNING_THRESHOLD="1"), log)
+    entry = host.settings().plugin_entry()
+    agent(path, "--start", "1", "--writes", "1")
+    assert installer.chain() == "written"
+    agent(path, "--start", "7", "--writes", "1")  # the primary rewrites its file: our entry is gone
+    assert installer.chain() == "written"
+    assert newer, "the revert back-off did not start"
+    assert host.conf("10-calico.conflist") == conflist.with_entry(generation_doc(8), entry)
+    assert generation(host.conf("10-calico.conflist")) == 8
+    report(capsys, "write during the pause", agent=newer[0])
+
+
+def test_daemon_keeps_the_newer_document_written_during_its_pause(node_host, capsys):
+    """The same with the daemon as a process: the agent writes as soon as the installer logs the back-off."""
+    node, host = node_host
+    path = host.net_dir / "10-calico.conflist"
+    agent(path, "--start", "1", "--writes", "1")
+    daemon = Daemon(node, host, MGW_REPAIR_MODE="none", MGW_REVERT_WARNING_THRESHOLD="1")
+    entry = host.settings().plugin_entry()
+    assert wait_for(daemon.ready, timeout=15), daemon.log()
+    agent(path, "--start", "7", "--writes", "1")
+    assert wait_for(lambda: any(e.get("level") == "WARNING" for e in daemon.log()), timeout=15), daemon.log()
+    figures = agent(path, "--start", "8", "--writes", "1")
+    assert wait_for(lambda: conflist.is_chained(host.conf("10-calico.conflist"), entry), timeout=15)
+    final = host.conf("10-calico.conflist")
+    messages = [e["message"] for e in daemon.log()]
+    assert daemon.stop() == 0
+    assert final == conflist.with_entry(generation_doc(8), entry), messages
+    report(capsys, "daemon, write during the pause", agent=figures)
+
+
+def test_tight_loop_agent_never_loses_a_write_to_rechaining(node_host, tmp_path, capsys):
+    """2000 writes in bursts of 50; after each burst the installer re-chains, racing the next burst."""
+    node, host = node_host
+    path = host.net_dir / "10-calico.conflist"
+    agent(path, "--start", "1", "--writes", "1")
+    daemon = Daemon(node, host, MGW_REPAIR_MODE="none", MGW_REVERT_WARNING_THRESHOLD="60000")
+    entry = host.settings().plugin_entry()
+    assert wait_for(daemon.ready, timeout=15), daemon.log()
+    reader = Reader(path, tmp_path / "stop-reader")
+    figures = agent(path, "--start", "2", "--writes", "2000", "--burst", "50")
+    assert wait_for(lambda: conflist.is_chained(host.conf("10-calico.conflist"), entry), timeout=15)
+    final = host.conf("10-calico.conflist")
+    seen = reader.figures()
+    log = daemon.log()
+    assert daemon.stop() == 0
+    installer = {"writes": sum(e["message"] == "plugin chained" for e in log),
+                 "re-reads after a change": sum(e["message"].startswith("the CNI configuration changed") for e in log)}
+    report(capsys, "tight loop", agent=figures, reader=seen, installer=installer)
+    assert figures["writes by the agent"] == 2000 and figures["lost"] == 0, figures
+    assert figures["foreign"] == figures["torn"] == figures["duplicate entries"] == 0, figures
+    assert figures["bursts re-chained"] == 40, figures
+    assert seen["regressions"] == 0 and seen["torn"] == 0 and seen["duplicate entries"] == 0, seen
+    assert final == conflist.with_entry(generation_doc(2001), entry)
+
+
+def test_uninstall_racing_an_agent_never_loses_its_write(tmp_path, capsys):
+    """An agent whose template includes our entry keeps writing while `uninstall` runs again and again."""
+    host = Host(tmp_path, "token", b"ca")
+    path = host.net_dir / "10-calico.conflist"
+    entry = host.settings().plugin_entry()
+    stop_agent = tmp_path / "stop-agent"
+    (host.net_dir / "microgateway-cni-kubeconfig").write_text("{}")
+    agent(path, "--start", "1", "--writes", "1", "--entry", json.dumps(entry))
+    reader = Reader(path, tmp_path / "stop-reader")
+    writer = subprocess.Popen([*AGENT, "agent", "--path", str(path), "--base", str(CALICO), "--start", "2",
+                               "--until", str(stop_agent), "--entry", json.dumps(entry)], cwd=ROOT, env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs = [subprocess.run([INSTALLER, "uninstall"], env=host.env(), capture_output=True, text=True, timeout=60)
+            for _ in range(10)]
+    stop_agent.touch()
+    out, err = writer.communicate(timeout=60)
+    assert writer.returncode == 0, err
+    figures = json.loads(out.splitlines()[-1])
+    last = subprocess.run([INSTALLER, "uninstall"], env=host.env(), capture_output=True, text=True, timeout=60)
+    seen = reader.figures()
+    logs = [json.loads(line) for run in [*runs, last] for line in run.stdout.splitlines() if line.startswith("{")]
+    uninstall = {"runs": len(runs) + 1, "exit codes": sorted({r.returncode for r in runs}),
+                 "entries removed": sum(e["message"] == "plugin unchained" for e in logs),
+                 "re-reads after a change": sum(e["message"].startswith("the CNI configuration changed") for e in logs)}
+    report(capsys, "uninstall race", agent=figures, reader=seen, uninstall=uninstall)
+    assert last.returncode == 0, last.stdout + last.stderr
+    assert all(r.returncode in (0, 1) for r in runs), [r.stderr for r in runs]
+    assert figures["lost"] == 0 and figures["foreign"] == figures["torn"] == 0, figures
+    assert seen["regressions"] == 0 and seen["torn"] == 0 and seen["duplicate entries"] == 0, seen
+    final = host.conf("10-calico.conflist")
+    assert final == agent_part(generation_doc(figures["last generation"], entry)), final
+    assert not (host.net_dir / "microgateway-cni-kubeconfig").exists()
+    assert not [p.name for p in host.net_dir.iterdir() if p.name.startswith(".")], "temp or set-aside files left"

@@ -1,0 +1,236 @@
+"""The start-up taint gate against the kube-API stand-in (tests/support/kubeapi.py).
+
+No kube-apiserver can run here, so the installer's real API client (the official Kubernetes client,
+HTTPS, bearer token) talks to the stand-in, which implements node GET and merge PATCH with the
+apiserver's resourceVersion preconditions (409), RBAC denials (403) and the manifests' admission policy.
+The gate runs in-process with a fake clock for its back-off, inside the node's network namespace.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemonset.api import api_client
+from daemonset.taint import FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS, READY_POLL_SECONDS, TaintGate
+from tests.support.installer import INSTALLER, PLUGIN, Daemon, Host
+from tests.support.node import STARTUP_TAINT, Node, node_fixture, token_user, wait_for
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cni"
+CLONE_NEWNET = 0x40000000
+OTHER = {"key": "example.com/gpu", "value": "a100", "effect": "NoSchedule"}
+LATE = {"key": "node.kubernetes.io/network-unavailable", "effect": "NoSchedule"}
+# Written back exactly as read: a timestamp, and a field this client version may not know.
+TIMED = {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute", "timeAdded": "2026-11-23T10:00:00Z",
+         "futureField": "kept"}
+
+
+def in_netns(netns: str, fn: Callable[[], Any]) -> Any:
+    """Run fn in a thread that joined the node's network namespace (setns is per thread)."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"setns {netns}")
+        finally:
+            os.close(fd)
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+class FakeClock:
+    """Time moves only when the gate sleeps; `on_sleep` changes the world between attempts."""
+
+    def __init__(self, on_sleep: Callable[[int], bool] = lambda n: False) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+        self.on_sleep = on_sleep
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> bool:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        return self.on_sleep(len(self.sleeps))
+
+
+class Gate:
+    """A TaintGate wired to the stand-in, recording what it logs and counts."""
+
+    def __init__(self, node: Node, host: Host, clock: FakeClock, key: str = STARTUP_TAINT["key"]) -> None:
+        self.logged: list[tuple[str, str, dict[str, Any]]] = []
+        self.failures: list[str] = []
+        self.opened: list[float | None] = []
+        self.node = node
+        self.gate = TaintGate(api_client(host.settings()), "node-1", key,
+                              lambda level, msg, **fields: self.logged.append((level, msg, fields)),
+                              on_failure=self.failures.append, on_open=self.opened.append, clock=clock)
+        self.clock = clock
+
+    def run(self, ready: Callable[[], bool] = lambda: True, plugin: str = PLUGIN) -> None:
+        in_netns(self.node.netns, lambda: self.gate.run(ready, plugin, self.clock.sleep))
+
+    def patches(self) -> list[int]:
+        return [e["code"] for e in self.node.journal_entries() if e["verb"] == "patch-node"]
+
+
+@pytest.fixture
+def host(node: Node) -> Host:
+    return Host(node.dir / "host", node.token, node.ca_pem, net_dir=node.conf_dir, bin_dir=node.bin_dir,
+                log_file=node.log_file)
+
+
+def taints(node: Node) -> list[dict[str, Any]]:
+    return node.api_node()["spec"].get("taints", [])
+
+
+def test_taint_removed_only_after_ready_and_others_untouched(node, host):
+    node.write_nodes({"node-1": node_fixture(taints=[OTHER, STARTUP_TAINT, TIMED])})
+    checks: list[list[dict[str, Any]]] = []
+
+    def ready() -> bool:
+        checks.append(taints(node))
+        return len(checks) > 3
+
+    gate = Gate(node, host, FakeClock())
+    gate.run(ready)
+    assert all(STARTUP_TAINT in seen for seen in checks), "the taint must stay while the plugin is not ready"
+    assert gate.clock.sleeps == [READY_POLL_SECONDS] * 3 and gate.patches() == [200]
+    assert taints(node) == [OTHER, TIMED]
+    assert gate.gate.open and gate.opened == [pytest.approx(3 * READY_POLL_SECONDS)]
+    assert gate.failures == [] and [m for _, m, _ in gate.logged] == [
+        "start-up taint removed: pods may be scheduled to this node"]
+    assert node.api_node()["metadata"]["resourceVersion"] == "101"
+
+
+def test_conflict_is_retried_and_keeps_the_taint_another_agent_added(node, host):
+    node.write_nodes({"node-1": node_fixture(taints=[STARTUP_TAINT])})
+    node.write_fixture("races", {"node-1": [{"spec": {"taints": [STARTUP_TAINT, LATE]}}]})
+    gate = Gate(node, host, FakeClock())
+    gate.run()
+    assert gate.patches() == [409, 200]
+    assert taints(node) == [LATE], "the concurrent write must survive our removal"
+    assert gate.failures == [] and gate.clock.sleeps == []
+    assert any(m.startswith("node changed since it was read") for _, m, _ in gate.logged)
+
+
+def test_rbac_denial_is_reported_and_retried_with_backoff(node, host):
+    node.write_nodes({"node-1": node_fixture(taints=[STARTUP_TAINT])})
+    node.write_fixture("forbidden", ["patch nodes"])
+
+    def on_sleep(count: int) -> bool:
+        if count == 9:  # an operator fixes the ClusterRole
+            node.write_fixture("forbidden", [])
+        return False
+
+    gate = Gate(node, host, FakeClock(on_sleep))
+    gate.run()
+    assert gate.failures == ["forbidden"] * 9
+    assert gate.clock.sleeps == [FIRST_BACKOFF_SECONDS * 2**n for n in range(6)] + [MAX_BACKOFF_SECONDS] * 3
+    level, message, fields = gate.logged[0]
+    assert (level, message) == ("warn", "cannot remove the start-up taint; retrying")
+    assert fields["reason"] == "forbidden" and 'cannot patch resource "nodes"' in fields["error"]
+    assert taints(node) == [] and gate.gate.open
+
+
+def test_admission_policy_refuses_a_token_bound_to_another_node(node, host):
+    node.write_nodes({"node-1": node_fixture(taints=[STARTUP_TAINT])})
+    node.write_fixture("user", token_user("node-2", "node-2-uid"))
+    gate = Gate(node, host, FakeClock(lambda count: count == 2))
+    gate.run()
+    assert gate.failures == ["forbidden", "forbidden"] and not gate.gate.open
+    assert "only the node its service-account token is bound to" in gate.logged[0][2]["error"]
+    assert taints(node) == [STARTUP_TAINT]
+
+
+def test_api_down_and_unrunnable_plugin_keep_the_taint(node, host, tmp_path):
+    node.write_nodes({"node-1": node_fixture(taints=[STARTUP_TAINT])})
+    broken = tmp_path / "microgateway-cni"
+    broken.write_text("#!/bin/sh\necho 'error while loading shared libraries: libc.so.6' >&2\nexit 127\n")
+    broken.chmod(0o755)
+    gate = Gate(node, host, FakeClock(lambda count: count == 2))
+    gate.run(plugin=str(broken))
+    assert gate.failures == ["plugin_not_runnable"] * 2 and gate.patches() == []
+    assert "exited 127" in gate.logged[0][2]["error"]
+    node.stop_api()
+    gate = Gate(node, host, FakeClock(lambda count: count == 2))
+    gate.run()
+    assert gate.failures == ["unreachable"] * 2 and not gate.gate.open
+
+
+def test_gate_off_and_node_without_taint(node, host):
+    node.stop_api()  # an empty key never asks the API
+    off = Gate(node, host, FakeClock(), key="")
+    assert off.gate.open
+    off.run()
+    assert off.logged == [] and off.failures == []
+
+
+def test_node_already_untainted(node, host):
+    gate = Gate(node, host, FakeClock())
+    gate.run()
+    assert gate.gate.open and gate.patches() == []
+    assert gate.logged[0][1].startswith("node carries no start-up taint")
+
+
+# -- the installer as a process -------------------------------------------------------------------------
+
+def metrics(node: Node) -> str:
+    return subprocess.run(["ip", "netns", "exec", node.netns, sys.executable, "-c",
+                           "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:8000/metrics')"
+                           ".read().decode())"], capture_output=True, text=True).stdout
+
+
+def test_installer_reports_ready_only_once_the_taint_is_gone(node, host):
+    node.write_nodes({"node-1": node_fixture(taints=[STARTUP_TAINT, OTHER])})
+    node.write_fixture("forbidden", ["patch nodes"])
+    daemon = Daemon(node, host, MGW_REPAIR_MODE="none")
+    time.sleep(1.0)
+    assert "microgateway_cni_untaint_failures_total{" not in metrics(node), "no attempt before the plugin is chained"
+    assert not [e for e in node.journal_entries() if e["verb"] == "patch-node"]
+    shutil.copy(FIXTURES / "10-flannel.conflist", host.net_dir / "10-flannel.conflist")
+    assert wait_for(lambda: "microgateway_cni_untaint_failures_total{reason=\"forbidden\"}" in metrics(node),
+                    timeout=15), daemon.log()
+    assert host.conf("10-flannel.conflist")["plugins"][-1]["type"] == "microgateway-cni"
+    assert not daemon.ready(), "chained but still tainted: not ready"
+    assert "microgateway_cni_node_untainted 0.0" in metrics(node) and taints(node) == [STARTUP_TAINT, OTHER]
+    node.write_fixture("forbidden", [])
+    assert wait_for(daemon.ready, timeout=15), daemon.log()
+    assert taints(node) == [OTHER]
+    text = metrics(node)
+    assert "microgateway_cni_node_untainted 1.0" in text and "microgateway_cni_ready 1.0" in text
+    seconds = next(line for line in text.splitlines() if line.startswith("microgateway_cni_untaint_seconds "))
+    assert float(seconds.split()[1]) > 1.0
+    assert daemon.stop() == 0
+    warnings = [e for e in daemon.log() if e.get("message") == "cannot remove the start-up taint; retrying"]
+    assert warnings and warnings[0]["reason"] == "forbidden"
+
+
+def test_installer_without_node_name_refuses_to_start_the_gate(node, host):
+    env = host.env(NODE_NAME="")
+    done = subprocess.run(["ip", "netns", "exec", node.netns, INSTALLER, "run"], env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 2 and "MGW_STARTUP_TAINT" in done.stderr and "NODE_NAME" in done.stderr

@@ -1,0 +1,158 @@
+"""Another node agent writing a CNI conflist, and a reader watching it: separate processes in the race tests.
+
+The agent stands in for a primary CNI (Calico, Cilium) that rewrites its whole conflist atomically
+(temp file + rename). Each of its writes carries a generation in the first plugin's `mtu`. Before every
+write it reads the file back: its previous document must still be there, alone or with the installer's
+entry added; an older generation means the installer wrote back a document the agent had already
+replaced - a lost update. The reader checks the same from outside, on every document it sees: the
+generation never goes back.
+
+Both print one JSON line of figures when they finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PLUGIN_TYPE = "microgateway-cni"
+BASE_MTU = 1400
+READ_DEADLINE_SECONDS = 10.0  # a file that stays absent this long is a failure, not a race
+
+
+def generation(document: dict[str, Any]) -> int:
+    return int(document["plugins"][0]["mtu"]) - BASE_MTU
+
+
+def with_generation(base: dict[str, Any], gen: int, entry: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The agent's document number `gen`; with `entry`, an agent that templates our entry in too."""
+    plugins = [{**base["plugins"][0], "mtu": BASE_MTU + gen}, *base["plugins"][1:]]
+    return {**base, "plugins": plugins + ([entry] if entry else [])}
+
+
+def agent_part(document: dict[str, Any]) -> dict[str, Any]:
+    return {**document, "plugins": [p for p in document["plugins"] if p.get("type") != PLUGIN_TYPE]}
+
+
+def ours(document: dict[str, Any]) -> int:
+    return sum(p.get("type") == PLUGIN_TYPE for p in document["plugins"])
+
+
+def write_atomic(path: Path, document: dict[str, Any]) -> None:
+    temp = path.with_name(f".{path.name}.agent.tmp")
+    temp.write_text(json.dumps(document, indent=2))
+    os.replace(temp, path)
+
+
+class Reading:
+    """Figures of reads: how often the file was absent for a moment, unparsable, or held our entry."""
+
+    def __init__(self) -> None:
+        self.reads = self.absent = self.torn = self.chained = self.duplicates = 0
+
+    def read(self, path: Path) -> dict[str, Any]:
+        """The next complete document; an absent file (the installer's set-aside step) is read again."""
+        deadline = time.monotonic() + READ_DEADLINE_SECONDS
+        while True:
+            try:
+                raw = path.read_bytes()
+            except FileNotFoundError:
+                self.absent += 1
+                if time.monotonic() > deadline:
+                    raise
+                continue
+            self.reads += 1
+            try:
+                document = json.loads(raw)
+            except ValueError:
+                self.torn += 1
+                if time.monotonic() > deadline:
+                    raise
+                continue
+            count = ours(document)
+            self.chained += count == 1 and document["plugins"][-1].get("type") == PLUGIN_TYPE
+            self.duplicates += count > 1
+            return document
+
+
+def run_agent(args: argparse.Namespace) -> dict[str, Any]:
+    """Write generations 1..; before each write, check the previous one was not lost."""
+    path = Path(args.path)
+    base = json.loads(Path(args.base).read_text())
+    entry = json.loads(args.entry) if args.entry else None
+    reading = Reading()
+    lost: list[str] = []
+    foreign = rechained = not_rechained = writes = 0
+    written: dict[str, Any] | None = None
+    gen = args.start - 1
+    while writes < args.writes and not (args.until and Path(args.until).exists()):
+        if written is not None:
+            seen = reading.read(path)
+            if agent_part(seen) != agent_part(written):
+                if generation(seen) < gen:
+                    lost.append(f"wrote generation {gen}, found {generation(seen)}")
+                else:
+                    foreign += 1
+        gen += 1
+        written = with_generation(base, gen, entry)
+        write_atomic(path, written)
+        writes += 1
+        if args.burst and writes % args.burst == 0:
+            # Let the installer re-chain this document before the next burst races it.
+            deadline = time.monotonic() + READ_DEADLINE_SECONDS
+            while ours(reading.read(path)) != 1 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            if ours(reading.read(path)) == 1:
+                rechained += 1
+            else:
+                not_rechained += 1
+    return {"writes by the agent": writes, "last generation": gen, "lost": len(lost), "lost examples": lost[:5],
+            "foreign": foreign, "bursts re-chained": rechained, "bursts not re-chained": not_rechained,
+            "reads": reading.reads, "absent": reading.absent, "torn": reading.torn, "chained seen": reading.chained,
+            "duplicate entries": reading.duplicates}
+
+
+def run_reader(args: argparse.Namespace) -> dict[str, Any]:
+    """Read until the stop file appears; the generation of what we read must never go back."""
+    path = Path(args.path)
+    reading = Reading()
+    regressions: list[str] = []
+    newest = 0
+    while not Path(args.until).exists():
+        gen = generation(reading.read(path))
+        if gen < newest:
+            regressions.append(f"saw generation {newest}, then {gen}")
+        newest = max(newest, gen)
+    return {"reads": reading.reads, "regressions": len(regressions), "regression examples": regressions[:5],
+            "newest generation seen": newest, "absent": reading.absent, "torn": reading.torn,
+            "chained seen": reading.chained, "duplicate entries": reading.duplicates}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="role", required=True)
+    agent = sub.add_parser("agent")
+    agent.add_argument("--path", required=True)
+    agent.add_argument("--base", required=True, help="the primary's conflist the generations are made from")
+    agent.add_argument("--start", type=int, default=1, help="generation of the first write")
+    agent.add_argument("--writes", type=int, default=sys.maxsize, help="how many writes at most")
+    agent.add_argument("--until", help="stop when this file exists")
+    agent.add_argument("--burst", type=int, default=0, help="wait for the installer's entry after this many writes")
+    agent.add_argument("--entry", help="JSON of our entry, for an agent whose template includes it")
+    reader = sub.add_parser("reader")
+    reader.add_argument("--path", required=True)
+    reader.add_argument("--until", required=True)
+    args = parser.parse_args()
+    if args.role == "reader":
+        print("ready", flush=True)
+    figures = run_agent(args) if args.role == "agent" else run_reader(args)
+    print(json.dumps(figures), flush=True)
+
+
+if __name__ == "__main__":
+    main()
