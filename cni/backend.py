@@ -119,6 +119,13 @@ def choose(configured: str, paths: tuple[str, ...] = LEGACY_TABLE_NAMES) -> str:
     return LEGACY if node_uses_legacy(paths) else NFTABLES
 
 
+class Everywhere:
+    """Every backend at once, for removal only (DEL): what ADD wrote under another backend goes too."""
+
+    def remove(self) -> bool:
+        return bool(remove_everywhere())
+
+
 def remove_everywhere(names: tuple[str, ...] = NAMES) -> list[str]:
     """Remove ours from every backend in the current netns (a node may have switched backends since a
     pod's ADD); the backends that had something. Each is tried before the first failure is raised."""

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from cni.applier import Applier
-    from cni.backend import Backend
+    from cni.backend import Backend, Everywhere
     from cni.policy import PodFacts
 
     Lookup = Callable[[Request, PluginConfig], PodFacts]
@@ -68,11 +68,11 @@ def load_backend(config: PluginConfig) -> Backend:
     return backend.load(backend.choose(config.netfilter_backend))
 
 
-def remove_everywhere(config: PluginConfig) -> list[str]:
+def every_backend(config: PluginConfig) -> Everywhere:
     """DEL removes ours from every backend: the node may have switched since the pod's ADD."""
-    from cni import backend
+    from cni.backend import Everywhere
 
-    return backend.remove_everywhere()
+    return Everywhere()
 
 
 def _skip_reason(request: Request, config: PluginConfig) -> str:
@@ -120,7 +120,7 @@ def cmd_check(request: Request, config: PluginConfig, logger: Logger, lookup: Lo
 
 
 def cmd_del(request: Request, config: PluginConfig, logger: Logger,
-            remove: Callable[[PluginConfig], list[str]] = remove_everywhere) -> None:
+            backend: Callable[[PluginConfig], Backend | Everywhere] = every_backend) -> None:
     from cni.netns import NetnsGone, enter
 
     if not request.netns:
@@ -136,9 +136,8 @@ def cmd_del(request: Request, config: PluginConfig, logger: Logger,
         logger.warn("netns not usable on DEL, treating it as gone", error=exc.msg)
         return
     try:
-        removed = remove(config)
-        if removed:
-            logger.info("redirection removed", backends=removed)
+        if backend(config).remove():
+            logger.info("redirection removed")
     except CniError as exc:
         # Failing DEL would stop libcni's chain and leave the pod stuck Terminating; the rules live
         # only in this netns, which the runtime destroys right after DEL.

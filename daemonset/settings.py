@@ -81,6 +81,8 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
      _default("plugin_binary")),
     ("MGW_LOG_LEVEL", "debug | info | warn | error, for the installer and the plugin", _default("log_level")),
     ("MGW_LOG_FILE_PATH", "the plugin's log file on the node", _default("log_file_path")),
+    ("MGW_NETFILTER_BACKEND", "auto (legacy where the node uses it, else nftables) | iptables-legacy | nftables: "
+     "the plugin's netfilterBackend", _default("netfilter_backend")),
     ("MGW_EXCLUDE_NAMESPACES", "comma-separated namespaces whose pods the plugin never touches",
      _default("exclude_namespaces")),
     ("MGW_REPAIR_MODE", "deletePods | labelPods | none: pods whose validator found no redirection",

@@ -8,8 +8,8 @@ import pytest
 from cni.backend import Backend
 from cni.config import PluginConfig
 from cni.iptables_legacy import LegacyBackend
-from cni.nftables import NftablesBackend
 from cni.model import Live, Rule, RuleSet, drift
+from cni.nftables import NftablesBackend
 from cni.policy import plan_for
 from cni.rules import build_rulesets
 from cni.worker import Worker
