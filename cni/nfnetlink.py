@@ -10,7 +10,7 @@ they are built here with struct. pyroute2 decodes the same tables independently 
 # pyroute2.netlink.nfnetlink.nftsocket took 130-290 ms (-X importtime; it loads asyncio, logging,
 # multiprocessing and pyroute2's NDB through the package __init__) and an interpreter doing nothing
 # else peaked at 33 MiB RSS, against a protected ADD+DEL budget of 0.85x portmap (~165 ms here) and
-# 40 MiB. This module and cni/nftables.py import in a few ms; the nftables ADD+DEL measured 0.69x
+# 40 MiB. This module and cni/nftables.py import in a few ms; the nftables ADD+DEL measured 0.71-0.80x
 # portmap with the one-dir binary (scripts/bench.sh).
 
 from __future__ import annotations
