@@ -4,8 +4,10 @@
 # pyproject.toml changed, and builds the libcni test driver offline from Debian's Go sources.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The second line is what scripts/build-binaries.sh builds the bundles from (the e2e tests build them):
+# listed here so that one `apt-get update` serves both on a fresh machine.
 packages=(iptables containernetworking-plugins golang-go golang-github-appc-cni-dev iproute2 openssl util-linux
-          binutils)
+          binutils python3.11-venv libpython3.11 libxtables12 libip4tc2 libip6tc2 musl-tools)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
