@@ -1,5 +1,6 @@
 """The netfilter backend seam: one interface for writing, reading and removing our rules, whatever
-speaks to the kernel behind it (docs/design.md, "Backend seam").
+speaks to the kernel behind it (docs/design.md, "Backend seam"), and which backend a node gets
+(docs/design.md, "Choosing the backend").
 
 The orchestration (cni/main.py, cni/applier.py) and diagnose only see this interface and the records
 of cni/model.py. Every method works in the *current* network namespace; entering the pod's is the
@@ -11,7 +12,7 @@ from __future__ import annotations
 import abc
 
 from cni.errors import NETFILTER_FAILURE, CniError
-from cni.model import TABLES, Live, RuleSet
+from cni.model import TABLES, Live, Rule, RuleSet
 
 TYPE_CHECKING = False  # typing is kept off the run-time path (cni/records.py): annotations only
 if TYPE_CHECKING:
@@ -21,7 +22,11 @@ if TYPE_CHECKING:
     T = TypeVar("T")
 
 COMMIT_ATTEMPTS = 3
-DEFAULT = "iptables-legacy"
+LEGACY = "iptables-legacy"
+NFTABLES = "nftables"
+DEFAULT = LEGACY
+NAMES = (LEGACY, NFTABLES)
+LEGACY_TABLE_NAMES = ("/proc/self/net/ip_tables_names", "/proc/self/net/ip6_tables_names")
 
 
 class Conflict(Exception):
@@ -47,6 +52,8 @@ class Backend(abc.ABC):
     """Writes, reads and removes our rules (cni/model.py) in the current netns."""
 
     name = ""
+    # Whether apply/read run in the applier's forked worker, so `prepare` overlaps the pod lookup.
+    needs_worker = True
 
     def prepare(self) -> None:  # noqa: B027 - optional hook; most backends need nothing
         """Load what apply and read need; the applier runs it while the pod is looked up."""
@@ -69,11 +76,67 @@ class Backend(abc.ABC):
 
         Every family and table is tried before the first failure is raised."""
 
+    def syntax(self, rule: Rule, family: int, table: str) -> str:
+        """The rule in this backend's own syntax, for CHECK's messages (iptables-save by default)."""
+        return rule.render()
+
 
 def load(name: str = DEFAULT) -> Backend:
-    """The backend a conflist names (`netfilterBackend`)."""
-    if name == "iptables-legacy":
+    """The backend a conflist names (`netfilterBackend`, after `choose`)."""
+    if name == LEGACY:
         from cni.iptables_legacy import LegacyBackend
 
         return LegacyBackend()
+    if name == NFTABLES:
+        from cni.nftables import NftablesBackend
+
+        return NftablesBackend()
     raise CniError(NETFILTER_FAILURE, f"netfilter backend {name!r} is not available")
+
+
+def node_uses_legacy(paths: tuple[str, ...] = LEGACY_TABLE_NAMES) -> bool:
+    """True when the current netns has any legacy x_tables table (the files exist only with the modules)."""
+    for path in paths:
+        try:
+            with open(path, "rb") as names:
+                if names.read().strip():
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def choose(configured: str, paths: tuple[str, ...] = LEGACY_TABLE_NAMES) -> str:
+    """The backend for this node: the configured one, or for "auto" the node's own.
+
+    Called in the runtime's netns - the node's - before anything else: where it has legacy tables
+    (kube-proxy or another agent writing with iptables-legacy), the kernel has x_tables and the node
+    uses it, so the pod gets legacy rules like everything else there. Otherwise - the legacy modules
+    missing (RHEL 10, Bottlerocket) or loaded but unused (iptables-nft, kube-proxy's nftables mode) -
+    it gets native nftables. Two small /proc reads."""
+    if configured != "auto":
+        return configured
+    return LEGACY if node_uses_legacy(paths) else NFTABLES
+
+
+class Everywhere:
+    """Every backend at once, for removal only (DEL): what ADD wrote under another backend goes too."""
+
+    def remove(self) -> bool:
+        return bool(remove_everywhere())
+
+
+def remove_everywhere(names: tuple[str, ...] = NAMES) -> list[str]:
+    """Remove ours from every backend in the current netns (a node may have switched backends since a
+    pod's ADD); the backends that had something. Each is tried before the first failure is raised."""
+    removed: list[str] = []
+    failures: list[CniError] = []
+    for name in names:
+        try:
+            if load(name).remove():
+                removed.append(name)
+        except CniError as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]
+    return removed

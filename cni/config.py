@@ -8,6 +8,7 @@ from cni.contract import (
     ISTIO_PORTS,
     ISTIO_PROXY_UID,
     LOG_LEVELS,
+    NETFILTER_BACKENDS,
     NON_TCP_INBOUND_MODES,
     PLUGIN_TYPE,
     VALIDATION_PORT,
@@ -40,6 +41,7 @@ class PluginConfig:
     istio_proxy_uid: int = ISTIO_PROXY_UID
     istio_ports: tuple[int, ...] = ISTIO_PORTS
     non_tcp_inbound: str = "drop"
+    netfilter_backend: str = "auto"
 
 
 def _bad(key: str, value: Any, expected: str) -> CniError:
@@ -78,6 +80,11 @@ def parse_config(conf: dict[str, Any]) -> PluginConfig:
             raise _bad("debug", debug, "expected true or false")
         if debug:
             values["log_level"] = "debug"
+    if "netfilterBackend" in conf:
+        backend = conf["netfilterBackend"]
+        if backend not in NETFILTER_BACKENDS:
+            raise _bad("netfilterBackend", backend, "expected one of " + ", ".join(NETFILTER_BACKENDS))
+        values["netfilter_backend"] = backend
     if "logFilePath" in conf:
         values["log_file_path"] = _string("logFilePath", conf["logFilePath"])
 

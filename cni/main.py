@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from cni.applier import Applier
-    from cni.backend import Backend
+    from cni.backend import Backend, Everywhere
     from cni.policy import PodFacts
 
     Lookup = Callable[[Request, PluginConfig], PodFacts]
@@ -62,9 +62,17 @@ def start_applier(request: Request, config: PluginConfig) -> Applier:
 
 
 def load_backend(config: PluginConfig) -> Backend:
+    """The conflist's backend, or for `auto` the node's (cni/backend.py: read in the runtime's netns)."""
     from cni import backend
 
-    return backend.load()
+    return backend.load(backend.choose(config.netfilter_backend))
+
+
+def every_backend(config: PluginConfig) -> Everywhere:
+    """DEL removes ours from every backend: the node may have switched since the pod's ADD."""
+    from cni.backend import Everywhere
+
+    return Everywhere()
 
 
 def _skip_reason(request: Request, config: PluginConfig) -> str:
@@ -81,6 +89,7 @@ def cmd_add(request: Request, config: PluginConfig, logger: Logger, lookup: Look
         logger.debug("passed through", reason=reason)
         return result
     with start(request, config) as applier:  # prepares the backend while the pod is looked up
+        logger.debug("netfilter backend", backend=applier.backend_name, configured=config.netfilter_backend)
         pod = lookup(request, config)
         if not pod.protected:
             logger.debug("passed through", reason="pod is not protected")
@@ -89,7 +98,8 @@ def cmd_add(request: Request, config: PluginConfig, logger: Logger, lookup: Look
 
         plan = plan_for(pod.annotations, config.non_tcp_inbound)  # invalid annotations fail before the netns is touched
         families = applier.configure(plan, config)
-    logger.info("redirection configured", families=families, mesh=plan.mesh, source=pod.source)
+    logger.info("redirection configured", backend=applier.backend_name, families=families, mesh=plan.mesh,
+                source=pod.source)
     return result
 
 
@@ -98,6 +108,7 @@ def cmd_check(request: Request, config: PluginConfig, logger: Logger, lookup: Lo
     if _skip_reason(request, config):
         return
     with start(request, config) as applier:
+        logger.debug("netfilter backend", backend=applier.backend_name, configured=config.netfilter_backend)
         pod = lookup(request, config)
         if not pod.protected:
             return
@@ -109,7 +120,7 @@ def cmd_check(request: Request, config: PluginConfig, logger: Logger, lookup: Lo
 
 
 def cmd_del(request: Request, config: PluginConfig, logger: Logger,
-            backend: Callable[[PluginConfig], Backend] = load_backend) -> None:
+            backend: Callable[[PluginConfig], Backend | Everywhere] = every_backend) -> None:
     from cni.netns import NetnsGone, enter
 
     if not request.netns:

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from cni.records import record
 
+TYPE_CHECKING = False  # typing costs ~8 ms of a frozen start (cni/records.py): annotations only
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 CHAIN_PREFIX = "MGW_"
 # Built-in chains per table, in the order iptables-save prints them.
 BUILTIN_CHAINS = {
@@ -111,8 +115,9 @@ def render_table(table: str, chains: tuple[str, ...], rules: tuple[Rule, ...], j
     return "\n".join(lines) + "\n"
 
 
-def drift(expected: RuleSet, live: Live) -> list[str]:
-    """Why live differs from expected, one line per difference; empty when they match.
+def drift(expected: RuleSet, live: Live, syntax: Callable[[Rule], str] = Rule.render) -> list[str]:
+    """Why live differs from expected, one line per difference, rules spelled in `syntax` (the
+    backend's own); empty when they match.
 
     Compared chain by chain (order matters only within a chain), so no backend has to return rules
     in any particular order across chains."""
@@ -126,8 +131,8 @@ def drift(expected: RuleSet, live: Live) -> list[str]:
         have = [r for r in (*live.rules, *live.jumps) if r.chain == chain]
         missing = [r for r in want if r not in have]
         unexpected = [r for r in have if r not in want]
-        problems += [f"missing {where}: {r.render()}" for r in missing]
-        problems += [f"unexpected {where}: {r.render()}" for r in unexpected]
+        problems += [f"missing {where}: {syntax(r)}" for r in missing]
+        problems += [f"unexpected {where}: {syntax(r)}" for r in unexpected]
         if not missing and not unexpected and want != have:
             problems.append(f"{where}: rules of {chain} are out of order or duplicated")
     return problems

@@ -6,6 +6,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from cni.contract import NETFILTER_BACKENDS
+
 MODES = ("chained", "standalone", "manual")
 REPAIR_MODES = ("deletePods", "labelPods", "none")
 LOG_LEVELS = ("debug", "info", "warn", "error")
@@ -25,6 +27,7 @@ class Settings(NamedTuple):
     host_cni_net_dir: str = "/etc/cni/net.d"
     plugin_binary: str = "/usr/local/bin/microgateway-cni"
     log_level: str = "info"
+    netfilter_backend: str = "auto"
     log_file_path: str = "/var/log/microgateway-cni.log"
     exclude_namespaces: tuple[str, ...] = ("kube-system",)
     repair_mode: str = "deletePods"
@@ -44,6 +47,7 @@ class Settings(NamedTuple):
     def plugin_entry(self) -> dict[str, Any]:
         """The conflist entry, in the shape of docs/design.md, "Contract"."""
         return {"type": "microgateway-cni", "logLevel": self.log_level, "logFilePath": self.log_file_path,
+                "netfilterBackend": self.netfilter_backend,
                 "kubernetes": {"kubeconfig": f"{self.host_cni_net_dir}/{self.kubeconfig_name}",
                                "excludeNamespaces": list(self.exclude_namespaces),
                                "installerNamespace": self.namespace},
@@ -54,6 +58,7 @@ ENV = {
     "MGW_MODE": "mode", "MGW_CNI_NET_DIR": "cni_net_dir", "MGW_CNI_BIN_DIR": "cni_bin_dir",
     "MGW_HOST_CNI_NET_DIR": "host_cni_net_dir", "MGW_PLUGIN_BINARY": "plugin_binary",
     "MGW_LOG_LEVEL": "log_level", "MGW_LOG_FILE_PATH": "log_file_path", "MGW_REPAIR_MODE": "repair_mode",
+    "MGW_NETFILTER_BACKEND": "netfilter_backend",
     "NODE_NAME": "node_name", "POD_NAMESPACE": "namespace", "MGW_DAEMONSET_NAME": "daemonset_name",
     "MGW_SERVICE_ACCOUNT_DIR": "service_account_dir",
     "MGW_STARTUP_TAINT": "startup_taint",
@@ -76,6 +81,8 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
      _default("plugin_binary")),
     ("MGW_LOG_LEVEL", "debug | info | warn | error, for the installer and the plugin", _default("log_level")),
     ("MGW_LOG_FILE_PATH", "the plugin's log file on the node", _default("log_file_path")),
+    ("MGW_NETFILTER_BACKEND", "auto (legacy where the node uses it, else nftables) | iptables-legacy | nftables: "
+     "the plugin's netfilterBackend", _default("netfilter_backend")),
     ("MGW_EXCLUDE_NAMESPACES", "comma-separated namespaces whose pods the plugin never touches",
      _default("exclude_namespaces")),
     ("MGW_REPAIR_MODE", "deletePods | labelPods | none: pods whose validator found no redirection",
@@ -112,6 +119,7 @@ def from_env(env: Mapping[str, str]) -> Settings:
     _choice("MGW_MODE", values.get("mode", "chained"), MODES)
     _choice("MGW_REPAIR_MODE", values.get("repair_mode", "deletePods"), REPAIR_MODES)
     _choice("MGW_LOG_LEVEL", values.get("log_level", "info"), LOG_LEVELS)
+    _choice("MGW_NETFILTER_BACKEND", values.get("netfilter_backend", "auto"), NETFILTER_BACKENDS)
     if "MGW_EXCLUDE_NAMESPACES" in env:
         values["exclude_namespaces"] = tuple(n.strip() for n in env["MGW_EXCLUDE_NAMESPACES"].split(",") if n.strip())
     for var, attr in (("MGW_LISTEN_PORT", "listen_port"), ("MGW_REVERT_WARNING_THRESHOLD", "revert_warning_threshold")):

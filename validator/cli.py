@@ -60,8 +60,9 @@ def probe(ctx: click.Context, /, **values: Any) -> None:
 def diagnose(engine_port: int, validation_port: int, as_json: bool) -> None:
     """Explain why the redirection fails (needs NET_ADMIN in the pod's netns, e.g. kubectl debug).
 
-    Lists the MGW_ chains per family, traces a connection to the validation port on lo with scapy
-    (redirected, reset or dropped) and says which of the invariants I1-I4 and I7 look broken.
+    Lists the MGW_ chains per family in either backend (the legacy tables, our nft tables), traces a
+    connection to the validation port on lo with scapy (redirected, reset or dropped) and says which of
+    the invariants I1-I4 and I7 look broken.
     Exit 0 when all look fine, 3 otherwise.
     """
     from validator.diagnose import chain_report, invariants, trace_probe
@@ -75,7 +76,8 @@ def diagnose(engine_port: int, validation_port: int, as_json: bool) -> None:
     else:
         for family in families:
             info, trace = chains[family], traces[family]
-            click.echo(f"IPv{family}: chains {', '.join(info['chains']) or 'none'}; "
+            click.echo(f"IPv{family} ({' + '.join(info['backends']) or 'no backend'}): "
+                       f"chains {', '.join(info['chains']) or 'none'}; "
                        f"PREROUTING jump {'yes' if info['prerouting_jump'] else 'NO'}, "
                        f"OUTPUT jump {'yes' if info['output_jump'] else 'NO'}")
             for rule in info["rules"]:

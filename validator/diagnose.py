@@ -6,49 +6,64 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cni.contract import LOOPBACK
 from cni.model import Live, Rule
 from cni.rules import FILTER, GUARD, INBOUND, NAT, OUTPUT, PREROUTING
 
+if TYPE_CHECKING:
+    from cni.backend import Backend
+
+    Found = list[tuple[Backend, Live]]
+
 CATCH_ALL_DROP = Rule(GUARD, "DROP", protocol=None)
 
 
-def guard_report(live: Live) -> dict[str, Any]:
-    """Our filter-table guard of one family: its rules and what non-TCP inbound meets (I7)."""
-    jumped = any(j.target == GUARD for j in live.jumps)
-    if GUARD not in live.chains or not jumped:
+def guard_report(lives: Found) -> dict[str, Any]:
+    """Our filter-table guard of one family, in whichever backends hold it, and what non-TCP inbound
+    meets (I7)."""
+    rules = [rule for _, live in lives for rule in live.rules]
+    jumped = any(j.target == GUARD for _, live in lives for j in live.jumps)
+    if not jumped or not any(GUARD in live.chains for _, live in lives):
         non_tcp = "missing"
     else:
-        non_tcp = "drop" if live.rules and live.rules[-1] == CATCH_ALL_DROP else "allow"
-    return {"rules": [r.render() for r in (*live.jumps, *live.rules)]
-            + [f"{f.text}  [unexpected: {f.reason}]" for f in live.foreign], "non_tcp": non_tcp}
+        non_tcp = "drop" if rules and rules[-1] == CATCH_ALL_DROP else "allow"
+    shown = [reader.syntax(r, live.family, FILTER) for reader, live in lives for r in (*live.jumps, *live.rules)]
+    shown += [f"{f.text}  [unexpected: {f.reason}]" for _, live in lives for f in live.foreign]
+    return {"rules": shown, "non_tcp": non_tcp}
 
 
 def chain_report(families: list[int], engine_port: int) -> dict[int, dict[str, Any]]:
-    """Our nat chains and jumps and our filter guard per family, read through the plugin's own backend."""
+    """Our nat chains and jumps and our filter guard per family, read through the plugin's own backends -
+    both of them, as a node may have switched - and shown in the syntax of the backend that holds them."""
     from cni import backend
 
+    found: dict[tuple[int, str], Found] = {(family, table): [] for family in families for table in (NAT, FILTER)}
+    for name in backend.NAMES:
+        reader = backend.load(name)
+        for live in reader.read(families, (NAT, FILTER)):
+            if live.chains or live.jumps or live.foreign:
+                found[live.family, live.table].append((reader, live))
     report: dict[int, dict[str, Any]] = {}
-    lives = backend.load().read(families, (NAT, FILTER))
-    guards = {live.family: guard_report(live) for live in lives if live.table == FILTER}
-    for live in lives:
-        if live.table != NAT:
-            continue
-        rules = live.rules
+    for family in families:
+        lives = found[family, NAT]
+        rules = [rule for _, live in lives for rule in live.rules]
+        jumps = [jump for _, live in lives for jump in live.jumps]
         unrestricted_output = [r.render() for r in rules
                                if r.chain == OUTPUT and r.dport is None and r.uid_owner is None]
-        report[live.family] = {
-            "chains": list(live.chains),
-            "rules": [r.render() for r in rules] + [f"{f.text}  [unexpected: {f.reason}]" for f in live.foreign],
-            "prerouting_jump": any(j.target == PREROUTING for j in live.jumps),
-            "output_jump": any(j.target == OUTPUT for j in live.jumps),
+        report[family] = {
+            "backends": [reader.name for reader, _ in lives],
+            "chains": sorted({chain for _, live in lives for chain in live.chains}),
+            "rules": [reader.syntax(r, family, NAT) for reader, live in lives for r in live.rules]
+            + [f"{f.text}  [unexpected: {f.reason}]" for _, live in lives for f in live.foreign],
+            "prerouting_jump": any(j.target == PREROUTING for j in jumps),
+            "output_jump": any(j.target == OUTPUT for j in jumps),
             "redirects_to_engine": any(r.chain == INBOUND and r.target == "REDIRECT" and r.to_port == engine_port
                                        for r in rules),
             "unrestricted_output": unrestricted_output,
             "istio_mode": any(r.uid_owner is not None for r in rules),
-            "guard": guards[live.family],
+            "guard": guard_report(found[family, FILTER]),
         }
     return report
 

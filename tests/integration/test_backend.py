@@ -9,11 +9,12 @@ from cni.backend import Backend
 from cni.config import PluginConfig
 from cni.iptables_legacy import LegacyBackend
 from cni.model import Live, RuleSet, drift
+from cni.nftables import NftablesBackend
 from cni.policy import plan_for
 from cni.rules import build_rulesets
 from cni.worker import Worker
 
-BACKENDS = [LegacyBackend]
+BACKENDS = [LegacyBackend, NftablesBackend]
 FAMILIES = [4, 6]
 
 

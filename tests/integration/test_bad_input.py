@@ -7,7 +7,9 @@ import json
 import pytest
 
 from tests.integration.helpers import cni_error, exec_plugin, plugin_conf
-from tests.support.node import pod_fixture
+from tests.support.node import Pod, pod_fixture
+
+pytestmark = pytest.mark.backends
 
 
 @pytest.fixture
@@ -22,8 +24,8 @@ def sandbox(node):
 
 
 def no_rules(node, netns):
-    for tool in ("iptables-legacy-save", "ip6tables-legacy-save"):
-        assert "MGW_" not in node.exec(netns, [tool, "-t", "nat"]).stdout
+    sandbox = Pod(name="bad", namespace="default", netns=netns, container_id="c0ffee")
+    assert node.mgw_rules(sandbox) == [] and node.mgw_rules(sandbox, 6) == []
 
 
 CASES = [
@@ -36,6 +38,7 @@ CASES = [
     ("no container id", {"CNI_CONTAINERID": None}, None, 4),
     ("unsupported version", {}, "0.1.0", 1),
     ("bad config value", {}, {"enginePort": "x"}, 7),
+    ("unknown backend", {}, {"netfilterBackend": "iptables-nft"}, 7),
     ("netns not a netns", {"CNI_NETNS": "/etc/hostname"}, None, 4),
     ("netns vanished", {"CNI_NETNS": "/run/netns/does-not-exist-mgw"}, None, 4),
     ("runtime's own netns", {"CNI_NETNS": "/proc/self/ns/net"}, None, 4),
@@ -64,4 +67,6 @@ def test_bad_input(sandbox, case, env_change, stdin, code):
     error = cni_error(exec_plugin(node, env, stdin))
     assert error["code"] == code, error
     assert error["msg"]
+    if case == "unknown backend":
+        assert "'netfilterBackend'" in error["msg"] and "'iptables-nft'" in error["msg"], error
     no_rules(node, netns)

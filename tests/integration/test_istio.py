@@ -1,4 +1,5 @@
-"""I2: behind an Istio proxy, whether Istio's rules are written before or after ours, in either backend."""
+"""I2: behind an Istio proxy, whether Istio's rules are written before or after ours, with
+iptables-legacy, iptables-nft or Istio's native nftables mode - for each backend of ours."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import subprocess
 import pytest
 
 from tests.integration.helpers import client_pod, target
-from tests.support.istio import istio_rules
+from tests.support.istio import istio_nft_rules, istio_rules
 from tests.support.node import ENGINE_UID, ISTIO_UID, pod_fixture
+
+pytestmark = pytest.mark.backends
 
 ANNOTATIONS = {"sidecar.microgateway.airlock.com/serviceMesh": "istio",
                "sidecar.microgateway.airlock.com/excludeInboundPorts": "8081",
@@ -16,26 +19,32 @@ ANNOTATIONS = {"sidecar.microgateway.airlock.com/serviceMesh": "istio",
 PORTS = [8080, 8081, 9090, 15000, 15020]
 
 
-def write_istio(node, pod, backend: str) -> None:
+def write_istio(node, pod, istio_backend: str) -> None:
+    if istio_backend == "native-nft":
+        done = subprocess.run(["ip", "netns", "exec", pod.netns, "nft", "-f", "-"],
+                              input=istio_nft_rules(node.families, exclude_inbound=(9090,)), text=True,
+                              capture_output=True)
+        assert done.returncode == 0, done.stderr
+        return
     for family in node.families:
-        tool = ("iptables" if family == 4 else "ip6tables") + f"-{backend}-restore"
+        tool = ("iptables" if family == 4 else "ip6tables") + f"-{istio_backend}-restore"
         done = subprocess.run(["ip", "netns", "exec", pod.netns, tool, "--noflush"],
                               input=istio_rules(family, exclude_inbound=(9090,)), text=True, capture_output=True)
         assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.parametrize("backend", ["legacy", "nft"])
+@pytest.mark.parametrize("istio_backend", ["legacy", "nft", "native-nft"])
 @pytest.mark.parametrize("order", ["istio-first", "istio-after"])
 @pytest.mark.parametrize("fixture_name", ["node", "node46"])
-def test_istio(request, fixture_name, order, backend):
+def test_istio(request, backend, fixture_name, order, istio_backend):
     node = request.getfixturevalue(fixture_name)
     node.add_pod_fixture(pod_fixture("mesh", annotations=ANNOTATIONS))
     conflist = node.write_conflist()
     if order == "istio-first":  # Istio CNI earlier in the chain
-        pod = node.new_pod("mesh", conflist, before_add=lambda p: write_istio(node, p, backend))
+        pod = node.new_pod("mesh", conflist, before_add=lambda p: write_istio(node, p, istio_backend))
     else:  # istio-init runs after all CNI plugins
         pod = node.new_pod("mesh", conflist)
-        write_istio(node, pod, backend)
+        write_istio(node, pod, istio_backend)
     node.start_workloads(pod, PORTS, istio=True)
     client = client_pod(node)
     for family in node.families:

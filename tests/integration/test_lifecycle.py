@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-from tests.integration.helpers import client_pod, cni_error, exec_plugin, plugin_conf, protected_pod, target
-from tests.support.node import API_PORT, pod_fixture
+from tests.integration.helpers import (
+    client_pod,
+    cni_error,
+    exec_plugin,
+    plugin_conf,
+    protected_pod,
+    tamper,
+    target,
+)
+from tests.support.node import API_PORT, Node, pod_fixture
+
+pytestmark = pytest.mark.backends
 
 
 def env_for(node, pod, command="ADD"):
@@ -27,7 +38,7 @@ def test_add_twice_is_idempotent(node):
     assert again.returncode == 0, again.stdout
     assert json.loads(again.stdout)["ips"] == pod.result["ips"]
     assert node.mgw_rules(pod) == before
-    assert sum("-j MGW_PREROUTING" in line for line in before) == 1
+    assert sum(line.endswith(("-j MGW_PREROUTING", "jump MGW_PREROUTING")) for line in before) == 1
 
 
 def test_del_twice_removes_everything_and_succeeds(node):
@@ -42,35 +53,72 @@ def _without_ours(save: str) -> list[str]:
     return [line for line in save.splitlines() if "MGW_" not in line and not line.startswith(("#", "["))]
 
 
+def _foreign_nft(node, pod) -> str:
+    """The pod's nftables ruleset without our tables."""
+    blocks = re.split(r"(?m)^(?=table )", node.exec(pod.netns, ["nft", "list", "ruleset"]).stdout)
+    return "".join(block for block in blocks if not re.match(r"table ip6? microgateway \{", block))
+
+
+FOREIGN_NFT = """table inet foreign {
+	chain prerouting {
+		type nat hook prerouting priority dstnat; policy accept;
+		udp dport 53 return
+	}
+	chain MGW_LOOKALIKE {
+		tcp dport 9 return
+	}
+}
+"""
+
+
 def test_del_removes_only_ours_and_keeps_foreign_rules(node):
     pod = protected_pod(node, "web")
-    for tool in ("iptables-legacy", "ip6tables-legacy"):
-        for rule in (["-N", "FOREIGN"], ["-A", "FOREIGN", "-p", "tcp", "-j", "RETURN"],
-                     ["-I", "PREROUTING", "1", "-p", "udp", "-j", "FOREIGN"],
-                     ["-A", "PREROUTING", "-p", "tcp", "--dport", "9", "-j", "RETURN"],
-                     ["-A", "OUTPUT", "-p", "tcp", "-j", "FOREIGN"]):
-            node.exec(pod.netns, [tool, "-t", "nat", *rule])
-    before = {family: _without_ours(node.nat_rules(pod, family)) for family in (4, 6)}
+    if node.backend == "iptables-legacy":
+        for tool in ("iptables-legacy", "ip6tables-legacy"):
+            for rule in (["-N", "FOREIGN"], ["-A", "FOREIGN", "-p", "tcp", "-j", "RETURN"],
+                         ["-I", "PREROUTING", "1", "-p", "udp", "-j", "FOREIGN"],
+                         ["-A", "PREROUTING", "-p", "tcp", "--dport", "9", "-j", "RETURN"],
+                         ["-A", "OUTPUT", "-p", "tcp", "-j", "FOREIGN"]):
+                node.exec(pod.netns, [tool, "-t", "nat", *rule])
+        before = {family: _without_ours(node.nat_rules(pod, family)) for family in (4, 6)}
+    else:  # another agent's nft table (a chain named like ours included) and iptables-nft rules
+        node.exec(pod.netns, ["nft", "-f", "-"], input=FOREIGN_NFT)
+        node.exec(pod.netns, ["iptables-nft", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "9",
+                              "-j", "RETURN"])
+        before = _foreign_nft(node, pod)
     assert all(node.mgw_rules(pod, family) for family in (4, 6))
     node.cni("del", pod, node.conf_dir / "10-mgw.conflist")
     assert node.mgw_rules(pod) == [] and node.mgw_rules(pod, 6) == []
-    assert {family: _without_ours(node.nat_rules(pod, family)) for family in (4, 6)} == before
+    if node.backend == "iptables-legacy":
+        assert {family: _without_ours(node.nat_rules(pod, family)) for family in (4, 6)} == before
+    else:
+        assert _foreign_nft(node, pod) == before and "MGW_LOOKALIKE" in before
 
 
-def test_add_failing_in_one_family_takes_the_other_back_out(node):
-    """I6 across families: IPv6 cannot be configured (a foreign rule jumps to MGW_INBOUND, so the
-    chain cannot be replaced); IPv4 succeeded first and must be rolled back, and ADD fails."""
+def test_add_failing_in_one_family_leaves_no_rule_in_any(node):
+    """I6 across families: IPv6 cannot be configured, so ADD fails and IPv4 has nothing either.
+    Legacy: a foreign rule jumps to MGW_INBOUND, so the chain cannot be replaced; IPv4 succeeded first
+    and is rolled back. nftables: another process owns an `ip6 microgateway` table; both families are
+    one transaction, which the kernel aborts whole."""
     node.add_pod_fixture(pod_fixture("web"))
     pod = node.new_pod("web", node.write_conflist(chained=False, name="primary.conflist"))
-    for rule in (["-N", "MGW_INBOUND"], ["-N", "FOREIGN"], ["-A", "FOREIGN", "-j", "MGW_INBOUND"]):
-        node.exec(pod.netns, ["ip6tables-legacy", "-t", "nat", *rule])
-    ipv6_before = node.nat_rules(pod, 6)
+    if node.backend == "iptables-legacy":
+        for rule in (["-N", "MGW_INBOUND"], ["-N", "FOREIGN"], ["-A", "FOREIGN", "-j", "MGW_INBOUND"]):
+            node.exec(pod.netns, ["ip6tables-legacy", "-t", "nat", *rule])
+        ipv6_before = node.nat_rules(pod, 6)
+    else:
+        node.spawn(pod.netns, [sys.executable, "-m", "tests.support.nft_owner", "--family", "6",
+                               "--table", "microgateway"])
+        ipv6_before = node.nft_table(pod, 6)
     add = exec_plugin(node, env_for(node, pod), json.dumps(
         {**plugin_conf(node, "1.0.0"), "prevResult": pod.result}).encode())
     error = cni_error(add)
     assert error["code"] == 100 and "IPv6" in error["msg"], error
     assert node.mgw_rules(pod) == []
-    assert _without_counters(node.nat_rules(pod, 6)) == _without_counters(ipv6_before)
+    if node.backend == "iptables-legacy":
+        assert _without_counters(node.nat_rules(pod, 6)) == _without_counters(ipv6_before)
+    else:
+        assert node.nft_table(pod, 6) == ipv6_before and node.nft_table(pod, 4) == ""
 
 
 def _without_counters(save: str) -> list[str]:
@@ -86,26 +134,24 @@ def test_del_with_netns_gone_and_never_configured(node):
     assert never.returncode == 0 and never.stdout == b""
 
 
-@pytest.mark.parametrize("tamper", [
-    ["-D", "MGW_INBOUND", "-p", "tcp", "-j", "REDIRECT", "--to-ports", "13378"],
-    ["-R", "MGW_INBOUND", "1", "-p", "tcp", "--dport", "13379", "-j", "RETURN"],
-    ["-I", "MGW_INBOUND", "1", "-p", "tcp", "--dport", "8080", "-j", "RETURN"],
-    ["-D", "PREROUTING", "-p", "tcp", "-j", "MGW_PREROUTING"],
-    ["-I", "MGW_OUTPUT", "1", "-p", "tcp", "-m", "comment", "--comment", "by hand", "-j", "RETURN"],
-])
-def test_check_fails_when_a_rule_is_missing_or_altered(node, tamper):
+@pytest.mark.parametrize("change", ["delete redirect", "replace a return", "insert a return",
+                                    "delete prerouting jump", "redirect elsewhere", "foreign rule"])
+def test_check_fails_when_a_rule_is_missing_or_altered(node, change):
+    """CHECK reports the drift in the syntax of the backend in use."""
     pod = protected_pod(node, "web")
     conflist = node.conf_dir / "10-mgw.conflist"
     node.cni("check", pod, conflist)
-    node.exec(pod.netns, ["iptables-legacy", "-t", "nat", *tamper])
+    tamper(node, pod, change)
     done = node.cni("check", pod, conflist, check=False)
     assert done.returncode != 0
     assert "differ" in done.stderr and ("missing" in done.stderr or "unexpected" in done.stderr)
+    syntax = "-A " if node.backend == "iptables-legacy" else "ip microgateway "
+    assert syntax in done.stderr, done.stderr
 
 
 def test_check_fails_when_ipv6_rules_flushed(node):
     pod = protected_pod(node, "web")
-    node.exec(pod.netns, ["ip6tables-legacy", "-t", "nat", "-F", "MGW_INBOUND"])
+    tamper(node, pod, "flush inbound", family=6)
     done = node.cni("check", pod, node.conf_dir / "10-mgw.conflist", check=False)
     assert done.returncode != 0 and "missing IPv6" in done.stderr
 
@@ -188,7 +234,7 @@ def test_runtime_annotations_are_conclusive_without_api(node):
     node.stop_api()
     conflist = node.write_conflist(capabilities=True)
     pod = node.new_pod("web", conflist, annotations={"sidecar.microgateway.airlock.com/inject": "true"})
-    assert any("REDIRECT" in line for line in node.mgw_rules(pod))
+    assert any("redirect" in line.lower() for line in node.mgw_rules(pod))
 
 
 @pytest.mark.parametrize("case", ["foreign CA", "wrong host name"])
@@ -224,7 +270,7 @@ def test_client_certificate_kubeconfig(node):
     node.write_kubeconfig("https://127.0.0.1:6443", user=node.client_certificate())
     before = set(os.listdir("/tmp"))
     pod = protected_pod(node, "web")
-    assert any("REDIRECT" in line for line in node.mgw_rules(pod))
+    assert any("redirect" in line.lower() for line in node.mgw_rules(pod))
     assert not [n for n in set(os.listdir("/tmp")) - before if n.startswith("mgw-cni-")]
 
 
@@ -233,7 +279,7 @@ def test_yaml_kubeconfig(node):
 
     node.kubeconfig.write_text(yaml.safe_dump(json.loads(node.kubeconfig.read_text())))
     pod = protected_pod(node, "web")
-    assert any("REDIRECT" in line for line in node.mgw_rules(pod))
+    assert any("redirect" in line.lower() for line in node.mgw_rules(pod))
 
 
 def test_invalid_annotation_fails_add_with_code_7_and_no_rules(node):
@@ -264,3 +310,57 @@ def test_version_command(node):
     done = exec_plugin(node, {"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "0.4.0"}')
     assert json.loads(done.stdout) == {"cniVersion": "0.4.0",
                                        "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}
+
+
+def test_nftables_mode_never_instantiates_the_legacy_nat_table():
+    """On nft-only kernels the legacy tables cannot exist; where they can, nftables mode must not
+    create them either (that would make the node look legacy to `auto` and to other agents)."""
+    with Node(backend="nftables") as node:
+        node.add_pod_fixture(pod_fixture("web", annotations={"sidecar.microgateway.airlock.com/serviceMesh": "istio"}))
+        conflist = node.write_conflist()
+        pod = node.new_pod("web", conflist)
+        node.cni("check", pod, conflist)
+        assert node.nft_table(pod, 4) and node.nft_table(pod, 6)
+        assert node.validate(pod)[0] == 0
+        node.cni("del", pod, conflist)
+        assert node.legacy_tables(pod, 4) == [] and node.legacy_tables(pod, 6) == []
+        assert node.nft_table(pod, 4) == "" and node.nft_table(pod, 6) == ""
+
+
+@pytest.mark.parametrize("before", ["iptables-legacy", "nftables"])
+def test_a_node_that_switched_backends_leaves_nothing_behind(before):
+    """ADD with the new backend takes the old backend's rules out; DEL removes ours from both."""
+    after = "nftables" if before == "iptables-legacy" else "iptables-legacy"
+    with Node(backend=before) as node:
+        first = protected_pod(node, "web")
+        second = protected_pod(node, "api")
+        assert node.mgw_rules(first) and node.mgw_rules(second)
+        node.backend = after
+        conflist = node.write_conflist()
+        re_added = exec_plugin(node, env_for(node, first), json.dumps(
+            {**plugin_conf(node, "1.0.0"), "prevResult": first.result}).encode())
+        assert re_added.returncode == 0, re_added.stdout
+        legacy_lines = [line for line in node.mgw_rules(first) if line.startswith("-A ")]
+        if after == "nftables":
+            assert node.nft_table(first) and not legacy_lines
+        else:
+            assert legacy_lines and node.nft_table(first) == "" and node.nft_table(first, 6) == ""
+        client = client_pod(node)
+        assert node.connect(client.netns, [target(first, 5555)])[target(first, 5555)].startswith("engine=web")
+        node.cni("del", second, conflist)
+        assert node.mgw_rules(second) == [] and node.mgw_rules(second, 6) == []
+        node.cni("del", first, conflist)
+        assert node.mgw_rules(first) == [] and node.mgw_rules(first, 6) == []
+
+
+def test_auto_follows_the_node():
+    """`auto`: nftables on a node without legacy tables; iptables-legacy once the node has one (here
+    kube-proxy's stand-in: the legacy filter table created in the node netns)."""
+    with Node(backend="auto") as node:
+        first = protected_pod(node, "first")
+        assert node.nft_table(first) and "nat" not in node.legacy_tables(first)
+        node.exec(node.netns, ["iptables-legacy", "-t", "filter", "-L", "-n"])
+        second = protected_pod(node, "second")
+        assert node.nft_table(second) == "" and any(line.startswith("-A ") for line in node.mgw_rules(second))
+        log = node.log_file.read_text()
+        assert '"backend": "nftables"' in log and '"backend": "iptables-legacy"' in log

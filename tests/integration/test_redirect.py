@@ -10,10 +10,12 @@ from tests.integration.helpers import (
     probe_from_inside,
     protected_pod,
     sweep_ports,
+    tamper,
     target,
 )
 from tests.support.node import ENGINE_UID, pod_fixture
 
+pytestmark = pytest.mark.backends
 EXCLUDE = {"sidecar.microgateway.airlock.com/excludeInboundPorts": "8081"}
 
 
@@ -35,7 +37,7 @@ def test_no_mesh_every_port_reaches_engine_except_excluded_and_own(node):
 
 
 @pytest.mark.parametrize("fixture_name", ["node6", "node46"])
-def test_ipv6_and_dual_stack(request, fixture_name):
+def test_ipv6_and_dual_stack(request, backend, fixture_name):
     """I1 for IPv6: no IPv6 path around the Engine; dual-stack keeps IPv4 protected too."""
     node = request.getfixturevalue(fixture_name)
     pod = protected_pod(node, "web", EXCLUDE)
@@ -58,7 +60,7 @@ def test_ipv6_and_dual_stack(request, fixture_name):
 def test_ipv4_only_pod_still_gets_ipv6_rules_when_kernel_gives_it_ipv6(node):
     """Loopback ::1 and link-local addresses exist whenever IPv6 is enabled: they get rules too."""
     pod = protected_pod(node, "web")
-    assert any("REDIRECT --to-ports 13378" in line for line in node.mgw_rules(pod, 6))
+    assert any("13378" in line and "redirect" in line.lower() for line in node.mgw_rules(pod, 6))
 
 
 def test_no_loop_engine_connection_to_app_is_not_redirected(node):
@@ -73,8 +75,7 @@ def test_probe_goes_through_the_inbound_chain(node):
     """I4: 127.0.0.1:19003 lands on :13378; break the shared redirect and the probe fails with it."""
     pod = protected_pod(node, "web")
     assert probe_from_inside(node, pod, ["127.0.0.1:19003"]) == {"127.0.0.1:19003": "engine=web orig=19003"}
-    node.exec(pod.netns, ["iptables-legacy", "-t", "nat", "-D", "MGW_INBOUND", "-p", "tcp",
-                          "-j", "REDIRECT", "--to-ports", "13378"])
+    tamper(node, pod, "delete redirect")
     assert probe_from_inside(node, pod, ["127.0.0.1:19003"])["127.0.0.1:19003"].startswith("error")
 
 

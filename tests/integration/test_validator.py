@@ -7,7 +7,10 @@ import sys
 
 import pytest
 
+from tests.integration.helpers import tamper
 from tests.support.node import VALIDATOR_UID, Node, Pod, executable, pod_fixture
+
+pytestmark = pytest.mark.backends
 
 VALIDATOR = str(executable("microgateway-network-validator"))
 
@@ -26,7 +29,7 @@ def configured_pod(node: Node, annotations: dict[str, str] | None = None) -> Pod
 
 @pytest.mark.parametrize("fixture_name", ["node", "node6", "node46"])
 @pytest.mark.parametrize("mesh", ["none", "istio"])
-def test_passes_in_configured_pod(request, fixture_name, mesh):
+def test_passes_in_configured_pod(request, backend, fixture_name, mesh):
     node = request.getfixturevalue(fixture_name)
     pod = configured_pod(node, {"sidecar.microgateway.airlock.com/serviceMesh": mesh})
     code, verdict, message = run_validator(node, pod)
@@ -54,15 +57,13 @@ def test_fails_without_rules(node):
 
 def test_fails_when_rules_flushed_after_add(node):
     pod = configured_pod(node)
-    node.exec(pod.netns, ["iptables-legacy", "-t", "nat", "-F", "MGW_INBOUND"])
+    tamper(node, pod, "flush inbound")
     assert_fails(node, pod)
 
 
 def test_fails_when_redirected_to_another_port(node):
     pod = configured_pod(node)
-    redirect = ["MGW_INBOUND", "-p", "tcp", "-j", "REDIRECT", "--to-ports"]
-    node.exec(pod.netns, ["iptables-legacy", "-t", "nat", "-D", *redirect, "13378"])
-    node.exec(pod.netns, ["iptables-legacy", "-t", "nat", "-A", *redirect, "13379"])
+    tamper(node, pod, "redirect elsewhere")
     assert_fails(node, pod)
 
 
@@ -83,7 +84,7 @@ def test_engine_port_already_taken_is_its_own_failure(node):
 
 def test_fails_when_only_one_family_configured(node46):
     pod = configured_pod(node46)
-    node46.exec(pod.netns, ["ip6tables-legacy", "-t", "nat", "-F", "MGW_INBOUND"])
+    tamper(node46, pod, "flush inbound", family=6)
     verdict = assert_fails(node46, pod)
     assert [p["ok"] for p in verdict["probes"]] == [True, False]
 
@@ -115,12 +116,16 @@ def test_diagnose_configured_pod_is_healthy(node):
     assert code == 0, report["invariants"]
     assert report["probes"]["4"]["syn_dport"] == 13378 and report["probes"]["4"]["reply"] == "SA"
     assert report["chains"]["6"]["chains"] == ["MGW_INBOUND", "MGW_OUTPUT", "MGW_PREROUTING"]
+    assert report["chains"]["4"]["backends"] == [node.backend]
+    shown = "-A MGW_INBOUND -p tcp -j REDIRECT --to-ports 13378" if node.backend == "iptables-legacy" else \
+        "ip microgateway MGW_INBOUND: meta l4proto tcp redirect to :13378"
+    assert shown in report["chains"]["4"]["rules"]
 
 
 def test_diagnose_explains_flushed_rules_and_a_loop(node):
     pod = configured_pod(node)
-    node.exec(pod.netns, ["iptables-legacy", "-t", "nat", "-F", "MGW_INBOUND"])
-    node.exec(pod.netns, ["iptables-legacy", "-t", "nat", "-A", "MGW_OUTPUT", "-p", "tcp", "-j", "MGW_INBOUND"])
+    tamper(node, pod, "flush inbound")
+    tamper(node, pod, "output loop")
     code, report = diagnose(node, pod)
     assert code == 3
     findings = report["invariants"]

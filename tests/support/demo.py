@@ -116,7 +116,8 @@ def run_demo(report: Report, keep: bool = False) -> bool:
         report.check("plain pod untouched", node.mgw_rules(plain) == [], "no MGW_ rule in the ordinary pod")
         if report.verbose:
             for pod in (shop, mesh):
-                report.info(f"iptables-legacy-save -t nat in {pod.name}:\n{node.nat_rules(pod)}")
+                report.info(f"our rules in {pod.name} (backend chosen by the plugin's netfilterBackend):\n"
+                            + "\n".join(node.mgw_rules(pod)))
 
         report.step("3. network validator in each protected pod (uid 1002, unprivileged)")
         for pod in (shop, mesh):

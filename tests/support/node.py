@@ -33,6 +33,8 @@ API_HOST_NAME = "kube-apiserver.mgwt.test"  # in the stand-in's certificate; res
 APP_UID, ENGINE_UID, ISTIO_UID, VALIDATOR_UID = 1000, 1001, 1337, 1002
 SUBNET4, GATEWAY4 = "10.88.0.0/24", "10.88.0.1"
 SUBNET6, GATEWAY6 = "fd00:88::/64", "fd00:88::1"
+BACKENDS = ("iptables-legacy", "nftables")
+NFT_FAMILY = {4: "ip", 6: "ip6"}
 # Run by root inside the private mount namespace `ip netns exec` makes for one command, before it drops
 # to another uid: a tmpfs over the top-most directory that others cannot enter (/root is 0700), with
 # the checkout and the interpreter's installation bound back at their own paths, so every path under
@@ -145,9 +147,10 @@ class Pod:
 class Node:
     """One simulated node: node netns, bridge network, kube-API stand-in, pods."""
 
-    def __init__(self, families: tuple[int, ...] = (4,)) -> None:
+    def __init__(self, families: tuple[int, ...] = (4,), backend: str = BACKENDS[0]) -> None:
         self.id = uuid.uuid4().hex[:6]
         self.families = families
+        self.backend = backend
         self.netns = f"mgwt-{self.id}-node"
         self.dir = Path(tempfile.mkdtemp(prefix=f"mgwt-{self.id}-"))
         self.bin_dir = self.dir / "bin"
@@ -281,6 +284,7 @@ class Node:
     # -- CNI -------------------------------------------------------------------------------------
     def plugin_entry(self, **overrides: Any) -> dict[str, Any]:
         entry: dict[str, Any] = {"type": "microgateway-cni", "logLevel": "debug", "logFilePath": str(self.log_file),
+                                 "netfilterBackend": self.backend,
                                  "kubernetes": {"kubeconfig": str(self.kubeconfig),
                                                 "excludeNamespaces": ["kube-system"], "apiDeadlineSeconds": 2}}
         entry.update(overrides)
@@ -339,8 +343,8 @@ class Node:
 
     # -- processes -------------------------------------------------------------------------------
     def exec(self, netns: str, cmd: list[str], check: bool = True, uid: int | None = None,
-             timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        done = run(self._wrap(netns, cmd, uid), check=False, cwd=ROOT, timeout=timeout)
+             timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        done = run(self._wrap(netns, cmd, uid), check=False, cwd=ROOT, timeout=timeout, input=input)
         if check and done.returncode != 0:
             raise AssertionError(f"{cmd} in {netns} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
         return done
@@ -400,9 +404,25 @@ class Node:
         tool = ("iptables" if family == 4 else "ip6tables") + f"-{backend}-save"
         return self.exec(pod.netns, [tool, "-t", "nat"]).stdout
 
-    def mgw_rules(self, pod: Pod, family: int = 4) -> list[str]:
-        return [line for line in self.nat_rules(pod, family).splitlines() if "MGW_" in line]
+    def legacy_tables(self, pod: Pod, family: int = 4) -> list[str]:
+        """The legacy x_tables tables that exist in the pod netns (reading them would create nat)."""
+        names = "/proc/net/ip_tables_names" if family == 4 else "/proc/net/ip6_tables_names"
+        return self.exec(pod.netns, ["cat", names], check=False).stdout.split()
 
+    def nft_table(self, pod: Pod, family: int = 4) -> str:
+        """`nft list table ip|ip6 microgateway` without handles; empty when the table does not exist."""
+        done = self.exec(pod.netns, ["nft", "list", "table", NFT_FAMILY[family], "microgateway"], check=False)
+        return done.stdout if done.returncode == 0 else ""
+
+    def mgw_rules(self, pod: Pod, family: int = 4) -> list[str]:
+        """Our rules in either backend: MGW_ lines of the legacy nat table (only where it already
+        exists) and the rule lines of our nft table."""
+        legacy = []
+        if "nat" in self.legacy_tables(pod, family):
+            legacy = [line for line in self.nat_rules(pod, family).splitlines() if "MGW_" in line]
+        nft = [line.strip() for line in self.nft_table(pod, family).splitlines()
+               if line.startswith("\t\t") and not line.strip().startswith("type ")]
+        return legacy + nft
 
 def wait_for(predicate, timeout: float = 5.0, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout

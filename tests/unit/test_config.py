@@ -18,6 +18,9 @@ from cni.errors import CniError
      PluginConfig(engine_port=14000, engine_own_ports=(1, 2), istio_proxy_uid=2000)),
     ({"nonTCPInbound": "allow"}, PluginConfig(non_tcp_inbound="allow")),
     ({"nonTCPInbound": "drop"}, PluginConfig()),
+    ({"netfilterBackend": "nftables"}, PluginConfig(netfilter_backend="nftables")),
+    ({"netfilterBackend": "iptables-legacy"}, PluginConfig(netfilter_backend="iptables-legacy")),
+    ({"netfilterBackend": "auto"}, PluginConfig()),
 ])
 def test_valid(conf, expected):
     assert parse_config(conf) == expected
@@ -42,6 +45,8 @@ def test_valid(conf, expected):
     ({"nonTCPInbound": "DROP"}, "nonTCPInbound"),
     ({"nonTCPInbound": False}, "nonTCPInbound"),
     ({"nonTCPInbound": ["drop"]}, "nonTCPInbound"),
+    ({"netfilterBackend": "iptables-nft"}, "netfilterBackend"),
+    ({"netfilterBackend": ["nftables"]}, "netfilterBackend"),
 ])
 def test_invalid_names_key_and_value(conf, key):
     with pytest.raises(CniError) as err:
@@ -56,7 +61,7 @@ json_values = st.recursive(
     max_leaves=8,
 )
 config_keys = st.sampled_from(["logLevel", "debug", "logFilePath", "kubernetes", "enginePort", "engineOwnPorts",
-                               "validationPort", "istioProxyUid", "istioPorts", "other"])
+                               "validationPort", "istioProxyUid", "istioPorts", "netfilterBackend", "other"])
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)

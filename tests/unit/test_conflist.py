@@ -77,12 +77,15 @@ def test_settings_from_env():
     assert settings.mode == "standalone" and settings.api_server == "https://[fd00::1]:443"
     assert settings.plugin_entry()["kubernetes"]["excludeNamespaces"] == ["kube-system", "istio-system"]
     assert settings.plugin_entry()["logLevel"] == "debug"
+    assert settings.plugin_entry()["netfilterBackend"] == "auto"
+    assert from_env({"MGW_NETFILTER_BACKEND": "nftables"}).plugin_entry()["netfilterBackend"] == "nftables"
 
 
 @pytest.mark.parametrize(("env", "name"), [
     ({"MGW_MODE": "auto"}, "MGW_MODE"), ({"MGW_REPAIR_MODE": "kill"}, "MGW_REPAIR_MODE"),
     ({"MGW_LOG_LEVEL": "loud"}, "MGW_LOG_LEVEL"), ({"MGW_LISTEN_PORT": "http"}, "MGW_LISTEN_PORT"),
     ({"MGW_LISTEN_PORT": "\u00b2"}, "MGW_LISTEN_PORT"),
+    ({"MGW_NETFILTER_BACKEND": "iptables-nft"}, "MGW_NETFILTER_BACKEND"),
 ])
 def test_invalid_settings_name_the_variable(env, name):
     with pytest.raises(SettingsError, match=name):

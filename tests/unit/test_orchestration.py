@@ -59,6 +59,10 @@ class InlineApplier:
     def __init__(self, backend: Backend, families: list[int]) -> None:
         self.backend, self.families, self.cancelled = backend, families, False
 
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
     def configure(self, plan, config):
         return configure(self.backend, self.families, plan, config)
 
