@@ -30,7 +30,7 @@ import pytest
 
 from tests.integration.helpers import client_pod
 from tests.integration.test_istio import write_istio
-from tests.support.node import APP_UID, ENGINE_UID, ISTIO_UID, ROOT, VALIDATOR_UID, Node, Pod, pod_fixture
+from tests.support.node import APP_UID, ENGINE_UID, ISTIO_UID, VALIDATOR_UID, Node, Pod, pod_fixture
 from tests.support.resolver import ANSWER_V4, ANSWER_V6
 
 PREFIX = "sidecar.microgateway.airlock.com/"
@@ -82,13 +82,8 @@ def link_local(node: Node, pod: Pod) -> str:
 
 def attack(node: Node, netns: str, plan: dict, uid: int | None = None) -> dict[str, dict[str, str]]:
     """Run tests/support/attacker.py in `netns` (as root unless `uid`)."""
-    cmd = ["ip", "netns", "exec", netns]
-    if uid is not None:
-        cmd += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
-    done = subprocess.run([*cmd, sys.executable, "-m", "tests.support.attacker"], input=json.dumps(plan),
-                          capture_output=True, text=True, cwd=ROOT, timeout=240,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert done.returncode == 0, done.stderr
+    done = node.exec(netns, [sys.executable, "-m", "tests.support.attacker"], uid=uid, input=json.dumps(plan),
+                     timeout=240)
     return json.loads(done.stdout)
 
 

@@ -65,8 +65,8 @@ class UsernsPod:
 
     def command(self, cmd: list[str], uid: int = 0) -> list[str]:
         """cmd run by a process of the pod: inside its user namespace, as `uid` there."""
-        return ["nsenter", f"--user={self.userns}", "--", "setpriv", f"--reuid={uid}", f"--regid={uid}",
-                "--clear-groups", "--", *cmd]
+        return [*self.node.reveal(), "nsenter", f"--user={self.userns}", "--",
+                "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *cmd]
 
     def inside(self, cmd: list[str], uid: int = 0, **kwargs: object) -> subprocess.CompletedProcess[str]:
         return self.node.exec(self.pod.netns, self.command(cmd, uid), **kwargs)  # type: ignore[arg-type]

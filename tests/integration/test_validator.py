@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.integration.helpers import tamper
+from tests.integration.helpers import nft_handle, tamper
 from tests.support.node import VALIDATOR_UID, Node, Pod, executable, pod_fixture
 
 pytestmark = pytest.mark.backends
@@ -139,8 +139,16 @@ def test_diagnose_shows_the_filter_guard_and_names_it_missing(node):
     code, report = diagnose(node, pod)
     assert code == 0 and report["invariants"]["I7"] == "ok", report["invariants"]
     guard = report["chains"]["6"]["guard"]
-    assert guard["non_tcp"] == "drop" and guard["rules"][0] == "-A INPUT -j MGW_INPUT", guard
-    assert "-A MGW_INPUT -p ipv6-icmp -j RETURN" in guard["rules"]
-    node.exec(pod.netns, ["ip6tables-legacy", "-t", "filter", "-D", "INPUT", "-j", "MGW_INPUT"])
+    if node.backend == "iptables-legacy":  # shown, and removed, in the syntax of the backend that holds it
+        jump, icmp = "-A INPUT -j MGW_INPUT", "-A MGW_INPUT -p ipv6-icmp -j RETURN"
+        remove_jump = ["ip6tables-legacy", "-t", "filter", "-D", "INPUT", "-j", "MGW_INPUT"]
+    else:
+        jump = "ip6 microgateway filter-INPUT: jump MGW_INPUT"
+        icmp = "ip6 microgateway MGW_INPUT: meta l4proto ipv6-icmp return"
+        remove_jump = ["nft", "delete", "rule", "ip6", "microgateway", "filter-INPUT", "handle",
+                       nft_handle(node, pod, 6, "filter-INPUT", "jump MGW_INPUT")]
+    assert guard["non_tcp"] == "drop" and guard["rules"][0] == jump, guard
+    assert icmp in guard["rules"], guard
+    node.exec(pod.netns, remove_jump)
     code, report = diagnose(node, pod)
     assert code == 3 and report["invariants"]["I7"].startswith("IPv6: no MGW_INPUT guard"), report["invariants"]

@@ -349,13 +349,18 @@ class Node:
             raise AssertionError(f"{cmd} in {netns} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
         return done
 
+    def reveal(self) -> list[str]:
+        """A prefix (run as root, inside `ip netns exec`) after which another uid can reach the checkout,
+        also under a directory others cannot enter (REVEAL); empty when nothing hides it."""
+        if HIDDEN is None:
+            return []
+        return ["sh", "-c", REVEAL, "reveal", str(HIDDEN), str(self.dir / "checkout"), REVEALED]
+
     def _wrap(self, netns: str, cmd: list[str], uid: int | None) -> list[str]:
         prefix = ["ip", "netns", "exec", netns]
         if uid is None:
             return prefix + cmd
-        if HIDDEN is not None:  # a checkout under /root: let the other uid reach it (REVEAL)
-            prefix += ["sh", "-c", REVEAL, "reveal", str(HIDDEN), str(self.dir / "checkout"), REVEALED]
-        return [*prefix, "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *cmd]
+        return [*prefix, *self.reveal(), "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *cmd]
 
     def spawn(self, netns: str, cmd: list[str], uid: int | None = None) -> subprocess.Popen[str]:
         """Start a long-running process in netns and wait until it prints 'ready'."""
