@@ -197,8 +197,12 @@ def run(env: dict[str, str], stdin: bytes) -> tuple[int, dict[str, Any] | None]:
 
 
 def main() -> None:
+    """Exit without the interpreter's teardown: nothing is left to release (every worker is reaped,
+    the log file is written unbuffered), and freeing every module's objects is paid on each pod start
+    and stop."""
     code, document = run(dict(os.environ), sys.stdin.buffer.read())
     if document is not None:
         sys.stdout.write(json.dumps(document) + "\n")
-        sys.stdout.flush()
-    sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
