@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any, NamedTuple
 
-PLUGIN_TYPE = "microgateway-cni"
+from cni.contract import PLUGIN_TYPE
+
 CONF_EXTENSIONS = (".conf", ".conflist", ".json")
 STANDALONE_NAME = "05-microgateway-cni.conflist"
 

@@ -13,10 +13,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from cni.contract import PLUGIN_TYPE
 from daemonset import conflist, files
 from daemonset.settings import Settings
 
-PLUGIN_NAME = "microgateway-cni"
 ORIGINAL_SUFFIX = ".mgw-original"  # not a CNI extension: libcni ignores the parked single-plugin .conf
 REVERT_WINDOW_SECONDS = 60.0
 MAX_ATTEMPTS = 10  # re-reads when another agent changes a file between our read and our commit
@@ -33,11 +33,11 @@ VERIFY_TIMEOUT_SECONDS = 30.0
 
 def kubeconfig_document(server: str, ca_pem: bytes, token: str) -> dict[str, Any]:
     """JSON (valid YAML): the plugin parses it without importing a YAML library on the ADD path."""
-    return {"apiVersion": "v1", "kind": "Config", "current-context": "microgateway-cni",
+    return {"apiVersion": "v1", "kind": "Config", "current-context": PLUGIN_TYPE,
             "clusters": [{"name": "local", "cluster": {
                 "server": server, "certificate-authority-data": base64.b64encode(ca_pem).decode()}}],
-            "users": [{"name": "microgateway-cni", "user": {"token": token}}],
-            "contexts": [{"name": "microgateway-cni", "context": {"cluster": "local", "user": "microgateway-cni"}}]}
+            "users": [{"name": PLUGIN_TYPE, "user": {"token": token}}],
+            "contexts": [{"name": PLUGIN_TYPE, "context": {"cluster": "local", "user": PLUGIN_TYPE}}]}
 
 
 def verify_plugin(executable: str) -> str | None:
@@ -80,7 +80,7 @@ class Installer:
     # -- paths -------------------------------------------------------------------------------------
     @property
     def binary_path(self) -> str:
-        return os.path.join(self.settings.cni_bin_dir, PLUGIN_NAME)
+        return os.path.join(self.settings.cni_bin_dir, PLUGIN_TYPE)
 
     @property
     def kubeconfig_path(self) -> str:
@@ -121,8 +121,8 @@ class Installer:
         """
         if self._bundle_digest is None:
             self._bundle_digest = files.tree_digest(source_dir)  # the image is immutable: hash once
-        version_dir = f".{PLUGIN_NAME}-{self._bundle_digest[:16]}"
-        link_target = os.path.join(version_dir, PLUGIN_NAME)
+        version_dir = f".{PLUGIN_TYPE}-{self._bundle_digest[:16]}"
+        link_target = os.path.join(version_dir, PLUGIN_TYPE)
         bin_dir = self.settings.cni_bin_dir
         try:
             previous = os.readlink(self.binary_path)
@@ -146,7 +146,7 @@ class Installer:
         files.symlink_atomic(link_target, self.binary_path)
         keep = {version_dir, previous.split(os.sep)[0]}
         for name in os.listdir(bin_dir):
-            if name.startswith(f".{PLUGIN_NAME}-") and name not in keep and os.path.isdir(os.path.join(bin_dir, name)):
+            if name.startswith(f".{PLUGIN_TYPE}-") and name not in keep and os.path.isdir(os.path.join(bin_dir, name)):
                 shutil.rmtree(os.path.join(bin_dir, name), ignore_errors=True)
         self.log("info", "plugin bundle installed", path=self.binary_path, version=version_dir)
         return True
@@ -306,7 +306,7 @@ class Installer:
         for name, data in self._conf_files().items():
             path = os.path.join(directory, name)
             parsed = conflist.parse(name, data)
-            if parsed is None or not any(p.get("type") == PLUGIN_NAME for p in parsed.document["plugins"]):
+            if parsed is None or not any(p.get("type") == PLUGIN_TYPE for p in parsed.document["plugins"]):
                 continue
             stem = path.rsplit(".", 1)[0]
             parked = [stem + ext + ORIGINAL_SUFFIX for ext in (".conf", ".json")

@@ -6,11 +6,10 @@ import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from cni.contract import NETFILTER_BACKENDS
+from cni.contract import LOG_LEVELS, NETFILTER_BACKENDS, PLUGIN_TYPE
 
 MODES = ("chained", "standalone", "manual")
 REPAIR_MODES = ("deletePods", "labelPods", "none")
-LOG_LEVELS = ("debug", "info", "warn", "error")
 STARTUP_TAINT = "microgateway-cni.airlock.com/not-ready"
 # A taint key is a qualified name: optional DNS-subdomain prefix and "/", then a name of at most 63 characters.
 TAINT_KEY = re.compile(r"^(?:[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
@@ -46,7 +45,7 @@ class Settings(NamedTuple):
 
     def plugin_entry(self) -> dict[str, Any]:
         """The conflist entry, in the shape of docs/design.md, "Contract"."""
-        return {"type": "microgateway-cni", "logLevel": self.log_level, "logFilePath": self.log_file_path,
+        return {"type": PLUGIN_TYPE, "logLevel": self.log_level, "logFilePath": self.log_file_path,
                 "netfilterBackend": self.netfilter_backend,
                 "kubernetes": {"kubeconfig": f"{self.host_cni_net_dir}/{self.kubeconfig_name}",
                                "excludeNamespaces": list(self.exclude_namespaces),
