@@ -5,6 +5,8 @@ Builds a node in network namespaces (tests/support/node.py), prepares one pod ne
 host-local, then times whole plugin processes as the runtime runs them: protected ADD+DEL (pod
 lookup on the loopback kube-API stand-in included), non-protected ADD, portmap ADD+DEL with one
 port mapping, and the validator's verdict. Medians over --runs after --warmup; peak RSS per process.
+With --baseline, another build of the plugin (an older commit, say) takes its turn in the same rounds on
+the legacy backend, so a change's before/after comes from one run.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ def main() -> None:
                         help="validator executable (default: beside the plugin, or its one-dir bundle's sibling)")
     parser.add_argument("--binaries", action="store_true",
                         help="benchmark the built one-dir binaries in dist/bin (scripts/build-binaries.sh)")
+    parser.add_argument("--baseline", default="",
+                        help="another plugin executable timed in the same rounds (legacy backend): before/after")
     args = parser.parse_args()
     dist = Path(__file__).resolve().parents[1] / "dist" / "bin"
     if args.binaries:
@@ -82,19 +86,19 @@ def main() -> None:
                                        **node.plugin_entry(logLevel="info", netfilterBackend=backend)}).encode()
                   for backend in BACKENDS}
 
-        def mgw(command: str, name: str, backend: str) -> tuple[float, int]:
+        def mgw(command: str, name: str, backend: str, plugin: str = args.plugin) -> tuple[float, int]:
             env = {**base_env, "CNI_COMMAND": command,
                    "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"}
-            return timed([args.plugin], env, stdins[backend])
+            return timed([plugin], env, stdins[backend])
 
         add_samples: dict[str, list[float]] = {backend: [] for backend in BACKENDS}
         del_samples: dict[str, list[float]] = {backend: [] for backend in BACKENDS}
 
-        def protected_add_del(backend: str) -> tuple[float, int]:
-            add_ms, add_rss = mgw("ADD", "web", backend)
-            del_ms, del_rss = mgw("DEL", "web", backend)
-            add_samples[backend].append(add_ms)
-            del_samples[backend].append(del_ms)
+        def protected_add_del(backend: str, plugin: str = args.plugin, label: str = "") -> tuple[float, int]:
+            add_ms, add_rss = mgw("ADD", "web", backend, plugin)
+            del_ms, del_rss = mgw("DEL", "web", backend, plugin)
+            add_samples.setdefault(label or backend, []).append(add_ms)
+            del_samples.setdefault(label or backend, []).append(del_ms)
             return add_ms + del_ms, max(add_rss, del_rss)
 
         portmap_conf = {"cniVersion": "1.0.0", "name": "mgw-test", "type": "portmap",
@@ -123,6 +127,9 @@ def main() -> None:
         for backend in BACKENDS:
             steps[f"protected {backend}"] = lambda b=backend: protected_add_del(b)
             steps[f"plain {backend}"] = lambda b=backend: mgw("ADD", "plain", b)
+        if args.baseline:
+            steps["protected baseline"] = lambda: protected_add_del("iptables-legacy", args.baseline, "baseline")
+            steps["plain baseline"] = lambda: mgw("ADD", "plain", "iptables-legacy", args.baseline)
         steps["verdict"] = verdict
         steps["netns_exec"] = lambda: timed(
             ["ip", "netns", "exec", pod.netns, "setpriv", f"--reuid={VALIDATOR_UID}", "--", "true"], {}, b"")
@@ -141,10 +148,10 @@ def main() -> None:
     (verdict_ms, _), (netns_exec_ms, _) = results["verdict"], results["netns_exec"]
     runs = slice(args.warmup, None)  # the warm-up rounds' samples are not counted
     print(f"portmap ADD+DEL (1 mapping)              {portmap_ms:8.1f} ms   peak RSS {portmap_rss / 1024:6.1f} MiB")
-    for backend in BACKENDS:
+    for backend in (*BACKENDS, "baseline") if args.baseline else BACKENDS:
         protected_ms, protected_rss = results[f"protected {backend}"]
         plain_ms, plain_rss = results[f"plain {backend}"]
-        print(f"[{backend}]")
+        print(f"[baseline {args.baseline}, iptables-legacy]" if backend == "baseline" else f"[{backend}]")
         print(f"  protected ADD+DEL                      {protected_ms:8.1f} ms   peak RSS "
               f"{protected_rss / 1024:6.1f} MiB   ratio {protected_ms / portmap_ms:.2f} (target <= 0.85)")
         print(f"    of which ADD                         {statistics.median(add_samples[backend][runs]):8.1f} ms")
