@@ -37,12 +37,10 @@ def library_path(filename: str) -> str:
     return filename
 
 
+# python-iptables resolves libc, libxtables and libip4tc/libip6tc through ctypes.util.find_library,
+# measured at ~80 ms per import (cProfile), paid by every family worker on every ADD.
 def find_library_fast(name: str) -> str | None:
-    """ctypes.util.find_library without spawning gcc and ldconfig: a direct look in the library dirs.
-
-    python-iptables resolves libc, libxtables and libip4tc/libip6tc through ctypes.util.find_library,
-    which costs ~80 ms per import (cProfile), paid by every family worker on every ADD.
-    """
+    """ctypes.util.find_library without spawning gcc and ldconfig: a direct look in the library dirs."""
     if name == "c":
         return "libc.so.6"
     for libdir in _library_dirs():
