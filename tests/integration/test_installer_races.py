@@ -62,6 +62,16 @@ def generation_doc(gen: int, entry: dict[str, Any] | None = None) -> dict[str, A
     return with_generation(json.loads(CALICO.read_text()), gen, entry)
 
 
+def chained_daemon(node, host: Host, revert_warning_threshold: str) -> tuple[Path, Daemon, dict[str, Any]]:
+    """The agent's first document, then the installer daemon, ready (it has chained it): the file, the
+    daemon and our entry."""
+    path = host.net_dir / "10-calico.conflist"
+    agent(path, "--start", "1", "--writes", "1")
+    daemon = Daemon(node, host, MGW_REPAIR_MODE="none", MGW_REVERT_WARNING_THRESHOLD=revert_warning_threshold)
+    assert wait_for(daemon.ready, timeout=15), daemon.log()
+    return path, daemon, host.settings().plugin_entry()
+
+
 def report(capsys, name: str, **figures: dict[str, Any]) -> None:
     with capsys.disabled():
         print(f"\n{name}: " + "; ".join(f"{who}: {json.dumps(f)}" for who, f in figures.items()))
@@ -92,11 +102,7 @@ def test_agent_write_during_the_revert_pause_is_kept(tmp_path, capsys):
 def test_daemon_keeps_the_newer_document_written_during_its_pause(node_host, capsys):
     """The same with the daemon as a process: the agent writes as soon as the installer logs the back-off."""
     node, host = node_host
-    path = host.net_dir / "10-calico.conflist"
-    agent(path, "--start", "1", "--writes", "1")
-    daemon = Daemon(node, host, MGW_REPAIR_MODE="none", MGW_REVERT_WARNING_THRESHOLD="1")
-    entry = host.settings().plugin_entry()
-    assert wait_for(daemon.ready, timeout=15), daemon.log()
+    path, daemon, entry = chained_daemon(node, host, revert_warning_threshold="1")
     agent(path, "--start", "7", "--writes", "1")
     assert wait_for(lambda: any(e.get("level") == "WARNING" for e in daemon.log()), timeout=15), daemon.log()
     figures = agent(path, "--start", "8", "--writes", "1")
@@ -111,11 +117,7 @@ def test_daemon_keeps_the_newer_document_written_during_its_pause(node_host, cap
 def test_tight_loop_agent_never_loses_a_write_to_rechaining(node_host, tmp_path, capsys):
     """2000 writes in bursts of 50; after each burst the installer re-chains, racing the next burst."""
     node, host = node_host
-    path = host.net_dir / "10-calico.conflist"
-    agent(path, "--start", "1", "--writes", "1")
-    daemon = Daemon(node, host, MGW_REPAIR_MODE="none", MGW_REVERT_WARNING_THRESHOLD="60000")
-    entry = host.settings().plugin_entry()
-    assert wait_for(daemon.ready, timeout=15), daemon.log()
+    path, daemon, entry = chained_daemon(node, host, revert_warning_threshold="60000")
     reader = Reader(path, tmp_path / "stop-reader")
     figures = agent(path, "--start", "2", "--writes", "2000", "--burst", "50")
     assert wait_for(lambda: conflist.is_chained(host.conf("10-calico.conflist"), entry), timeout=15)
