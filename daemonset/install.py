@@ -203,7 +203,8 @@ class Installer:
         A revert is counted in the first round of a chain() only, however many rounds a conflict takes.
         """
         entry = self.settings.plugin_entry()
-        primary = conflist.choose_primary(self._conf_files())
+        snapshot = self._conf_files()
+        primary = conflist.choose_primary(snapshot)
         if primary is None:
             return "waiting"
         if conflist.is_chained(primary.document, entry) and not primary.was_single:
@@ -223,7 +224,8 @@ class Installer:
             parked = source + ORIGINAL_SUFFIX
             if not files.move_if_unchanged(source, primary.raw, parked):
                 return None
-            if not files.replace_if_unchanged(target, files.read(target), data):
+            # The .conflist beside it (ours from before, or absent) must also still be what we read.
+            if not files.replace_if_unchanged(target, snapshot.get(conflist.target_name(primary)), data):
                 files.put_back(parked, source)
                 return None
         self.written[target] = data
