@@ -54,7 +54,7 @@ def daemonset_deleted(api: Any, settings: Settings) -> bool:
         if isinstance(exc, ApiException) and exc.status == 404:
             return True
         log("warn", "cannot tell whether the DaemonSet is being deleted; leaving the plugin installed",
-            error=describe_api_error(exc, os.path.join(settings.service_account_dir, "ca.crt")))
+            error=describe_api_error(exc, api.configuration.ssl_ca_cert))
         return False
     return ds.metadata.deletion_timestamp is not None
 
@@ -82,10 +82,9 @@ def _taint_gate(settings: Settings, api: Any, metrics: Metrics) -> TaintGate:
                                "KUBERNETES_SERVICE_HOST to lift the taint; set MGW_STARTUP_TAINT= (empty) to turn "
                                "the gate off")
 
-    def opened(seconds: float | None) -> None:
+    def opened(seconds: float) -> None:
         metrics.node_untainted.set(1)
-        if seconds is not None:
-            metrics.untaint_seconds.set(seconds)
+        metrics.untaint_seconds.set(seconds)
 
     gate = TaintGate(api, settings.node_name, settings.startup_taint, log,
                      on_failure=lambda reason: metrics.untaint_failures.labels(reason=reason).inc(), on_open=opened)

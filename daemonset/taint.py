@@ -13,14 +13,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from daemonset.api import certificate_rejection
+from daemonset.api import certificate_rejection, describe_api_error
 from daemonset.install import verify_plugin
 
 READY_POLL_SECONDS = 0.2
 FIRST_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 30.0
 CONFLICT_RETRIES = 5
-REASONS = {401: "unauthorized", 403: "forbidden", 404: "node_not_found", 409: "conflict", 422: "invalid"}
+# 409 never gets here: lift() re-reads on it and, past CONFLICT_RETRIES, raises StillConflicting.
+REASONS = {401: "unauthorized", 403: "forbidden", 404: "node_not_found", 422: "invalid"}
 
 
 class NotRunnable(RuntimeError):
@@ -31,7 +32,7 @@ class StillConflicting(RuntimeError):
     """Others kept changing the node between our read and our write."""
 
 
-def failure_reason(exc: BaseException) -> tuple[str, str]:
+def failure_reason(exc: BaseException, ca_path: str) -> tuple[str, str]:
     """A bounded metric label and the detail to log (the API's own message where it sent one)."""
     from kubernetes.client.exceptions import ApiException
 
@@ -46,10 +47,8 @@ def failure_reason(exc: BaseException) -> tuple[str, str]:
         return "plugin_not_runnable", str(exc)
     if isinstance(exc, StillConflicting):
         return "conflict", str(exc)
-    rejection = certificate_rejection(exc)
-    if rejection is not None:
-        return "certificate_rejected", f"API server certificate rejected: {rejection}"
-    return "unreachable", f"{type(exc).__name__}: {exc}"
+    reason = "unreachable" if certificate_rejection(exc) is None else "certificate_rejected"
+    return reason, describe_api_error(exc, ca_path)
 
 
 class TaintGate:
@@ -57,7 +56,7 @@ class TaintGate:
 
     def __init__(self, api: Any, node_name: str, key: str, log: Callable[..., None],
                  on_failure: Callable[[str], None] = lambda reason: None,
-                 on_open: Callable[[float | None], None] = lambda seconds: None,
+                 on_open: Callable[[float], None] = lambda seconds: None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.api = api
         self.node_name = node_name
@@ -68,7 +67,6 @@ class TaintGate:
         self.clock = clock
         self.started = clock()
         self.open = not key  # an empty key turns the gate off
-        self.seconds: float | None = None
 
     def lift(self) -> str:
         """One attempt: read the node, drop our key, write with the read resourceVersion; re-read on 409.
@@ -102,23 +100,26 @@ class TaintGate:
         raise StillConflicting(f"node {self.node_name} changed on each of {CONFLICT_RETRIES} attempts")
 
     def run(self, ready: Callable[[], bool], plugin: str, sleep: Callable[[float], bool]) -> None:
-        """Wait until `ready()`, check the installed plugin runs, then lift the taint; back off on failure.
+        """Wait until `ready()`, check once that the installed plugin runs, then lift the taint; back off on
+        failure (an API failure does not run the plugin again).
 
         `sleep(seconds)` returns True when the installer is stopping (threading.Event.wait in production,
         a fake clock in tests).
         """
         backoff = FIRST_BACKOFF_SECONDS
+        verified = False
         while not self.open:
             if not ready():
                 if sleep(READY_POLL_SECONDS):
                     return
                 continue
             try:
-                if problem := verify_plugin(plugin):
+                if not verified and (problem := verify_plugin(plugin)):
                     raise NotRunnable(problem)
+                verified = True
                 outcome = self.lift()
             except Exception as exc:
-                reason, detail = failure_reason(exc)
+                reason, detail = failure_reason(exc, self.api.configuration.ssl_ca_cert)
                 self.on_failure(reason)
                 self.log("warn", "cannot remove the start-up taint; retrying", node=self.node_name, taint=self.key,
                          reason=reason, error=detail, backoff=backoff)
@@ -126,12 +127,12 @@ class TaintGate:
                     return
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                 continue
-            self.seconds = self.clock() - self.started
+            seconds = self.clock() - self.started
             self.open = True
-            self.on_open(self.seconds)
+            self.on_open(seconds)
             if outcome == "removed":
                 self.log("info", "start-up taint removed: pods may be scheduled to this node", node=self.node_name,
-                         taint=self.key, seconds=round(self.seconds, 3))
+                         taint=self.key, seconds=round(seconds, 3))
             else:
                 self.log("info", "node carries no start-up taint (lifted before, or not registered with it)",
                          node=self.node_name, taint=self.key)

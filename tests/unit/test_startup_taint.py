@@ -43,7 +43,7 @@ def api_error(status: int, message: str = "") -> ApiException:
     (ConnectionRefusedError(111, "refused"), "unreachable", "ConnectionRefusedError: [Errno 111] refused"),
 ])
 def test_failure_reasons_are_bounded_labels_with_the_apis_message(exc, reason, detail):
-    assert failure_reason(exc) == (reason, detail)
+    assert failure_reason(exc, "/sa/ca.crt") == (reason, detail)
 
 
 def test_an_empty_key_is_a_gate_that_is_open_from_the_start():
