@@ -19,7 +19,7 @@ import sys
 from cni import libraries
 from cni.backend import Backend, Conflict, retrying
 from cni.errors import NETFILTER_FAILURE, CniError
-from cni.model import TABLES, Foreign, Live, Rule, RuleSet, is_ours, ours_in
+from cni.model import TABLES, Foreign, Live, Rule, RuleSet, by_family, is_ours, ours_in
 from cni.netns import legacy_tables
 from cni.worker import fan_out
 
@@ -201,13 +201,6 @@ def _read_family(family: int, tables: tuple[str, ...]) -> list[Live]:
             else Live(family=family, table=table, chains=(), rules=(), jumps=()) for table in tables]
 
 
-def _by_family(rulesets: list[RuleSet]) -> dict[int, list[RuleSet]]:
-    grouped: dict[int, list[RuleSet]] = {}
-    for ruleset in rulesets:
-        grouped.setdefault(ruleset.family, []).append(ruleset)
-    return grouped
-
-
 class LegacyBackend(Backend):
     """iptables-legacy: python-iptables and libiptc on the x_tables kernel interface."""
 
@@ -217,7 +210,7 @@ class LegacyBackend(Backend):
         _iptc()
 
     def apply(self, rulesets: list[RuleSet]) -> None:
-        outcomes = fan_out([(family, _apply_family, (sets,)) for family, sets in _by_family(rulesets).items()])
+        outcomes = fan_out([(family, _apply_family, (sets,)) for family, sets in by_family(rulesets).items()])
         failed = [outcome for outcome in outcomes.values() if isinstance(outcome, CniError)]
         if failed:
             with contextlib.suppress(CniError):  # the apply error is the one to report

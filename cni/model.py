@@ -80,6 +80,14 @@ class RuleSet:
         return render_table(self.table, self.chains, self.rules, self.jumps)
 
 
+def by_family(rulesets: list[RuleSet]) -> dict[int, list[RuleSet]]:
+    """Rule sets grouped per address family: each backend commits a family's tables together."""
+    grouped: dict[int, list[RuleSet]] = {}
+    for ruleset in rulesets:
+        grouped.setdefault(ruleset.family, []).append(ruleset)
+    return grouped
+
+
 @record
 class Foreign:
     """Something in our chains, or a jump into them, that no RuleSet can express."""

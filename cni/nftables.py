@@ -18,7 +18,7 @@ import struct
 from cni import nfnetlink as nl
 from cni.backend import Backend, Conflict, retrying
 from cni.errors import NETFILTER_FAILURE, CniError
-from cni.model import BUILTIN_CHAINS, TABLES, Foreign, Live, Rule, RuleSet, is_ours
+from cni.model import BUILTIN_CHAINS, TABLES, Foreign, Live, Rule, RuleSet, by_family, is_ours
 
 TYPE_CHECKING = False  # typing costs ~8 ms of a frozen start (cni/records.py): annotations only
 if TYPE_CHECKING:
@@ -248,13 +248,6 @@ def layout(rulesets: list[RuleSet]) -> list[tuple[str, list[tuple[str, Rule]]]]:
     return list(chains.items())
 
 
-def _by_family(rulesets: list[RuleSet]) -> dict[int, list[RuleSet]]:
-    grouped: dict[int, list[RuleSet]] = {}
-    for ruleset in rulesets:
-        grouped.setdefault(ruleset.family, []).append(ruleset)
-    return grouped
-
-
 def batch(rulesets: list[RuleSet], present: set[int]) -> list[nl.Command]:
     """The one transaction that replaces our tables (in the families `present`) with these rule sets.
 
@@ -262,7 +255,7 @@ def batch(rulesets: list[RuleSet], present: set[int]) -> list[nl.Command]:
     we looked aborts the whole transaction instead of merging into it. Deleting nothing also keeps the
     socket's close quick: nf_tables waits for an RCU grace period there once it has objects to free."""
     commands: list[nl.Command] = []
-    wanted = _by_family(rulesets)
+    wanted = by_family(rulesets)
     for family, nfproto in FAMILIES.items():
         if family in present:
             commands.append((nl.DELTABLE, nfproto, 0, _table(), f"delete IPv{family} table {TABLE}"))
@@ -491,16 +484,29 @@ def _present(sock: nl.Netlink) -> set[int]:
             if obj.family in by_proto and nl.text(obj.attrs.get(TABLE_NAME, b"")) == TABLE}
 
 
+class _NothingWithoutNfTables:
+    """Reading or removing in a kernel without nf_tables (or that may not load it) finds nothing of ours
+    instead of failing: DEL on a legacy-only node, diagnose anywhere. Applying never tolerates it."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> bool:
+        return isinstance(exc, nl.NetlinkError) and exc.errno in nl.UNSUPPORTED
+
+
 def _snapshot() -> dict[int, tuple[dict[str, Any], list[tuple[str, bytes]]]]:
     """Per family that has our table: {chain: (type, hook, priority, policy) or None for a regular
     chain} and [(chain, expressions)] in the table's order."""
-    with nl.Netlink() as sock:
+    present: set[int] = set()
+    with _NothingWithoutNfTables(), nl.Netlink() as sock:
         present = _present(sock)
-        if not present:
-            return {}
-        chains = sock.dump(nl.GETCHAIN)
-        # Unfiltered: a rule dump filtered by table name stops after the first family's table.
-        rules = sock.dump(nl.GETRULE)
+        if present:
+            chains = sock.dump(nl.GETCHAIN)
+            # Unfiltered: a rule dump filtered by table name stops after the first family's table.
+            rules = sock.dump(nl.GETRULE)
+    if not present:
+        return {}
     by_proto = {FAMILIES[family]: family for family in present}
     state: dict[int, tuple[dict[str, Any], list[tuple[str, bytes]]]] = {family: ({}, []) for family in present}
     for chain in chains:
@@ -602,15 +608,11 @@ class NftablesBackend(Backend):
         return lives
 
     def remove(self) -> bool:
-        try:
-            with nl.Netlink() as sock:
-                present = _present(sock)
-                if present:
-                    sock.transact(batch([], present))
-        except nl.NetlinkError as exc:
-            if exc.errno in nl.UNSUPPORTED:  # no nf_tables here, so nothing of ours either (DEL on legacy)
-                return False
-            raise
+        present: set[int] = set()
+        with _NothingWithoutNfTables(), nl.Netlink() as sock:
+            present = _present(sock)
+            if present:
+                sock.transact(batch([], present))
         return bool(present)
 
     def syntax(self, rule: Rule, family: int, table: str) -> str:

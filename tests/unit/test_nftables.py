@@ -154,3 +154,31 @@ def test_nft_tables_match_the_golden_files(case, family):
     if golden.UPDATE:
         path.write_text(text)
     assert text == path.read_text(), f"{path.name} differs (MGW_UPDATE_GOLDEN=1 rewrites it):\n{text}"
+
+
+@pytest.mark.parametrize("err", nl.UNSUPPORTED)
+def test_a_kernel_without_nf_tables_holds_nothing_of_ours(monkeypatch, err):
+    """Reading and removing find nothing (DEL on a legacy-only node, diagnose anywhere); applying fails.
+    The kernel's refusal is simulated: this machine has nf_tables."""
+    def no_nf_tables() -> nl.Netlink:
+        raise nl.NetlinkError("cannot open a netfilter netlink socket", err)
+
+    monkeypatch.setattr(nl, "Netlink", no_nf_tables)
+    backend = nftables.NftablesBackend()
+    assert not any(live.chains or live.rules or live.jumps for live in backend.read([4, 6]))
+    assert backend.remove() is False
+    rulesets = build_rulesets(plan_for(golden.CASES["no-mesh"]), PluginConfig(), [4])
+    with pytest.raises(CniError, match="cannot open a netfilter netlink socket"):
+        backend.apply(rulesets)
+
+
+def test_other_netlink_errors_still_fail_reading_and_removing(monkeypatch):
+    def refused() -> nl.Netlink:
+        raise nl.NetlinkError("cannot open a netfilter netlink socket", 1)
+
+    monkeypatch.setattr(nl, "Netlink", refused)
+    backend = nftables.NftablesBackend()
+    with pytest.raises(CniError, match="Operation not permitted"):
+        backend.read([4])
+    with pytest.raises(CniError, match="Operation not permitted"):
+        backend.remove()
