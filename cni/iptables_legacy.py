@@ -12,14 +12,13 @@ jumps written, one commit - a table replace, so a rule set is never half-written
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import sys
 
 from cni import libraries
-from cni.backend import Backend, Conflict, retrying
+from cni.backend import LEGACY, Backend, Conflict, retrying
 from cni.errors import NETFILTER_FAILURE, CniError
-from cni.model import TABLES, Foreign, Live, Rule, RuleSet, by_family, is_ours, ours_in
+from cni.model import BUILTIN_CHAINS, TABLES, Foreign, Live, Rule, RuleSet, by_family, is_ours, ours_in
 from cni.netns import legacy_tables
 from cni.worker import fan_out
 
@@ -93,8 +92,10 @@ def _remove_ours(handle: Any, table: str) -> None:
     """Everything of ours out of the handle (cni/model.py's selection), uncommitted."""
     iptc = _iptc()
     chains = {chain.name: chain for chain in handle.chains}
-    rules = {name: chain.rules for name, chain in chains.items()}
-    jumps, ours = ours_in(table, {name: [rule.target.name for rule in found] for name, found in rules.items()})
+    # Only built-in chains' rules are decoded (jumps into ours start there): others', such as Istio's
+    # chains, would cost an extension load per match on every ADD. Other chains count by name alone.
+    rules = {name: chains[name].rules for name in BUILTIN_CHAINS[table] if name in chains}
+    jumps, ours = ours_in(table, {name: [rule.target.name for rule in rules.get(name, [])] for name in chains})
     for builtin, index in jumps:
         iptc.Chain(handle, builtin).delete_rule(rules[builtin][index])
     for name in ours:
@@ -204,7 +205,7 @@ def _read_family(family: int, tables: tuple[str, ...]) -> list[Live]:
 class LegacyBackend(Backend):
     """iptables-legacy: python-iptables and libiptc on the x_tables kernel interface."""
 
-    name = "iptables-legacy"
+    name = LEGACY
 
     def prepare(self) -> None:
         _iptc()
@@ -213,6 +214,8 @@ class LegacyBackend(Backend):
         outcomes = fan_out([(family, _apply_family, (sets,)) for family, sets in by_family(rulesets).items()])
         failed = [outcome for outcome in outcomes.values() if isinstance(outcome, CniError)]
         if failed:
+            import contextlib  # the failure path only: nothing else on ADD imports it
+
             with contextlib.suppress(CniError):  # the apply error is the one to report
                 self.remove()
             raise failed[0]
