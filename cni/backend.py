@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 
+from cni.contract import NETFILTER_BACKENDS
 from cni.errors import NETFILTER_FAILURE, CniError
 from cni.model import TABLES, Live, Rule, RuleSet
 
@@ -22,9 +23,7 @@ if TYPE_CHECKING:
     T = TypeVar("T")
 
 COMMIT_ATTEMPTS = 3
-LEGACY = "iptables-legacy"
-NFTABLES = "nftables"
-DEFAULT = LEGACY
+AUTO, LEGACY, NFTABLES = NETFILTER_BACKENDS
 NAMES = (LEGACY, NFTABLES)
 LEGACY_TABLE_NAMES = ("/proc/self/net/ip_tables_names", "/proc/self/net/ip6_tables_names")
 
@@ -81,7 +80,7 @@ class Backend(abc.ABC):
         return rule.render()
 
 
-def load(name: str = DEFAULT) -> Backend:
+def load(name: str) -> Backend:
     """The backend a conflist names (`netfilterBackend`, after `choose`)."""
     if name == LEGACY:
         from cni.iptables_legacy import LegacyBackend
@@ -114,7 +113,7 @@ def choose(configured: str, paths: tuple[str, ...] = LEGACY_TABLE_NAMES) -> str:
     uses it, so the pod gets legacy rules like everything else there. Otherwise - the legacy modules
     missing (RHEL 10, Bottlerocket) or loaded but unused (iptables-nft, kube-proxy's nftables mode) -
     it gets native nftables. Two small /proc reads."""
-    if configured != "auto":
+    if configured != AUTO:
         return configured
     return LEGACY if node_uses_legacy(paths) else NFTABLES
 

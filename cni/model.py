@@ -108,9 +108,6 @@ class Live:
     jumps: tuple[Rule, ...]
     foreign: tuple[Foreign, ...] = ()
 
-    def render(self) -> str:
-        return render_table(self.table, self.chains, self.rules, self.jumps)
-
 
 def render_table(table: str, chains: tuple[str, ...], rules: tuple[Rule, ...], jumps: tuple[Rule, ...]) -> str:
     """iptables-save's order: chain declarations, built-in chains' rules, then our chains by name."""

@@ -24,7 +24,7 @@ from cni.errors import NETFILTER_FAILURE, CniError
 
 NETLINK_NETFILTER = 12
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
+NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
 NLM_F_DUMP = 0x300
 NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x200, 0x400, 0x800
 NLA_F_NESTED = 0x8000
@@ -119,10 +119,6 @@ def _message(msg_type: int, flags: int, seq: int, family: int, body: bytes, res_
     return HEADER.pack(HEADER.size + len(payload), msg_type, flags, seq, 0) + payload
 
 
-def _failure(what: str, err: int) -> NetlinkError:
-    return NetlinkError(what, err)
-
-
 class Netlink:
     """A NETLINK_NETFILTER socket in the current netns, closed on exit."""
 
@@ -131,7 +127,7 @@ class Netlink:
             self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
             self._sock.bind((0, 0))
         except OSError as exc:
-            raise _failure("cannot open a netfilter netlink socket", exc.errno or 0) from None
+            raise NetlinkError("cannot open a netfilter netlink socket", exc.errno or 0) from None
         self._seq = 1
 
     def __enter__(self) -> Netlink:
@@ -147,7 +143,7 @@ class Netlink:
         except BlockingIOError:
             return []
         except OSError as exc:
-            raise _failure("cannot read from nf_tables", exc.errno or 0) from None
+            raise NetlinkError("cannot read from nf_tables", exc.errno or 0) from None
         messages = []
         offset = 0
         while offset + HEADER.size <= len(data):
@@ -173,7 +169,7 @@ class Netlink:
                 if msg_type == NLMSG_ERROR:
                     err = -struct.unpack_from("=i", payload)[0]
                     if err:
-                        raise _failure("cannot read the nftables state", err)
+                        raise NetlinkError("cannot read the nftables state", err)
                     continue
                 obj_family = payload[0]
                 replies.append(Reply(obj_family, dict(attributes(payload[NFGEN.size:]))))
@@ -213,7 +209,7 @@ class Netlink:
             what = f"nftables transaction failed at {description if isinstance(description, str) else description()}"
             if err in (errno.EEXIST, errno.ENOENT):
                 raise Conflict(what, err)
-            raise _failure(what, err)
+            raise NetlinkError(what, err)
         if not acked:
             raise CniError(NETFILTER_FAILURE, "nftables transaction not acknowledged by the kernel")
 
@@ -221,4 +217,4 @@ class Netlink:
         try:
             self._sock.sendall(data)
         except OSError as exc:
-            raise _failure("cannot send to nf_tables", exc.errno or 0) from None
+            raise NetlinkError("cannot send to nf_tables", exc.errno or 0) from None

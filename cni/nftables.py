@@ -16,7 +16,7 @@ import socket
 import struct
 
 from cni import nfnetlink as nl
-from cni.backend import Backend, Conflict, retrying
+from cni.backend import NFTABLES, Backend, Conflict, retrying
 from cni.errors import NETFILTER_FAILURE, CniError
 from cni.model import BUILTIN_CHAINS, TABLES, Foreign, Live, Rule, RuleSet, by_family, is_ours
 
@@ -578,7 +578,7 @@ def _live(family: int, table: str, chains: dict[str, Any], rules: list[tuple[str
 class NftablesBackend(Backend):
     """Native nftables over netlink (cni/nfnetlink.py): no nft binary, no libnftables, no heavy import."""
 
-    name = "nftables"
+    name = NFTABLES
     needs_worker = False  # nothing to prepare: its imports are light (cni/nfnetlink.py)
 
     def apply(self, rulesets: list[RuleSet]) -> None:

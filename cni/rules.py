@@ -98,6 +98,10 @@ def build_ruleset(plan: Plan, config: PluginConfig, family: int) -> RuleSet:
     return RuleSet(family=family, table=NAT, chains=NAT_CHAINS, rules=tuple(rules), jumps=jumps)
 
 
+# The guard's last rule when non-TCP inbound is dropped (I7): what diagnose looks for.
+CATCH_ALL_DROP = Rule(GUARD, "DROP", protocol=None)
+
+
 def build_guard(plan: Plan, config: PluginConfig, family: int) -> RuleSet:
     """The filter-table rule set of one family: what may come in at all."""
     rules = [Rule(GUARD, "RETURN", protocol=None, in_iface="lo"),
@@ -109,7 +113,7 @@ def build_guard(plan: Plan, config: PluginConfig, family: int) -> RuleSet:
         rules.append(Rule(GUARD, "RETURN", protocol=ICMP[family]))
         rules.extend(Rule(GUARD, "RETURN", protocol="udp", dport=dport)
                      for dport in port_ranges(set(plan.allowed_udp_ports)))
-        rules.append(Rule(GUARD, "DROP", protocol=None))
+        rules.append(CATCH_ALL_DROP)
     jumps = tuple(Rule(builtin, own, protocol=None) for builtin, own in FILTER_JUMPS)
     return RuleSet(family=family, table=FILTER, chains=FILTER_CHAINS, rules=tuple(rules), jumps=jumps)
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from cni.contract import ENGINE_PORT, EXIT_NOT_REDIRECTED, PORT_RANGE, VALIDATION_PORT
-from validator.options import FAMILY_CHOICES, OPTIONS, SECONDS_RANGE, Option, ProbeOptions
+from cni.contract import EXIT_NOT_REDIRECTED, PORT_RANGE
+from validator.options import BY_NAME, FAMILY_CHOICES, OPTIONS, SECONDS_RANGE, Option, ProbeOptions
 from validator.verdict import EXIT_OK, families_for, run_probe
 
 CLICK_TYPES: dict[str, Any] = {
@@ -54,8 +54,8 @@ def probe(ctx: click.Context, /, **values: Any) -> None:
 
 
 @probe.command()
-@click.option("--engine-port", type=click.IntRange(*PORT_RANGE), default=ENGINE_PORT, show_default=True)
-@click.option("--validation-port", type=click.IntRange(*PORT_RANGE), default=VALIDATION_PORT, show_default=True)
+@_click_option(BY_NAME["engine-port"])
+@_click_option(BY_NAME["validation-port"])
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of the readable report.")
 def diagnose(engine_port: int, validation_port: int, as_json: bool) -> None:
     """Explain why the redirection fails (needs NET_ADMIN in the pod's netns, e.g. kubectl debug).

@@ -9,15 +9,19 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from cni.contract import LOOPBACK
-from cni.model import Live, Rule
-from cni.rules import FILTER, GUARD, INBOUND, NAT, OUTPUT, PREROUTING
+from cni.model import Live
+from cni.rules import CATCH_ALL_DROP, FILTER, GUARD, INBOUND, NAT, OUTPUT, PREROUTING
 
 if TYPE_CHECKING:
     from cni.backend import Backend
 
     Found = list[tuple[Backend, Live]]
 
-CATCH_ALL_DROP = Rule(GUARD, "DROP", protocol=None)
+def shown(lives: Found, table: str, with_jumps: bool) -> list[str]:
+    """Each backend's rules (and jumps) of one table in its own syntax, then what it could not read."""
+    return ([reader.syntax(r, live.family, table) for reader, live in lives
+             for r in ((*live.jumps, *live.rules) if with_jumps else live.rules)]
+            + [f"{f.text}  [unexpected: {f.reason}]" for _, live in lives for f in live.foreign])
 
 
 def guard_report(lives: Found) -> dict[str, Any]:
@@ -29,9 +33,7 @@ def guard_report(lives: Found) -> dict[str, Any]:
         non_tcp = "missing"
     else:
         non_tcp = "drop" if rules and rules[-1] == CATCH_ALL_DROP else "allow"
-    shown = [reader.syntax(r, live.family, FILTER) for reader, live in lives for r in (*live.jumps, *live.rules)]
-    shown += [f"{f.text}  [unexpected: {f.reason}]" for _, live in lives for f in live.foreign]
-    return {"rules": shown, "non_tcp": non_tcp}
+    return {"rules": shown(lives, FILTER, with_jumps=True), "non_tcp": non_tcp}
 
 
 def chain_report(families: list[int], engine_port: int) -> dict[int, dict[str, Any]]:
@@ -55,8 +57,7 @@ def chain_report(families: list[int], engine_port: int) -> dict[int, dict[str, A
         report[family] = {
             "backends": [reader.name for reader, _ in lives],
             "chains": sorted({chain for _, live in lives for chain in live.chains}),
-            "rules": [reader.syntax(r, family, NAT) for reader, live in lives for r in live.rules]
-            + [f"{f.text}  [unexpected: {f.reason}]" for _, live in lives for f in live.foreign],
+            "rules": shown(lives, NAT, with_jumps=False),
             "prerouting_jump": any(j.target == PREROUTING for j in jumps),
             "output_jump": any(j.target == OUTPUT for j in jumps),
             "redirects_to_engine": any(r.chain == INBOUND and r.target == "REDIRECT" and r.to_port == engine_port

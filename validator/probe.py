@@ -35,8 +35,7 @@ class ProbeResult:
     detail: str = ""
 
     def as_dict(self) -> dict[str, object]:
-        return {"family": self.family, "ok": self.ok, "outcome": self.outcome, "attempts": self.attempts,
-                "ms": self.ms, "detail": self.detail}
+        return self._asdict()  # type: ignore[attr-defined,no-any-return]  # a namedtuple: every field
 
 
 def ipv6_loopback_present() -> bool:
