@@ -38,8 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     with Node() as node:
         node.write_pods({f"default/p{i}": pod_fixture(f"p{i}") for i in range(20)})
-        host = Host(node.dir / "host", node.token, node.ca_pem, net_dir=node.conf_dir, bin_dir=node.bin_dir,
-                log_file=node.log_file)
+        host = Host.for_node(node)
         shutil.copy(Path(__file__).resolve().parents[1] / "tests/fixtures/cni/10-flannel.conflist", node.conf_dir)
         daemon = Daemon(node, host, installer=args.installer)
         assert wait_for(daemon.ready, timeout=30), daemon.log()

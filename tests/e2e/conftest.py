@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.bundles import ROOT, binary, ensure_built
-
-__all__ = ["ROOT", "binary"]
+from tests.support.bundles import ensure_built
 
 
 @pytest.fixture(scope="session")

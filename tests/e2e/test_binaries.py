@@ -9,8 +9,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.e2e.conftest import ROOT, binary
 from tests.integration.helpers import client_pod, target
+from tests.support.bundles import ROOT, binary
 from tests.support.installer import Daemon, Host
 from tests.support.node import pod_fixture, wait_for
 
@@ -24,8 +24,7 @@ def test_runs_without_python_or_iptables_in_the_environment(binaries):
 
 
 def test_installer_plugin_and_validator_binaries_protect_a_pod(binaries, node):
-    host = Host(node.dir / "host", node.token, node.ca_pem, net_dir=node.conf_dir, bin_dir=node.bin_dir,
-                log_file=node.log_file)
+    host = Host.for_node(node)
     primary = node.write_conflist(chained=False, name="10-primary.conflist")
     daemon = Daemon(node, host, installer=str(binary("microgateway-cni-installer")),
                     MGW_PLUGIN_BINARY=str(binary("microgateway-cni")), MGW_REPAIR_MODE="none")

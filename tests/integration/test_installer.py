@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,8 +21,7 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cni"
 
 @pytest.fixture
 def node_host(node):
-    return node, Host(node.dir / "host", node.token, node.ca_pem, net_dir=node.conf_dir, bin_dir=node.bin_dir,
-                log_file=node.log_file)
+    return node, Host.for_node(node)
 
 
 def test_installed_chain_works_end_to_end_through_libcni(node_host):
@@ -120,9 +117,7 @@ def test_repair_deletes_failed_pods_once_with_an_event(node_host):
     assert deletes[0]["body"]["preconditions"]["uid"] == "uid-broken"
     assert len(events) == 1 and events[0]["body"]["type"] == "Warning"
     assert events[0]["body"]["involvedObject"]["uid"] == "uid-broken"
-    metrics = subprocess.run(["ip", "netns", "exec", node.netns, sys.executable, "-c",
-                              "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:8000/metrics')"
-                              ".read().decode())"], capture_output=True, text=True).stdout
+    metrics = daemon.metrics()
     assert 'microgateway_cni_repairs_total{result="success"} 1.0' in metrics
     assert "microgateway_cni_ready 1.0" in metrics
     assert daemon.stop() == 0

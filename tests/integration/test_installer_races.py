@@ -30,8 +30,7 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 @pytest.fixture
 def node_host(node):
-    return node, Host(node.dir / "host", node.token, node.ca_pem, net_dir=node.conf_dir, bin_dir=node.bin_dir,
-                      log_file=node.log_file)
+    return node, Host.for_node(node)
 
 
 def agent(path: Path, *args: str) -> dict[str, Any]:

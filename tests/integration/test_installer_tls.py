@@ -48,8 +48,7 @@ def test_refuses_an_api_server_whose_certificate_another_ca_signed_and_says_why(
     node.spawn(node.netns, [sys.executable, "-m", "tests.support.kubeapi", "--port", OTHER_API_PORT,
                             "--cert", str(cert), "--key", str(key), "--token", node.token,
                             "--fixtures", str(node.fixtures), "--journal", str(node.journal)])
-    host = Host(node.dir / "host", node.token, node.ca_pem, net_dir=node.conf_dir, bin_dir=node.bin_dir,
-                log_file=node.log_file)
+    host = Host.for_node(node)
     shutil.copy(FIXTURES / "10-calico.conflist", host.net_dir / "10-calico.conflist")
     kubeconfig = host.net_dir / "microgateway-cni-kubeconfig"
 

@@ -21,10 +21,7 @@ PORTS = [8080, 8081, 9090, 15000, 15020]
 
 def write_istio(node, pod, istio_backend: str) -> None:
     if istio_backend == "native-nft":
-        done = subprocess.run(["ip", "netns", "exec", pod.netns, "nft", "-f", "-"],
-                              input=istio_nft_rules(node.families, exclude_inbound=(9090,)), text=True,
-                              capture_output=True)
-        assert done.returncode == 0, done.stderr
+        node.exec(pod.netns, ["nft", "-f", "-"], input=istio_nft_rules(node.families, exclude_inbound=(9090,)))
         return
     for family in node.families:
         tool = ("iptables" if family == 4 else "ip6tables") + f"-{istio_backend}-restore"

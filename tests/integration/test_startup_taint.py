@@ -12,7 +12,6 @@ import ctypes
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -99,8 +98,7 @@ class Gate:
 
 @pytest.fixture
 def host(node: Node) -> Host:
-    return Host(node.dir / "host", node.token, node.ca_pem, net_dir=node.conf_dir, bin_dir=node.bin_dir,
-                log_file=node.log_file)
+    return Host.for_node(node)
 
 
 def taints(node: Node) -> list[dict[str, Any]]:
@@ -198,29 +196,24 @@ def test_node_already_untainted(node, host):
 
 # -- the installer as a process -------------------------------------------------------------------------
 
-def metrics(node: Node) -> str:
-    return subprocess.run(["ip", "netns", "exec", node.netns, sys.executable, "-c",
-                           "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:8000/metrics')"
-                           ".read().decode())"], capture_output=True, text=True).stdout
-
-
 def test_installer_reports_ready_only_once_the_taint_is_gone(node, host):
     node.write_nodes({"node-1": node_fixture(taints=[STARTUP_TAINT, OTHER])})
     node.write_fixture("forbidden", ["patch nodes"])
     daemon = Daemon(node, host, MGW_REPAIR_MODE="none")
+    assert wait_for(lambda: "microgateway_cni_node_untainted 0.0" in daemon.metrics(check=False), timeout=15)
     time.sleep(1.0)
-    assert "microgateway_cni_untaint_failures_total{" not in metrics(node), "no attempt before the plugin is chained"
+    assert "microgateway_cni_untaint_failures_total{" not in daemon.metrics(), "no attempt before the plugin is chained"
     assert not [e for e in node.journal_entries() if e["verb"] == "patch-node"]
     shutil.copy(FIXTURES / "10-flannel.conflist", host.net_dir / "10-flannel.conflist")
-    assert wait_for(lambda: "microgateway_cni_untaint_failures_total{reason=\"forbidden\"}" in metrics(node),
+    assert wait_for(lambda: "microgateway_cni_untaint_failures_total{reason=\"forbidden\"}" in daemon.metrics(),
                     timeout=15), daemon.log()
     assert host.conf("10-flannel.conflist")["plugins"][-1]["type"] == "microgateway-cni"
     assert not daemon.ready(), "chained but still tainted: not ready"
-    assert "microgateway_cni_node_untainted 0.0" in metrics(node) and taints(node) == [STARTUP_TAINT, OTHER]
+    assert "microgateway_cni_node_untainted 0.0" in daemon.metrics() and taints(node) == [STARTUP_TAINT, OTHER]
     node.write_fixture("forbidden", [])
     assert wait_for(daemon.ready, timeout=15), daemon.log()
     assert taints(node) == [OTHER]
-    text = metrics(node)
+    text = daemon.metrics()
     assert "microgateway_cni_node_untainted 1.0" in text and "microgateway_cni_ready 1.0" in text
     seconds = next(line for line in text.splitlines() if line.startswith("microgateway_cni_untaint_seconds "))
     assert float(seconds.split()[1]) > 1.0

@@ -91,10 +91,7 @@ def write_istio_inside(pod: UsernsPod, lockfile: Path) -> None:
     lockfile.chmod(0o666)
     for family in (4, 6):
         tool = "iptables-legacy-restore" if family == 4 else "ip6tables-legacy-restore"
-        done = subprocess.run(["ip", "netns", "exec", pod.pod.netns,
-                               *pod.command(["env", f"XTABLES_LOCKFILE={lockfile}", tool, "--noflush"])],
-                              input=istio_rules(family), text=True, capture_output=True)
-        assert done.returncode == 0, done.stderr
+        pod.inside(["env", f"XTABLES_LOCKFILE={lockfile}", tool, "--noflush"], input=istio_rules(family))
 
 
 @pytest.mark.parametrize("mesh", ["none", "istio"])

@@ -33,6 +33,12 @@ class Host:
         for name in ("token", "ca.crt"):
             (self.sa / name).symlink_to(Path("..data") / name)
 
+    @classmethod
+    def for_node(cls, node: Node) -> Host:
+        """The test node's own host root: its CNI dirs, API token, CA and plugin log."""
+        return cls(node.dir / "host", node.token, node.ca_pem, net_dir=node.conf_dir, bin_dir=node.bin_dir,
+                   log_file=node.log_file)
+
     def rotate(self, token: str) -> None:
         """What the kubelet does for a projected volume: new timestamped dir, atomic ..data swap."""
         data = self.sa / f"..{time.time_ns()}"
@@ -71,6 +77,13 @@ class Daemon:
         done = subprocess.run(["ip", "netns", "exec", self.node.netns, self.installer, "probe", "--port", "8000"],
                               capture_output=True)
         return done.returncode == 0
+
+    def metrics(self, check: bool = True) -> str:
+        """/metrics as the installer serves it; with check=False "" while it does not answer (yet)."""
+        done = self.node.exec(self.node.netns, [sys.executable, "-c", "import urllib.request;print(urllib.request."
+                                                "urlopen('http://127.0.0.1:8000/metrics').read().decode())"],
+                              check=check)
+        return done.stdout if done.returncode == 0 else ""
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cni.backend import NAMES as BACKENDS
 from cni.contract import INJECT
 from tests.support import bundles
 
@@ -33,7 +34,6 @@ API_HOST_NAME = "kube-apiserver.mgwt.test"  # in the stand-in's certificate; res
 APP_UID, ENGINE_UID, ISTIO_UID, VALIDATOR_UID = 1000, 1001, 1337, 1002
 SUBNET4, GATEWAY4 = "10.88.0.0/24", "10.88.0.1"
 SUBNET6, GATEWAY6 = "fd00:88::/64", "fd00:88::1"
-BACKENDS = ("iptables-legacy", "nftables")
 NFT_FAMILY = {4: "ip", 6: "ip6"}
 # Run by root inside the private mount namespace `ip netns exec` makes for one command, before it drops
 # to another uid: a tmpfs over the top-most directory that others cannot enter (/root is 0700), with
