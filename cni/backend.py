@@ -36,15 +36,13 @@ def retrying(attempt: Callable[[], T], what: str) -> T:
     """attempt() until it does not raise Conflict, at most COMMIT_ATTEMPTS times; then a CNI error.
 
     One attempt is a whole snapshot -> change -> commit, so a retry never mixes two snapshots."""
-    for _ in range(COMMIT_ATTEMPTS - 1):
+    last: Conflict | None = None
+    for _ in range(COMMIT_ATTEMPTS):
         try:
             return attempt()
-        except Conflict:
-            continue
-    try:
-        return attempt()
-    except Conflict as exc:
-        raise CniError(NETFILTER_FAILURE, f"{what}: {exc} (gave up after {COMMIT_ATTEMPTS} attempts)") from None
+        except Conflict as exc:
+            last = exc
+    raise CniError(NETFILTER_FAILURE, f"{what}: {last} (gave up after {COMMIT_ATTEMPTS} attempts)")
 
 
 class Backend(abc.ABC):
@@ -116,13 +114,6 @@ def choose(configured: str, paths: tuple[str, ...] = LEGACY_TABLE_NAMES) -> str:
     if configured != AUTO:
         return configured
     return LEGACY if node_uses_legacy(paths) else NFTABLES
-
-
-class Everywhere:
-    """Every backend at once, for removal only (DEL): what ADD wrote under another backend goes too."""
-
-    def remove(self) -> bool:
-        return bool(remove_everywhere())
 
 
 def remove_everywhere(names: tuple[str, ...] = NAMES) -> list[str]:

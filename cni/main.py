@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from cni.applier import Applier
-    from cni.backend import Backend, Everywhere
+    from cni.backend import Backend
     from cni.policy import PodFacts
 
     Lookup = Callable[[Request, PluginConfig], PodFacts]
@@ -68,11 +68,11 @@ def load_backend(config: PluginConfig) -> Backend:
     return backend.load(backend.choose(config.netfilter_backend))
 
 
-def every_backend(config: PluginConfig) -> Everywhere:
+def remove_from_every_backend() -> list[str]:
     """DEL removes ours from every backend: the node may have switched since the pod's ADD."""
-    from cni.backend import Everywhere
+    from cni.backend import remove_everywhere
 
-    return Everywhere()
+    return remove_everywhere()
 
 
 def _skip_reason(request: Request, config: PluginConfig) -> str:
@@ -120,7 +120,7 @@ def cmd_check(request: Request, config: PluginConfig, logger: Logger, lookup: Lo
 
 
 def cmd_del(request: Request, config: PluginConfig, logger: Logger,
-            backend: Callable[[PluginConfig], Backend | Everywhere] = every_backend) -> None:
+            remove: Callable[[], list[str]] = remove_from_every_backend) -> None:
     from cni.netns import NetnsGone, enter
 
     if not request.netns:
@@ -136,8 +136,8 @@ def cmd_del(request: Request, config: PluginConfig, logger: Logger,
         logger.warn("netns not usable on DEL, treating it as gone", error=exc.msg)
         return
     try:
-        if backend(config).remove():
-            logger.info("redirection removed")
+        if removed := remove():
+            logger.info("redirection removed", backends=removed)
     except CniError as exc:
         # Failing DEL would stop libcni's chain and leave the pod stuck Terminating; the rules live
         # only in this netns, which the runtime destroys right after DEL.

@@ -91,6 +91,10 @@ class Harness:
         self.appliers.append(applier)
         return applier
 
+    def remove(self) -> list[str]:
+        """DEL's removal, through the fake backend alone."""
+        return [self.backend.name] if self.backend.remove() else []
+
     def lookup_returning(self, facts: PodFacts):
         def lookup(request: Request, config: PluginConfig) -> PodFacts:
             self.lookups += 1
@@ -233,7 +237,7 @@ def test_check_of_an_unprotected_pod_reads_nothing():
 @pytest.mark.parametrize("netns", ["", "/run/netns/mgw-unit-never-existed"])
 def test_del_without_a_netns_succeeds_without_the_backend(netns):
     harness = Harness()
-    main.cmd_del(request_for("DEL", netns=netns), CONFIG, LOGGER, lambda config: harness.backend)
+    main.cmd_del(request_for("DEL", netns=netns), CONFIG, LOGGER, harness.remove)
     assert harness.backend.calls == []
 
 
@@ -242,7 +246,7 @@ def test_del_on_a_netns_path_that_is_no_namespace_any_more_succeeds(tmp_path):
     stale = tmp_path / "netns"
     stale.write_text("")
     harness = Harness()
-    main.cmd_del(request_for("DEL", netns=str(stale)), CONFIG, LOGGER, lambda config: harness.backend)
+    main.cmd_del(request_for("DEL", netns=str(stale)), CONFIG, LOGGER, harness.remove)
     assert harness.backend.calls == []
 
 
@@ -253,11 +257,11 @@ def test_del_that_cannot_remove_still_succeeds(monkeypatch, capsys):
     monkeypatch.setattr(cni.netns, "enter", lambda path: None)
     harness = _configured()
     harness.backend.fail = CniError(NETFILTER_FAILURE, "cannot delete MGW_INBOUND")
-    main.cmd_del(request_for("DEL"), CONFIG, Logger("warn"), lambda config: harness.backend)
+    main.cmd_del(request_for("DEL"), CONFIG, Logger("warn"), harness.remove)
     captured = capsys.readouterr()
     assert captured.out == "" and "cannot delete MGW_INBOUND" in captured.err
     harness.backend.fail = None
-    main.cmd_del(request_for("DEL"), CONFIG, LOGGER, lambda config: harness.backend)
+    main.cmd_del(request_for("DEL"), CONFIG, LOGGER, harness.remove)
     assert harness.backend.state == {}
 
 
