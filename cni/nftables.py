@@ -71,9 +71,8 @@ JUMP = -3
 VERDICT_NAMES = {code: name for name, code in VERDICTS.items()}
 ADDRESS = {4: (12, 16, 4), 6: (8, 24, 16)}  # family -> (saddr offset, daddr offset, length)
 DPORT_OFFSET = 2  # the same in TCP, UDP and SCTP headers
-# -p names (as iptables-save prints them) -> IP protocol numbers; icmpv6 is accepted as a spelling
+# -p names (as iptables-save prints them, the model's) -> IP protocol numbers
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "ipv6-icmp": 58, "sctp": 132}
-PROTOCOL_ALIASES = {"icmpv6": "ipv6-icmp"}
 PROTOCOL_NAMES = {number: name for name, number in PROTOCOLS.items()}
 PORT_PROTOCOLS = ("tcp", "udp", "sctp")
 # conntrack states in the order iptables-save prints them, and their bits in `ct state`
@@ -143,7 +142,7 @@ def _address(family: int, offset: int, cidr: str) -> list[bytes]:
 
 
 def _protocol(rule: Rule) -> str | None:
-    protocol = PROTOCOL_ALIASES.get(rule.protocol or "", rule.protocol)
+    protocol = rule.protocol
     if protocol is not None and protocol not in PROTOCOLS:
         raise CniError(NETFILTER_FAILURE, f"nftables backend: protocol {rule.protocol!r} is not supported")
     return protocol
@@ -296,7 +295,7 @@ def render(rule: Rule, family: int) -> str:
         parts.append(f'iifname "{rule.in_iface}"')
     if rule.out_iface:
         parts.append(f'oifname "{rule.out_iface}"')
-    protocol = PROTOCOL_ALIASES.get(rule.protocol or "", rule.protocol)
+    protocol = rule.protocol
     if rule.dport:
         parts.append(f"{protocol} dport " + rule.dport.replace(":", "-"))
     elif protocol:
