@@ -14,7 +14,7 @@ import pytest
 from daemonset import conflist
 from tests.integration.helpers import client_pod, target
 from tests.support.installer import Daemon, Host
-from tests.support.node import pod_fixture, wait_for
+from tests.support.node import deleted_daemonset_fixture, pod_fixture, wait_for
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cni"
 
@@ -73,13 +73,7 @@ def test_reinserts_after_rewrites_and_renames_and_follows_token_rotation(node_ho
 def test_sigterm_uninstalls_when_the_daemonset_is_deleted(node_host):
     node, host = node_host
     shutil.copy(FIXTURES / "10-calico.conflist", host.net_dir / "10-calico.conflist")
-    node.write_daemonsets({"kube-system/microgateway-cni": {
-        "apiVersion": "apps/v1", "kind": "DaemonSet",
-        "metadata": {"name": "microgateway-cni", "namespace": "kube-system", "uid": "ds-uid",
-                     "deletionTimestamp": "2026-11-22T00:00:00Z"},
-        "spec": {"selector": {"matchLabels": {"app": "microgateway-cni"}},
-                 "template": {"metadata": {"labels": {"app": "microgateway-cni"}},
-                              "spec": {"containers": [{"name": "installer", "image": "microgateway-cni"}]}}}}})
+    node.write_daemonsets(deleted_daemonset_fixture())
     daemon = Daemon(node, host, MGW_REPAIR_MODE="none")
     assert wait_for(daemon.ready, timeout=15)
     assert daemon.stop() == 0, daemon.log()

@@ -62,7 +62,7 @@ def test_live_tables_match_the_golden_files(nft_node, case):
     nft_node.add_pod_fixture(pod_fixture(name, annotations=golden.CASES[case]))
     pod = nft_node.new_pod(name, nft_node.write_conflist())
     for family in (4, 6):
-        assert nft_node.nft_table(pod, family) == (golden.DIR / f"{case}-v{family}.nft").read_text(), (case, family)
+        assert nft_node.nft_table(pod, family) == golden.path(case, family, ".nft").read_text(), (case, family)
     nft_node.cni("check", pod, nft_node.conf_dir / "10-mgw.conflist")
 
 

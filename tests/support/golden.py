@@ -35,8 +35,11 @@ CASES: dict[str, dict[str, str]] = {
 TABLES = ("nat", "filter")
 
 
-def path(case: str, family: int) -> Path:
-    return DIR / f"{case}-v{family}.rules"
+SUFFIXES = (".rules", ".nft")  # iptables-save syntax, `nft list table` syntax
+
+
+def path(case: str, family: int, suffix: str = ".rules") -> Path:
+    return DIR / f"{case}-v{family}{suffix}"
 
 
 def ours(save: str, table: str = "nat") -> str:
@@ -65,9 +68,9 @@ def ours_in_tables(save: str) -> str:
     return "".join(ours(save, table) for table in TABLES)
 
 
-def check(case: str, family: int, text: str, update: bool = False) -> None:
+def check(case: str, family: int, text: str, update: bool = False, suffix: str = ".rules") -> None:
     """Assert text equals the golden file; with update (the unit tests under MGW_UPDATE_GOLDEN=1), write it."""
-    golden = path(case, family)
+    golden = path(case, family, suffix)
     if update and UPDATE:
         golden.write_text(text)
     assert golden.exists(), f"{golden} missing: run the unit tests with MGW_UPDATE_GOLDEN=1"

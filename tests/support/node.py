@@ -91,6 +91,17 @@ def pod_fixture(name: str, namespace: str = "default", protected: bool = True,
             "status": {"phase": "Pending"}}
 
 
+def deleted_daemonset_fixture() -> dict[str, Any]:
+    """The installer's own DaemonSet, being deleted: its SIGTERM then uninstalls."""
+    return {"kube-system/microgateway-cni": {
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "microgateway-cni", "namespace": "kube-system", "uid": "ds-uid",
+                     "deletionTimestamp": "2026-11-22T00:00:00Z"},
+        "spec": {"selector": {"matchLabels": {"app": "microgateway-cni"}},
+                 "template": {"metadata": {"labels": {"app": "microgateway-cni"}},
+                              "spec": {"containers": [{"name": "installer", "image": "microgateway-cni"}]}}}}}
+
+
 STARTUP_TAINT = {"key": "microgateway-cni.airlock.com/not-ready", "effect": "NoSchedule"}
 INSTALLER_USER = "system:serviceaccount:kube-system:microgateway-cni"
 

@@ -18,5 +18,6 @@ def test_rules_match_the_golden_files(case: str, family: int) -> None:
 
 
 def test_every_golden_file_belongs_to_a_case() -> None:
-    expected = {golden.path(case, family).name for case in golden.CASES for family in (4, 6)}
-    assert {p.name for p in golden.DIR.glob("*.rules")} == expected
+    expected = {golden.path(case, family, suffix).name
+                for case in golden.CASES for family in (4, 6) for suffix in golden.SUFFIXES}
+    assert {p.name for p in golden.DIR.iterdir()} == expected

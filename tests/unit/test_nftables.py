@@ -149,11 +149,7 @@ def test_render_matches_nft_list_syntax():
 def test_nft_tables_match_the_golden_files(case, family):
     """tests/golden/<case>-v<family>.nft: what `nft list table` prints for the case (MGW_UPDATE_GOLDEN=1)."""
     rulesets = build_rulesets(plan_for(golden.CASES[case]), PluginConfig(), [family])
-    text = nftables.render_table(rulesets)
-    path = golden.DIR / f"{case}-v{family}.nft"
-    if golden.UPDATE:
-        path.write_text(text)
-    assert text == path.read_text(), f"{path.name} differs (MGW_UPDATE_GOLDEN=1 rewrites it):\n{text}"
+    golden.check(case, family, nftables.render_table(rulesets), update=True, suffix=".nft")
 
 
 @pytest.mark.parametrize("err", nl.UNSUPPORTED)
