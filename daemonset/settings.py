@@ -115,10 +115,10 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
 
 def from_env(env: Mapping[str, str]) -> Settings:
     values: dict[str, Any] = {attr: env[var] for var, attr in ENV.items() if env.get(var)}
-    _choice("MGW_MODE", values.get("mode", "chained"), MODES)
-    _choice("MGW_REPAIR_MODE", values.get("repair_mode", "deletePods"), REPAIR_MODES)
-    _choice("MGW_LOG_LEVEL", values.get("log_level", "info"), LOG_LEVELS)
-    _choice("MGW_NETFILTER_BACKEND", values.get("netfilter_backend", "auto"), NETFILTER_BACKENDS)
+    for var, attr, allowed in (("MGW_MODE", "mode", MODES), ("MGW_REPAIR_MODE", "repair_mode", REPAIR_MODES),
+                               ("MGW_LOG_LEVEL", "log_level", LOG_LEVELS),
+                               ("MGW_NETFILTER_BACKEND", "netfilter_backend", NETFILTER_BACKENDS)):
+        _choice(var, values.get(attr) or Settings._field_defaults[attr], allowed)
     if "MGW_EXCLUDE_NAMESPACES" in env:
         values["exclude_namespaces"] = tuple(n.strip() for n in env["MGW_EXCLUDE_NAMESPACES"].split(",") if n.strip())
     for var, attr in (("MGW_LISTEN_PORT", "listen_port"), ("MGW_REVERT_WARNING_THRESHOLD", "revert_warning_threshold")):
