@@ -8,6 +8,14 @@ from typing import Any
 
 from daemonset.settings import Settings
 
+# Every API retry of the installer (taint gate, pod repair) waits FIRST_BACKOFF_SECONDS, then doubles.
+FIRST_BACKOFF_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 30.0
+
+
+def next_backoff(seconds: float) -> float:
+    return min(seconds * 2, MAX_BACKOFF_SECONDS)
+
 
 def certificate_rejection(exc: BaseException) -> str | None:
     """Why TLS verification refused the API server, found anywhere in the exception's causes; else None.

@@ -13,10 +13,10 @@ from typing import Any
 
 from cni.contract import ANNOTATION_PREFIX, EXIT_NOT_REDIRECTED, PLUGIN_TYPE, VALIDATOR_CONTAINER
 from cni.policy import is_protected
+from daemonset.api import FIRST_BACKOFF_SECONDS, next_backoff
 
 REPAIR_LABEL = ANNOTATION_PREFIX + "network-validation"
 QUEUE_LIMIT = 1000
-MAX_BACKOFF_SECONDS = 30.0
 
 
 def needs_repair(pod: dict[str, Any]) -> bool:
@@ -103,7 +103,7 @@ class Repairer:
             except queue.Empty:
                 continue
             steps = [self.mutate, self.record_event]
-            backoff = 0.5
+            backoff = FIRST_BACKOFF_SECONDS
             for _ in range(8):
                 try:
                     while steps:
@@ -120,7 +120,7 @@ class Repairer:
                     self.log("warn", "repair step failed; retrying", step=steps[0].__name__, error=str(exc))
                 if stop.wait(backoff):
                     return
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                backoff = next_backoff(backoff)
             else:
                 self.count("failure")
 
@@ -129,7 +129,7 @@ class Repairer:
 
         core = client.CoreV1Api(self.api)
         selector = f"spec.nodeName={self.node_name}"
-        backoff = 0.5
+        backoff = FIRST_BACKOFF_SECONDS
         while not stop.is_set():
             try:
                 for event in watch.Watch().stream(core.list_pod_for_all_namespaces, field_selector=selector,
@@ -137,11 +137,11 @@ class Repairer:
                     self.offer(self.api.sanitize_for_serialization(event["object"]))
                     if stop.is_set():
                         return
-                backoff = 0.5
+                backoff = FIRST_BACKOFF_SECONDS
             except Exception as exc:
                 self.log("warn", "pod watch failed; retrying", error=str(exc), backoff=backoff)
                 if stop.wait(backoff):
                     return
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                backoff = next_backoff(backoff)
             else:
                 time.sleep(0.05)

@@ -13,12 +13,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from daemonset.api import certificate_rejection, describe_api_error
+from daemonset.api import FIRST_BACKOFF_SECONDS, certificate_rejection, describe_api_error, next_backoff
 from daemonset.install import verify_plugin
 
 READY_POLL_SECONDS = 0.2
-FIRST_BACKOFF_SECONDS = 0.5
-MAX_BACKOFF_SECONDS = 30.0
 CONFLICT_RETRIES = 5
 # 409 never gets here: lift() re-reads on it and, past CONFLICT_RETRIES, raises StillConflicting.
 REASONS = {401: "unauthorized", 403: "forbidden", 404: "node_not_found", 422: "invalid"}
@@ -125,7 +123,7 @@ class TaintGate:
                          reason=reason, error=detail, backoff=backoff)
                 if sleep(backoff):
                     return
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                backoff = next_backoff(backoff)
                 continue
             seconds = self.clock() - self.started
             self.open = True

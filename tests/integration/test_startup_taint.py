@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from daemonset.api import api_client
-from daemonset.taint import FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS, READY_POLL_SECONDS, TaintGate
+from daemonset.api import FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS, api_client
+from daemonset.taint import READY_POLL_SECONDS, TaintGate
 from tests.support.installer import INSTALLER, PLUGIN, Daemon, Host
 from tests.support.node import STARTUP_TAINT, Node, node_fixture, token_user, wait_for
 
