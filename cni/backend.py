@@ -91,16 +91,26 @@ def load(name: str) -> Backend:
     raise CniError(NETFILTER_FAILURE, f"netfilter backend {name!r} is not available")
 
 
+def _table_names(path: str) -> set[str]:
+    try:
+        with open(path) as names:
+            return set(names.read().split())
+    except FileNotFoundError:  # the file exists only while the x_tables modules are loaded
+        return set()
+
+
+def legacy_tables(family: int) -> set[str]:
+    """The legacy (x_tables) tables that exist in the current netns. Nothing of ours can be in a table
+    that does not, and opening one would make the kernel create it."""
+    return _table_names(LEGACY_TABLE_NAMES[0 if family == 4 else 1])
+
+
 def node_uses_legacy(paths: tuple[str, ...] = LEGACY_TABLE_NAMES) -> bool:
-    """True when the current netns has any legacy x_tables table (the files exist only with the modules)."""
-    for path in paths:
-        try:
-            with open(path, "rb") as names:
-                if names.read().strip():
-                    return True
-        except OSError:
-            continue
-    return False
+    """True when the current netns has any legacy x_tables table."""
+    try:
+        return any(_table_names(path) for path in paths)
+    except OSError:  # unreadable: no evidence that the node uses legacy
+        return False
 
 
 def choose(configured: str, paths: tuple[str, ...] = LEGACY_TABLE_NAMES) -> str:

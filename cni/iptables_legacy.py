@@ -16,10 +16,9 @@ import functools
 import sys
 
 from cni import libraries
-from cni.backend import LEGACY, Backend, Conflict, retrying
+from cni.backend import LEGACY, Backend, Conflict, legacy_tables, retrying
 from cni.errors import NETFILTER_FAILURE, CniError
 from cni.model import BUILTIN_CHAINS, TABLES, Foreign, Live, Rule, RuleSet, by_family, is_ours, ours_in
-from cni.netns import legacy_tables
 from cni.worker import fan_out
 
 TYPE_CHECKING = False  # typing is kept off the run-time path (cni/records.py): annotations only

@@ -96,17 +96,6 @@ def has_ipv6() -> bool:
         return False
 
 
-def legacy_tables(family: int) -> set[str]:
-    """The legacy (x_tables) tables that exist in the current netns. Nothing of ours can be in a table
-    that does not, and opening one would make the kernel create it."""
-    path = "/proc/self/net/ip_tables_names" if family == 4 else "/proc/self/net/ip6_tables_names"
-    try:
-        with open(path) as f:
-            return set(f.read().split())
-    except FileNotFoundError:
-        return set()
-
-
 def pod_families(ipv6_hint: bool) -> list[int]:
     """The families a pod gets rules for, in its netns: IPv6 too whenever it has any IPv6 address
     (has_ipv6) or the previous plugin's result names one."""
