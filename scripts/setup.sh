@@ -6,8 +6,8 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # The second line is what scripts/build-binaries.sh builds the bundles from (the e2e tests build them):
 # listed here so that one `apt-get update` serves both on a fresh machine.
-packages=(iptables containernetworking-plugins golang-go golang-github-appc-cni-dev iproute2 openssl util-linux
-          binutils python3.11-venv libpython3.11 libxtables12 libip4tc2 libip6tc2 musl-tools)
+packages=(iptables nftables containernetworking-plugins golang-go golang-github-appc-cni-dev iproute2 openssl
+          util-linux binutils python3.11-venv libpython3.11 libxtables12 libip4tc2 libip6tc2 musl-tools)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -18,6 +18,18 @@ if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}" >&2
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Every external command the tests, the demo and the build run: a package that installed but left one out
+# (or a name that changed between releases) is named here, not as a FileNotFoundError deep in a test.
+commands=(ip nsenter unshare mount umount setpriv sysctl iptables iptables-legacy iptables-legacy-save
+          iptables-legacy-restore ip6tables-legacy ip6tables-legacy-save ip6tables-legacy-restore iptables-nft nft
+          openssl readelf kubectl go musl-gcc /usr/bin/python3.11 /usr/lib/cni/bridge
+          /usr/lib/cni/host-local /usr/lib/cni/loopback /usr/lib/cni/portmap)
+absent=()
+for cmd in "${commands[@]}"; do command -v "$cmd" >/dev/null || absent+=("$cmd"); done
+if ((${#absent[@]})); then
+  echo "setup: installed packages, but these commands are still missing: ${absent[*]}" >&2
+  exit 1
 fi
 
 venv="$root/.venv"
