@@ -34,7 +34,7 @@ def _scenario(backend: Backend, rulesets: list[RuleSet]) -> dict[str, object]:
 @pytest.fixture
 def netns(node):
     name = f"mgwt-{node.id}-backend"
-    node._add_netns(name)
+    node.add_netns(name)
     return name
 
 

@@ -17,7 +17,7 @@ def sandbox(node):
     """A protected pod's fixture and an empty netns, as the runtime has before ADD."""
     node.add_pod_fixture(pod_fixture("web"))
     netns = f"mgwt-{node.id}-bad"
-    node._add_netns(netns)
+    node.add_netns(netns)
     env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c0ffee", "CNI_NETNS": f"/run/netns/{netns}",
            "CNI_IFNAME": "eth0", "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web"}
     return node, netns, env

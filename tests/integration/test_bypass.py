@@ -31,7 +31,7 @@ import pytest
 from tests.integration.helpers import client_pod
 from tests.integration.test_istio import write_istio
 from tests.support.node import APP_UID, ENGINE_UID, ISTIO_UID, VALIDATOR_UID, Node, Pod, pod_fixture
-from tests.support.resolver import ANSWER_V4, ANSWER_V6
+from tests.support.programs.resolver import ANSWER_V4, ANSWER_V6
 
 PREFIX = "sidecar.microgateway.airlock.com/"
 ENGINE_PORT, ENGINE_OWN = 13378, {19000, 19001, 19002}
@@ -81,8 +81,8 @@ def link_local(node: Node, pod: Pod) -> str:
 
 
 def attack(node: Node, netns: str, plan: dict, uid: int | None = None) -> dict[str, dict[str, str]]:
-    """Run tests/support/attacker.py in `netns` (as root unless `uid`)."""
-    done = node.exec(netns, [sys.executable, "-m", "tests.support.attacker"], uid=uid, input=json.dumps(plan),
+    """Run tests/support/programs/attacker.py in `netns` (as root unless `uid`)."""
+    done = node.exec(netns, [sys.executable, "-m", "tests.support.programs.attacker"], uid=uid, input=json.dumps(plan),
                      timeout=240)
     return json.loads(done.stdout)
 
@@ -136,19 +136,19 @@ def test_no_way_around_the_engine(request, fixture_name, mesh):
     node.exec(pod.netns, ["sysctl", "-qw", "net.ipv4.ip_unprivileged_port_start=0"])
     exempt = ENGINE_OWN | ({*ISTIO_PORTS} if mesh == "istio" else set())
     app = Output(node.spawn(pod.netns, [
-        sys.executable, "-m", "tests.support.exposed", "app", "--name", "web",
+        sys.executable, "-m", "tests.support.programs.exposed", "app", "--name", "web",
         "--tcp-ports", ",".join(str(p) for p in ports if p not in exempt | {ENGINE_PORT}),
         "--udp-ports", ",".join(map(str, ports))], uid=APP_UID))
-    observer = Output(node.spawn(pod.netns, [sys.executable, "-m", "tests.support.exposed", "observer",
+    observer = Output(node.spawn(pod.netns, [sys.executable, "-m", "tests.support.programs.exposed", "observer",
                                              "--protocols", ",".join(map(str, [SCTP, *OTHER_PROTOCOLS]))]))
-    node.spawn(pod.netns, [sys.executable, "-m", "tests.support.standins", "engine", "--name", "web",
+    node.spawn(pod.netns, [sys.executable, "-m", "tests.support.programs.standins", "engine", "--name", "web",
                            "--port", str(ENGINE_PORT), "--forward", "8080", "--families", "4,6"], uid=ENGINE_UID)
     if mesh == "istio":
         node.exec(pod.netns, ["ip", "-6", "addr", "add", "::6/128", "dev", "lo"])
-        node.spawn(pod.netns, [sys.executable, "-m", "tests.support.standins", "istio", "--name", "web",
+        node.spawn(pod.netns, [sys.executable, "-m", "tests.support.programs.standins", "istio", "--name", "web",
                                "--port", "15006", "--families", "4,6"], uid=ISTIO_UID)
     client = client_pod(node)
-    node.spawn(client.netns, [sys.executable, "-m", "tests.support.resolver",
+    node.spawn(client.netns, [sys.executable, "-m", "tests.support.programs.resolver",
                               "--families", ",".join(map(str, node.families))])
 
     destinations = [("IPv4", pod.ip(4), "")]

@@ -1,7 +1,7 @@
 """The installer never writes back an old configuration over another agent's newer one.
 
 Real processes on real files: the installer (as a daemon or as `uninstall`), an agent rewriting the
-primary's conflist (tests/support/conf_agent.py) and a reader watching the file. No kube-apiserver
+primary's conflist (tests/support/programs/conf_agent.py) and a reader watching the file. No kube-apiserver
 is involved. Verdicts are counts of lost updates, never timings.
 """
 
@@ -18,13 +18,13 @@ import pytest
 
 from daemonset import conflist
 from daemonset.install import Installer
-from tests.support.conf_agent import agent_part, generation, with_generation
 from tests.support.installer import INSTALLER, Daemon, Host
 from tests.support.node import ROOT, wait_for
+from tests.support.programs.conf_agent import agent_part, generation, with_generation
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cni"
 CALICO = FIXTURES / "10-calico.conflist"
-AGENT = [sys.executable, "-m", "tests.support.conf_agent"]
+AGENT = [sys.executable, "-m", "tests.support.programs.conf_agent"]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 

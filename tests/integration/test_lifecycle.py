@@ -107,7 +107,7 @@ def test_add_failing_in_one_family_leaves_no_rule_in_any(node):
             node.exec(pod.netns, ["ip6tables-legacy", "-t", "nat", *rule])
         ipv6_before = node.nat_rules(pod, 6)
     else:
-        node.spawn(pod.netns, [sys.executable, "-m", "tests.support.nft_owner", "--family", "6",
+        node.spawn(pod.netns, [sys.executable, "-m", "tests.support.programs.nft_owner", "--family", "6",
                                "--table", "microgateway"])
         ipv6_before = node.nft_table(pod, 6)
     add = exec_plugin(node, env_for(node, pod), json.dumps(

@@ -113,7 +113,7 @@ def test_filter_rules_of_non_tcp_inbound_round_trip_through_the_kernel(nft_node)
         rulesets.append(RuleSet(family=family, table="filter", chains=("MGW_INPUT",), rules=rules,
                                 jumps=(Rule("INPUT", "MGW_INPUT", protocol=None),)))
     netns = f"mgwt-{nft_node.id}-filter"
-    nft_node._add_netns(netns)
+    nft_node.add_netns(netns)
     with Worker(lambda: None) as worker:
         worker.run(f"/run/netns/{netns}", NftablesBackend().apply, rulesets)
     listed = Pod(name="filter", namespace="default", netns=netns, container_id="f1")

@@ -20,9 +20,9 @@ def exposed_pod(node: Node, name: str, annotations: dict[str, str], **entry: obj
     node.add_pod_fixture(pod_fixture(name, annotations=annotations))
     pod = node.new_pod(name, node.write_conflist(plugin=node.plugin_entry(**entry), name=f"{name}.conflist"))
     node.exec(pod.netns, ["sysctl", "-qw", "net.ipv4.ip_unprivileged_port_start=0"])  # as runtimes set it
-    app = Output(node.spawn(pod.netns, [sys.executable, "-m", "tests.support.exposed", "app", "--name", name,
+    app = Output(node.spawn(pod.netns, [sys.executable, "-m", "tests.support.programs.exposed", "app", "--name", name,
                                         "--tcp-ports", "8080", "--udp-ports", "443,5353"], uid=APP_UID))
-    node.spawn(pod.netns, [sys.executable, "-m", "tests.support.standins", "engine", "--name", name,
+    node.spawn(pod.netns, [sys.executable, "-m", "tests.support.programs.standins", "engine", "--name", name,
                            "--port", "13378", "--families", "4,6"], uid=ENGINE_UID)
     return pod, app
 

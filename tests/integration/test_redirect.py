@@ -104,7 +104,7 @@ def test_concurrent_pods_all_configured_none_crossed(node):
         pods = list(pool.map(lambda n: node.new_pod(n, conflist), names))
     client = client_pod(node)
     for pod in pods:
-        node.spawn(pod.netns, [node_python(), "-m", "tests.support.standins", "engine", "--name", pod.name,
+        node.spawn(pod.netns, [node_python(), "-m", "tests.support.programs.standins", "engine", "--name", pod.name,
                                "--port", "13378"], uid=ENGINE_UID)
     replies = node.connect(client.netns, [target(pod, 8080) for pod in pods])
     for pod in pods:

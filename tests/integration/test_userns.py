@@ -112,14 +112,14 @@ def test_add_check_del_with_traffic_in_a_user_namespace_pod(node, userns_pod, me
     assert done.returncode == 0, done.stdout + done.stderr
 
     fams = "4,6"
-    userns_pod.spawn([POD_PYTHON, "-m", "tests.support.standins", "app", "--name", "private",
+    userns_pod.spawn([POD_PYTHON, "-m", "tests.support.programs.standins", "app", "--name", "private",
                       "--ports", "8080", "--families", fams], uid=APP_UID)
-    userns_pod.spawn([POD_PYTHON, "-m", "tests.support.standins", "engine", "--name", "private",
+    userns_pod.spawn([POD_PYTHON, "-m", "tests.support.programs.standins", "engine", "--name", "private",
                       "--port", "13378", "--forward", "8080", "--families", fams], uid=ENGINE_UID)
     expected = "engine=private orig=8080 -> app=private port=8080"
     if mesh == "istio":
         userns_pod.inside(["ip", "-6", "addr", "add", "::6/128", "dev", "lo"])
-        userns_pod.spawn([POD_PYTHON, "-m", "tests.support.standins", "istio", "--name", "private",
+        userns_pod.spawn([POD_PYTHON, "-m", "tests.support.programs.standins", "istio", "--name", "private",
                           "--port", "15006", "--families", fams], uid=ISTIO_UID)
         expected = "istio=private -> " + expected
     client = client_pod(node)

@@ -69,14 +69,14 @@ def test_fails_when_redirected_to_another_port(node):
 
 def test_not_fooled_by_a_listener_on_the_validation_port(node):
     pod = node.new_pod("web", node.write_conflist(chained=False))
-    node.spawn(pod.netns, [sys.executable, "-m", "tests.support.standins", "engine", "--name", "impostor",
+    node.spawn(pod.netns, [sys.executable, "-m", "tests.support.programs.standins", "engine", "--name", "impostor",
                            "--port", "19003", "--host4", "127.0.0.1"], uid=1000)
     assert_fails(node, pod, "foreign")
 
 
 def test_engine_port_already_taken_is_its_own_failure(node):
     pod = configured_pod(node)
-    node.spawn(pod.netns, [sys.executable, "-m", "tests.support.standins", "engine", "--name", "early",
+    node.spawn(pod.netns, [sys.executable, "-m", "tests.support.programs.standins", "engine", "--name", "early",
                            "--port", "13378"], uid=1000)
     verdict = assert_fails(node, pod, "engine-port-in-use")
     assert verdict["reason"] == "engine-port-in-use"
@@ -100,7 +100,7 @@ def test_engine_can_bind_its_port_right_after_the_validator(node):
     """Regression: the probe's TIME_WAIT on :13378 must not block the Engine that starts next."""
     pod = configured_pod(node)
     assert run_validator(node, pod)[0] == 0
-    node.spawn(pod.netns, [sys.executable, "-m", "tests.support.standins", "engine", "--name", "web",
+    node.spawn(pod.netns, [sys.executable, "-m", "tests.support.programs.standins", "engine", "--name", "web",
                            "--port", "13378", "--families", "4,6"], uid=1001)
 
 

@@ -13,7 +13,7 @@ from cni.worker import Worker, fan_out
 @pytest.fixture
 def netns(node):
     name = f"mgwt-{node.id}-worker"
-    node._add_netns(name)
+    node.add_netns(name)
     return f"/run/netns/{name}"
 
 

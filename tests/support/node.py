@@ -195,7 +195,7 @@ class Node:
         for plugin in ("bridge", "host-local", "loopback", "portmap"):
             (self.bin_dir / plugin).symlink_to(SYSTEM_PLUGINS / plugin)
         self.install_plugin(executable("microgateway-cni"))
-        self._add_netns(self.netns)
+        self.add_netns(self.netns)
         self.write_pods({})
         self.write_nodes({"node-1": node_fixture()})
         self.write_fixture("user", token_user())
@@ -216,7 +216,7 @@ class Node:
             target.unlink()
         target.symlink_to(binary)
 
-    def _add_netns(self, name: str) -> None:
+    def add_netns(self, name: str) -> None:
         run(["ip", "netns", "add", name])
         self.namespaces.append(name)
         self.exec(name, ["ip", "link", "set", "lo", "up"])
@@ -337,7 +337,7 @@ class Node:
                 before_add: Callable[[Pod], None] | None = None) -> Pod:
         """Create a sandbox netns and run CNI ADD for it through libcni."""
         netns = f"mgwt-{self.id}-p{next(self._seq)}"
-        self._add_netns(netns)
+        self.add_netns(netns)
         pod = Pod(name=name, namespace=namespace, netns=netns, container_id=uuid.uuid4().hex)
         self.pods[name] = pod
         if before_add:
@@ -391,14 +391,14 @@ class Node:
         """The application, an Engine stand-in forwarding to it, and optionally an Istio-proxy stand-in."""
         fams = ",".join(str(f) for f in (families or self.families))
         ports = ",".join(str(p) for p in app_ports)
-        self.spawn(pod.netns, [sys.executable, "-m", "tests.support.standins", "app", "--name", pod.name,
+        self.spawn(pod.netns, [sys.executable, "-m", "tests.support.programs.standins", "app", "--name", pod.name,
                                "--ports", ports, "--families", fams], uid=APP_UID)
-        self.spawn(pod.netns, [sys.executable, "-m", "tests.support.standins", "engine", "--name", pod.name,
+        self.spawn(pod.netns, [sys.executable, "-m", "tests.support.programs.standins", "engine", "--name", pod.name,
                                "--port", "13378", "--forward", ports, "--families", fams], uid=ENGINE_UID)
         if istio:
             if 6 in (families or self.families):
                 self.exec(pod.netns, ["ip", "-6", "addr", "add", "::6/128", "dev", "lo"])
-            self.spawn(pod.netns, [sys.executable, "-m", "tests.support.standins", "istio", "--name", pod.name,
+            self.spawn(pod.netns, [sys.executable, "-m", "tests.support.programs.standins", "istio", "--name", pod.name,
                                    "--port", "15006", "--families", fams], uid=ISTIO_UID)
 
     def validate(self, pod: Pod, *args: str, validator: str | None = None) -> tuple[int, str, str]:
@@ -413,7 +413,7 @@ class Node:
         return done.returncode, done.stdout, termination.read_text()
 
     def connect(self, from_netns: str, targets: list[str], uid: int | None = None) -> dict[str, str]:
-        done = self.exec(from_netns, [sys.executable, "-m", "tests.support.client", *targets], uid=uid)
+        done = self.exec(from_netns, [sys.executable, "-m", "tests.support.programs.client", *targets], uid=uid)
         return json.loads(done.stdout)
 
     def nat_rules(self, pod: Pod, family: int = 4, backend: str = "legacy") -> str:

@@ -1,0 +1,1 @@
+"""Programs the tests run inside network namespaces (python -m tests.support.programs.<name>)."""
