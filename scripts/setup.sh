@@ -5,9 +5,12 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # The second line is what scripts/build-binaries.sh builds the bundles from (the e2e tests build them):
-# listed here so that one `apt-get update` serves both on a fresh machine.
+# listed here so that one `apt-get update` serves both on a fresh machine. The third is the node tier's
+# (tests/node): containerd with its CRI plugin and runc run the pods, buildah builds the Dockerfile, mmdebstrap
+# makes the Debian base images no registry can give here, busybox-static fills the pause and stand-in images.
 packages=(iptables nftables containernetworking-plugins golang-go golang-github-appc-cni-dev iproute2 openssl
-          util-linux binutils python3.11-venv libpython3.11 libxtables12 libip4tc2 libip6tc2 musl-tools)
+          util-linux binutils python3.11-venv libpython3.11 libxtables12 libip4tc2 libip6tc2 musl-tools
+          containerd runc buildah mmdebstrap busybox-static)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -23,7 +26,8 @@ fi
 # (or a name that changed between releases) is named here, not as a FileNotFoundError deep in a test.
 commands=(ip nsenter unshare mount umount setpriv sysctl iptables iptables-legacy iptables-legacy-save
           iptables-legacy-restore ip6tables-legacy ip6tables-legacy-save ip6tables-legacy-restore iptables-nft nft
-          openssl readelf kubectl go musl-gcc /usr/bin/python3.11 /usr/lib/cni/bridge
+          openssl readelf kubectl go musl-gcc /usr/bin/python3.11 containerd ctr runc buildah mmdebstrap
+          /bin/busybox /usr/lib/cni/bridge
           /usr/lib/cni/host-local /usr/lib/cni/loopback /usr/lib/cni/portmap)
 absent=()
 for cmd in "${commands[@]}"; do command -v "$cmd" >/dev/null || absent+=("$cmd"); done
