@@ -14,11 +14,12 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.cri import RuntimeClient
 from tests.support.node import tolerates
 
 SERVICE_ACCOUNT_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -82,6 +83,7 @@ class PodPlan:
     init_containers: list[Container]
     containers: list[Container]
     grace_period: int
+    host_network: bool
 
 
 def check_schedulable(spec: Mapping[str, Any], node: Mapping[str, Any]) -> None:
@@ -138,12 +140,13 @@ class Kubelet:
             "labels": {**meta.get("labels", {}), "io.kubernetes.pod.name": name,
                        "io.kubernetes.pod.namespace": namespace, "io.kubernetes.pod.uid": uid},
             "annotations": dict(meta.get("annotations", {})),
-            "linux": {"security_context": {"namespace_options": {"network": "NODE" if host_network else "POD"}}},
+            "linux": {"security_context": {"namespace_options": {"network": "NODE" if host_network else "POD",
+                                                                 "pid": "CONTAINER"}}},
         }
         (pod_dir / "logs").mkdir()
         return PodPlan(name=name, namespace=namespace, uid=uid, sandbox=sandbox,
                        init_containers=containers("initContainers"), containers=containers("containers"),
-                       grace_period=int(spec.get("terminationGracePeriodSeconds", 30)))
+                       grace_period=int(spec.get("terminationGracePeriodSeconds", 30)), host_network=host_network)
 
     # -- volumes ---------------------------------------------------------------------------------
     def _volumes(self, spec: Mapping[str, Any], pod_dir: Path, namespace: str) -> dict[str, Path]:
@@ -291,3 +294,71 @@ class Kubelet:
         else:
             raise UnsupportedSpec(f"{kind} probe {sorted(probe)}")
         return out
+
+
+# -- running a plan through CRI, in the kubelet's order -----------------------------------------------
+class PodFailed(RuntimeError):
+    """An init container exited non-zero: the kubelet would not start the pod's containers."""
+
+    def __init__(self, pod: str, container: str, code: int, message: str) -> None:
+        super().__init__(f"pod {pod}: init container {container} exited {code}: {message}")
+        self.container, self.code, self.message = container, code, message
+
+
+@dataclass
+class RunningPod:
+    plan: PodPlan
+    sandbox_id: str
+    ip: str
+    container_ids: dict[str, str] = field(default_factory=dict)
+    init_results: dict[str, tuple[int, str]] = field(default_factory=dict)  # name -> (exit code, message)
+
+
+def run_pod(runtime: RuntimeClient, plan: PodPlan, cgroup_parent: str, timeout: float = 30.0) -> RunningPod:
+    """RunPodSandbox, each init container to completion (stop at the first that fails, as the kubelet
+    holds the pod there), then every container; PodFailed names the init container that failed."""
+    plan.sandbox.setdefault("linux", {})["cgroup_parent"] = cgroup_parent
+    sandbox_id = runtime.run_pod_sandbox(plan.sandbox)
+    status = runtime.pod_sandbox_status(sandbox_id)
+    pod = RunningPod(plan=plan, sandbox_id=sandbox_id, ip=status.get("network", {}).get("ip", ""))
+    for container in plan.init_containers:
+        cid = _start(runtime, pod, container)
+        deadline = time.monotonic() + timeout
+        while (state := runtime.container_status(cid))["state"] != "CONTAINER_EXITED":
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"pod {plan.name}: init container {container.name} still {state['state']}")
+            time.sleep(0.05)
+        code = int(state.get("exit_code", 0))
+        pod.init_results[container.name] = (code, container.termination_log.read_text())
+        if code != 0:
+            raise PodFailed(plan.name, container.name, code, container.termination_log.read_text())
+    for container in plan.containers:
+        _start(runtime, pod, container)
+    return pod
+
+
+def _start(runtime: RuntimeClient, pod: RunningPod, container: Container) -> str:
+    cid = runtime.create_container(pod.sandbox_id, container.config, pod.plan.sandbox)
+    runtime.start_container(cid)
+    pod.container_ids[container.name] = cid
+    return cid
+
+
+def stop_pod(runtime: RuntimeClient, pod: RunningPod) -> None:
+    """What the kubelet does when a pod is deleted: stop its containers with the grace period, then
+    StopPodSandbox (CNI DEL with the netns) and RemovePodSandbox (CNI DEL again, without it)."""
+    for cid in pod.container_ids.values():
+        runtime.stop_container(cid, timeout=pod.plan.grace_period)
+    runtime.stop_pod_sandbox(pod.sandbox_id)
+    runtime.remove_pod_sandbox(pod.sandbox_id)
+
+
+def probe_passes(runtime: RuntimeClient, pod: RunningPod, container: str, probe: Probe,
+                 http_get: Callable[[int, str], int]) -> bool:
+    """One probe as the kubelet runs it: exec through the runtime, httpGet to the pod's address
+    (http_get sends it from where the kubelet would, and returns the status or 0)."""
+    if probe.exec_command is not None:
+        code, _, _ = runtime.exec_sync(pod.container_ids[container], probe.exec_command, timeout=int(probe.timeout))
+        return code == 0
+    assert probe.http_port is not None and probe.http_path is not None
+    return 200 <= http_get(probe.http_port, probe.http_path) < 400
