@@ -88,6 +88,11 @@ class RuntimeClient:
     def version(self) -> dict[str, Any]:
         return to_dict(self._call(self._runtime, "Version", pb.VersionRequest(version="v1")))
 
+    def status(self) -> dict[str, bool]:
+        """The runtime's conditions by type: RuntimeReady, NetworkReady (a CNI config is loaded)."""
+        answer = self._call(self._runtime, "Status", pb.StatusRequest())
+        return {condition.type: condition.status for condition in answer.status.conditions}
+
     def run_pod_sandbox(self, config: Mapping[str, Any] | Message, runtime_handler: str = "") -> str:
         """The sandbox's id, once the runtime has made its netns and run the CNI ADD."""
         request = pb.RunPodSandboxRequest(config=_message(pb.PodSandboxConfig, config),
