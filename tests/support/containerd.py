@@ -206,7 +206,7 @@ class Containerd:
                 continue
         deadline = time.monotonic() + 10
         while pids and time.monotonic() < deadline:
-            pids = {pid for pid in pids if _alive(pid)}
+            pids = {pid for pid in pids if alive(pid)}
             time.sleep(0.05)
 
     def _is_our_shim(self, argv: list[str]) -> bool:
@@ -298,7 +298,7 @@ def _read(path: Path) -> str:
         return ""
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """Running, and not a zombie waiting for a parent that is not us."""
     stat = _read(Path(f"/proc/{pid}/stat"))
     return bool(stat) and stat.rsplit(")", 1)[-1].split()[0] != "Z"
