@@ -1,0 +1,304 @@
+"""Debian's containerd with its CRI plugin and runc, run for one Node: pods made the way the kubelet has them made.
+
+containerd runs inside the node's network namespace and in a mount namespace of its own, where the paths
+containerd 1.6 does not let us move (/run/containerd for shim sockets, /var/lib/cni for libcni's result
+cache) are private: nothing it mounts or writes there reaches the host, and everything in that namespace
+goes away with its last process. Root, state, socket, config, log and the pods' cgroup parent are this
+instance's own, under node.dir, so concurrent runs never share anything. close() removes all of it, also
+after a start that failed halfway.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from tests.support.cri import CriError, RuntimeClient
+from tests.support.images import PAUSE
+from tests.support.node import Node
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+START_TIMEOUT = 30.0
+# Run by root as `sh -c PRIVATE private <dir> <command...>` inside the new mount namespace: makes each
+# fixed path writable and private - a tmpfs over it when it exists, otherwise an overlay over its parent
+# (upper layer under <dir>) so that the path can be created without creating it on the host.
+PRIVATE = """set -e
+dir=$1
+shift
+private() {
+  if [ -d "$1" ]; then
+    mount -t tmpfs -o mode=0711 mgwt-containerd "$1"
+  else
+    mkdir -p "$dir/overlay/$2/upper" "$dir/overlay/$2/work"
+    mount -t overlay -o "lowerdir=$(dirname "$1"),upperdir=$dir/overlay/$2/upper,workdir=$dir/overlay/$2/work" \
+      mgwt-containerd "$(dirname "$1")"
+    mkdir -p "$1"
+  fi
+}
+private /run/containerd run
+private /var/lib/cni var-lib
+exec "$@"
+"""
+
+
+def _config(containerd: Containerd) -> str:
+    node, cri = containerd.node, '"io.containerd.grpc.v1.cri"'
+    return f"""version = 2
+oom_score = 0
+
+[grpc]
+  address = "{containerd.socket}"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "{containerd.dir / 'opt'}"
+  [plugins.{cri}]
+    sandbox_image = "{PAUSE}"
+    restrict_oom_score_adj = true
+    netns_mounts_under_state_dir = true
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+    [plugins.{cri}.containerd]
+      snapshotter = "{containerd.snapshotter}"
+      default_runtime_name = "runc"
+      [plugins.{cri}.containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+        [plugins.{cri}.containerd.runtimes.runc.options]
+          SystemdCgroup = false
+    [plugins.{cri}.cni]
+      bin_dir = "{node.bin_dir}"
+      conf_dir = "{node.conf_dir}"
+      max_conf_num = 1
+"""
+
+
+class Containerd:
+    """containerd + runc for node, started by the context manager.
+
+    keep_plugin=False removes the link to our plugin that Node.start puts in node.bin_dir, for tests in
+    which the installer is the one to put it there.
+    """
+
+    def __init__(self, node: Node, snapshotter: str = "native", keep_plugin: bool = True) -> None:
+        self.node = node
+        self.snapshotter = snapshotter
+        self.keep_plugin = keep_plugin
+        self.dir = node.dir / "containerd"
+        self.root = self.dir / "root"
+        self.state = self.dir / "state"
+        self.socket = self.dir / "containerd.sock"
+        self.config = self.dir / "config.toml"
+        self.log = self.dir / "containerd.log"
+        self.pods_log_dir = self.dir / "pods"
+        self.cgroup_parent = f"/mgwt-{node.id}-pods"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.runtime = RuntimeClient(self.socket)
+        self.start_seconds = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def __enter__(self) -> Containerd:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Start containerd and wait until its CRI plugin answers."""
+        if not self.keep_plugin:
+            (self.node.bin_dir / "microgateway-cni").unlink(missing_ok=True)
+        for sub in (self.root, self.state, self.pods_log_dir):
+            sub.mkdir(parents=True)
+        self.config.write_text(_config(self))
+        started = time.monotonic()
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                ["nsenter", f"--net=/run/netns/{self.node.netns}", "--",
+                 "unshare", "--mount", "--propagation", "private", "--",
+                 "sh", "-c", PRIVATE, "private", str(self.dir),
+                 "containerd", "--config", str(self.config), "--root", str(self.root), "--state", str(self.state),
+                 "--address", str(self.socket), "--log-level", "info"],
+                cwd=self.dir, env={"PATH": PATH}, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        deadline = started + START_TIMEOUT
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"containerd exited ({self.process.returncode}) while starting:\n{self.log_tail()}")
+            if self.socket.exists():
+                try:
+                    self.runtime.version()
+                    break
+                except CriError as error:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"containerd's CRI did not answer: {error}\n{self.log_tail()}") from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"containerd did not open {self.socket}\n{self.log_tail()}")
+            time.sleep(0.05)
+        self.start_seconds = time.monotonic() - started
+
+    def close(self) -> None:
+        """Remove every pod, stop containerd, kill what outlives it, remove its cgroups and files."""
+        if self.process is not None and self.process.poll() is None:
+            self._remove_pods()
+        self.runtime.close()
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._kill_leftovers()
+        self._remove_cgroups()
+        for mount in reversed(self.mounts()):
+            subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
+        subprocess.run(["rm", "-rf", "--one-file-system", str(self.dir)], check=False, capture_output=True)
+
+    def _remove_pods(self) -> None:
+        try:
+            for sandbox in self.runtime.list_pod_sandbox():
+                try:
+                    self.runtime.stop_pod_sandbox(sandbox["id"])
+                    self.runtime.remove_pod_sandbox(sandbox["id"])
+                except CriError:
+                    continue
+        except CriError:
+            return
+
+    def _kill_leftovers(self) -> None:
+        """Container processes (by their init.pid and by our cgroups) and shims (by our socket path).
+
+        After a hard stop of containerd its shims live on and ignore SIGTERM, and 1.6 writes no pid
+        file for them; their command line names our socket, which no other run shares.
+        """
+        pids = set()
+        for pid_file in self.state.glob("io.containerd.runtime.v2.task/*/*/init.pid"):
+            try:
+                pid = int(pid_file.read_text().strip())
+            except (OSError, ValueError):
+                continue
+            if self.cgroup_parent + "/" in _read(Path(f"/proc/{pid}/cgroup")):
+                pids.add(pid)
+        for cgroup in self._cgroups():
+            pids.update(int(pid) for pid in _read(cgroup / "cgroup.procs").split())
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit() and self._is_our_shim(_read(proc / "cmdline").split("\0")):
+                pids.add(int(proc.name))
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+        deadline = time.monotonic() + 10
+        while pids and time.monotonic() < deadline:
+            pids = {pid for pid in pids if alive(pid)}
+            time.sleep(0.05)
+
+    def _is_our_shim(self, argv: list[str]) -> bool:
+        return "-address" in argv[:-1] and argv[argv.index("-address") + 1] == str(self.socket)
+
+    def _cgroups(self) -> list[Path]:
+        """Our cgroup parent and everything below it in every hierarchy, deepest first."""
+        found = []
+        for hierarchy in [CGROUP_ROOT, *CGROUP_ROOT.iterdir()] if CGROUP_ROOT.exists() else []:
+            top = hierarchy / self.cgroup_parent.lstrip("/")
+            if top.is_dir():
+                found += [Path(path) for path, _dirs, _files in os.walk(top)]
+        return sorted(found, key=lambda path: len(path.parts), reverse=True)
+
+    def _remove_cgroups(self) -> None:
+        deadline = time.monotonic() + 10
+        for cgroup in self._cgroups():
+            while True:
+                try:
+                    cgroup.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+
+    # -- state -------------------------------------------------------------------------------------
+    def mounts(self) -> list[str]:
+        """Mount points under this instance's directory that the host's mount namespace sees."""
+        points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+        return [point for point in points if point == str(self.dir) or point.startswith(f"{self.dir}/")]
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(_read(self.log).splitlines()[-lines:])
+
+    def errors(self) -> list[str]:
+        """The lines containerd logged at level error or fatal."""
+        return [line for line in _read(self.log).splitlines() if "level=error" in line or "level=fatal" in line]
+
+    def wait_network_ready(self, timeout: float = 10.0) -> None:
+        """Wait until the CRI plugin has loaded a CNI configuration from node.conf_dir."""
+        deadline = time.monotonic() + timeout
+        while not self.runtime.status().get("NetworkReady"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"containerd loaded no CNI config from {self.node.conf_dir}\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    # -- images ------------------------------------------------------------------------------------
+    def import_image(self, archive: Path, name: str, timeout: float = 30.0) -> None:
+        """Import an OCI archive with ctr and wait until the CRI plugin lists it (it learns of it by event)."""
+        done = subprocess.run(["ctr", "-n", "k8s.io", "--address", str(self.socket), "images", "import",
+                               "--snapshotter", self.snapshotter, str(archive)],
+                              capture_output=True, text=True, check=False, env={"PATH": PATH})
+        if done.returncode != 0:
+            raise RuntimeError(f"ctr images import {archive} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+        deadline = time.monotonic() + timeout
+        while not any(name in image["repo_tags"] for image in self.runtime.list_images()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"containerd's CRI does not list {name} after importing {archive}")
+            time.sleep(0.05)
+
+    # -- pods --------------------------------------------------------------------------------------
+    def pod_config(self, name: str, namespace: str = "default", *, labels: dict[str, str] | None = None,
+                   annotations: dict[str, str] | None = None, host_network: bool = False,
+                   **fields: Any) -> dict[str, Any]:
+        """A PodSandboxConfig as the kubelet builds one, in this instance's cgroup parent and log directory."""
+        uid = str(uuid.uuid4())
+        config: dict[str, Any] = {
+            "metadata": {"name": name, "namespace": namespace, "uid": uid, "attempt": 0},
+            "hostname": "" if host_network else name,
+            "log_directory": str(self.pods_log_dir / f"{namespace}_{name}_{uid}"),
+            "labels": {"io.kubernetes.pod.name": name, "io.kubernetes.pod.namespace": namespace,
+                       "io.kubernetes.pod.uid": uid, **(labels or {})},
+            "annotations": dict(annotations or {}),
+            "linux": {"cgroup_parent": self.cgroup_parent,
+                      "security_context": {"namespace_options": {"network": "NODE" if host_network else "POD",
+                                                                 "pid": "CONTAINER"}}},
+        }
+        config.update(fields)
+        return config
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for a parent that is not us."""
+    stat = _read(Path(f"/proc/{pid}/stat"))
+    return bool(stat) and stat.rsplit(")", 1)[-1].split()[0] != "Z"
