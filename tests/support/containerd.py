@@ -25,24 +25,38 @@ from tests.support.node import Node
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 START_TIMEOUT = 30.0
-# Run by root as `sh -c PRIVATE private <dir> <command...>` inside the new mount namespace: makes each
-# fixed path writable and private - a tmpfs over it when it exists, otherwise an overlay over its parent
-# (upper layer under <dir>) so that the path can be created without creating it on the host.
+# Where containerd, the plugins it runs and the hostPath volumes of its pods see the node's directories:
+# the paths of a real node, so the installer's defaults and the manifests work unchanged.
+NODE_PATHS = {"bin_dir": "/opt/cni/bin", "conf_dir": "/etc/cni/net.d", "log_dir": "/var/log"}
+# Run by root as `sh -c PRIVATE private <dir> <source:target>... -- <command...>` inside the new mount
+# namespace. Makes the paths containerd 1.6 fixes private (a tmpfs over each), and shows each source
+# directory of the test node at the path a real node has it (/etc/cni/net.d, /opt/cni/bin, /var/log):
+# a target that does not exist on the host is made in an overlay over its nearest existing ancestor (upper
+# layer under <dir>), so nothing is created on the host.
 PRIVATE = """set -e
 dir=$1
 shift
-private() {
-  if [ -d "$1" ]; then
-    mount -t tmpfs -o mode=0711 mgwt-containerd "$1"
-  else
-    mkdir -p "$dir/overlay/$2/upper" "$dir/overlay/$2/work"
-    mount -t overlay -o "lowerdir=$(dirname "$1"),upperdir=$dir/overlay/$2/upper,workdir=$dir/overlay/$2/work" \
-      mgwt-containerd "$(dirname "$1")"
+n=0
+reveal() {
+  if [ ! -d "$1" ]; then
+    n=$((n + 1))
+    above=$(dirname "$1")
+    while [ ! -d "$above" ]; do above=$(dirname "$above"); done
+    mkdir -p "$dir/overlay/$n/upper" "$dir/overlay/$n/work"
+    mount -t overlay -o "lowerdir=$above,upperdir=$dir/overlay/$n/upper,workdir=$dir/overlay/$n/work" mgwt-node "$above"
     mkdir -p "$1"
   fi
 }
-private /run/containerd run
-private /var/lib/cni var-lib
+for fixed in /run/containerd /var/lib/cni; do
+  reveal "$fixed"
+  mount -t tmpfs -o mode=0711 mgwt-containerd "$fixed"
+done
+while [ "$1" != -- ]; do
+  reveal "${1#*:}"
+  mount --bind "${1%%:*}" "${1#*:}"
+  shift
+done
+shift
 exec "$@"
 """
 
@@ -78,8 +92,8 @@ oom_score = 0
         [plugins.{cri}.containerd.runtimes.runc.options]
           SystemdCgroup = false
     [plugins.{cri}.cni]
-      bin_dir = "{node.bin_dir}"
-      conf_dir = "{node.conf_dir}"
+      bin_dir = "{NODE_PATHS['bin_dir']}"
+      conf_dir = "{NODE_PATHS['conf_dir']}"
       max_conf_num = 1
 """
 
@@ -102,6 +116,7 @@ class Containerd:
         self.config = self.dir / "config.toml"
         self.log = self.dir / "containerd.log"
         self.pods_log_dir = self.dir / "pods"
+        self.log_dir = self.dir / "var-log"  # the node's /var/log, where the plugin logs by default
         self.cgroup_parent = f"/mgwt-{node.id}-pods"
         self.process: subprocess.Popen[bytes] | None = None
         self.runtime = RuntimeClient(self.socket)
@@ -123,7 +138,7 @@ class Containerd:
         """Start containerd and wait until its CRI plugin answers."""
         if not self.keep_plugin:
             (self.node.bin_dir / "microgateway-cni").unlink(missing_ok=True)
-        for sub in (self.root, self.state, self.pods_log_dir):
+        for sub in (self.root, self.state, self.pods_log_dir, self.log_dir):
             sub.mkdir(parents=True)
         self.config.write_text(_config(self))
         started = time.monotonic()
@@ -131,7 +146,7 @@ class Containerd:
             self.process = subprocess.Popen(
                 ["nsenter", f"--net=/run/netns/{self.node.netns}", "--",
                  "unshare", "--mount", "--propagation", "private", "--",
-                 "sh", "-c", PRIVATE, "private", str(self.dir),
+                 "sh", "-c", PRIVATE, "private", str(self.dir), *self._node_paths(), "--",
                  "containerd", "--config", str(self.config), "--root", str(self.root), "--state", str(self.state),
                  "--address", str(self.socket), "--log-level", "info"],
                 cwd=self.dir, env={"PATH": PATH}, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
@@ -150,6 +165,10 @@ class Containerd:
                 raise RuntimeError(f"containerd did not open {self.socket}\n{self.log_tail()}")
             time.sleep(0.05)
         self.start_seconds = time.monotonic() - started
+
+    def _node_paths(self) -> list[str]:
+        sources = {"bin_dir": self.node.bin_dir, "conf_dir": self.node.conf_dir, "log_dir": self.log_dir}
+        return [f"{sources[key]}:{target}" for key, target in NODE_PATHS.items()]
 
     def close(self) -> None:
         """Remove every pod, stop containerd, kill what outlives it, remove its cgroups and files."""
