@@ -9,8 +9,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import shutil
+import subprocess
 import sys
-from collections.abc import Callable, Iterator
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from tests.support import oci
@@ -18,10 +21,32 @@ from tests.support import oci
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / "build" / "images"
 PAUSE = "localhost/mgw-pause:test"
+STANDINS = "localhost/mgw-standins:test"
 BUSYBOX = Path("/bin/busybox")
 # PID 1 of a container ignores signals it has no handler for, so a bare `sleep` would outlive SIGTERM
 # until the runtime's kill timeout: the shell's trap makes the sandbox stop at once.
 PAUSE_SCRIPT = "trap 'exit 0' TERM INT; while :; do sleep infinity & wait $!; done"
+SUITE = "bookworm"
+# Documentation is dropped from the Debian trees, the copyright notices stay.
+DPKG_OPTIONS = ["path-exclude=/usr/share/man/*", "path-exclude=/usr/share/locale/*", "path-exclude=/usr/share/info/*",
+                "path-exclude=/usr/share/doc/*", "path-include=/usr/share/doc/*/copyright"]
+# The stand-ins and the client need the full standard library (json, concurrent.futures), not only
+# python3-minimal's; busybox gives the pods nc and a shell. No apt: nothing is installed in a pod.
+STANDINS_PACKAGES = ["python3-minimal", "libpython3.11-stdlib", "busybox-static"]
+PROGRAMS_DIR = "/opt/mgw"
+PYTHON = "/usr/bin/python3"
+# Exactly what the programs import from the project (tests/node/test_images.py runs them in the image).
+PROGRAMS = {
+    "standins.py": ROOT / "tests" / "support" / "programs" / "standins.py",
+    "client.py": ROOT / "tests" / "support" / "programs" / "client.py",
+    "validator/__init__.py": ROOT / "validator" / "__init__.py",
+    "validator/probe.py": ROOT / "validator" / "probe.py",
+    "cni/__init__.py": ROOT / "cni" / "__init__.py",
+    "cni/contract.py": ROOT / "cni" / "contract.py",
+    "cni/records.py": ROOT / "cni" / "records.py",
+}
+ROLES = ("app", "engine", "istio")
+STANDIN_OPTIONS = ("name", "ports", "port", "families", "forward", "host4", "host6")
 
 
 def progress(message: str) -> None:
@@ -81,3 +106,80 @@ def pause_archive() -> Path:
         oci.write_image(dest, PAUSE, config, files=_busybox_files("sh", "sleep"))
 
     return cached("mgw-pause", input_hash(repr(config), [BUSYBOX, Path(oci.__file__)]), build)
+
+
+def host_apt_sources() -> list[Path]:
+    """The host's enabled apt source files, so that the Debian trees come from the mirror the host uses."""
+    apt = Path("/etc/apt")
+    candidates = [apt / "sources.list", *sorted((apt / "sources.list.d").glob("*.list")),
+                  *sorted((apt / "sources.list.d").glob("*.sources"))]
+    return [path for path in candidates if path.is_file() and path.read_text().strip()]
+
+
+def debian_tree(dest: Path, variant: str, packages: list[str]) -> None:
+    """A merged-/usr Debian tree made by mmdebstrap (its progress lines go to stderr, its hooks' chatter not)."""
+    command = ["mmdebstrap", f"--variant={variant}", "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
+               *(f"--dpkgopt={option}" for option in DPKG_OPTIONS)]
+    if packages:
+        command.append("--include=" + ",".join(packages))
+    done = subprocess.run([*command, SUITE, str(dest), *map(str, host_apt_sources())], stdout=subprocess.PIPE,
+                          text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"mmdebstrap failed ({done.returncode}); its hooks said:\n{done.stdout[-4000:]}")
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A directory under build/ (same file system as the cache), removed afterwards."""
+    tmp_root = ROOT / "build" / "tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=tmp_root))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def standins_archive() -> Path:
+    """Debian's python3 with the stand-in and client programs under /opt/mgw."""
+    config = oci.ImageConfig(env=[oci.PATH, "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"],
+                             working_dir=PROGRAMS_DIR, cmd=[PYTHON, f"{PROGRAMS_DIR}/standins.py", "--help"])
+    files: dict[str, oci.File | oci.Symlink] = {
+        f"{PROGRAMS_DIR}/{name}": oci.File(source, 0o644) for name, source in PROGRAMS.items()}
+    files["usr/local/bin/nc"] = oci.Symlink("/usr/bin/busybox")
+    recipe = repr((SUITE, STANDINS_PACKAGES, DPKG_OPTIONS, config, sorted(files)))
+
+    def build(dest: Path) -> None:
+        with scratch_dir("standins-") as tmp:
+            progress(f"mmdebstrap {SUITE} with {', '.join(STANDINS_PACKAGES)}")
+            debian_tree(tmp / "rootfs", "essential", STANDINS_PACKAGES)
+            progress("writing the archive")
+            oci.write_image(dest, STANDINS, config, trees=[tmp / "rootfs"], files=files)
+
+    return cached("mgw-standins", input_hash(recipe, [*PROGRAMS.values(), Path(oci.__file__)]), build)
+
+
+def _option(value: str | int | Iterable[int]) -> str:
+    if isinstance(value, str | int):
+        return str(value)
+    return ",".join(str(item) for item in value)
+
+
+def standin_command(role: str, **opts: str | int | Iterable[int]) -> list[str]:
+    """The argv of a stand-in inside the image: options as tests/support/programs/standins.py takes them.
+
+    Lists of ports or families may be given as iterables of ints.
+    """
+    if role not in ROLES:
+        raise ValueError(f"unknown stand-in role {role!r}; expected one of {ROLES}")
+    argv = [PYTHON, f"{PROGRAMS_DIR}/standins.py", role]
+    for key, value in opts.items():
+        if key not in STANDIN_OPTIONS:
+            raise TypeError(f"standins.py has no option --{key}")
+        argv += [f"--{key}", _option(value)]
+    return argv
+
+
+def client_command(*targets: str) -> list[str]:
+    """The argv of tests/support/programs/client.py inside the stand-ins image ("host:port" targets)."""
+    return [PYTHON, f"{PROGRAMS_DIR}/client.py", *targets]

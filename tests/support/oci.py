@@ -1,7 +1,8 @@
 """OCI image-layout archives written and read without a registry or an image tool.
 
 `ctr images import` takes such a tar; the manifest's name annotations make the imported image keep its
-name. Layers are uncompressed tars with fixed mtimes and owners, so the same inputs give the same bytes.
+name. Layers are uncompressed tars; file-map layers have fixed mtimes and owners, so the same inputs
+give the same bytes.
 """
 
 from __future__ import annotations
@@ -109,20 +110,26 @@ def layer_from_files(files: FileMap, out: io.BufferedIOBase) -> None:
 
 
 def layer_from_tree(root: Path, out: io.BufferedIOBase) -> None:
-    """A layer of everything under root, in sorted order, keeping modes and numeric owners."""
+    """A layer of everything under root in sorted order, keeping modes, numeric owners and mtimes.
+
+    The mtimes stay because Python's bytecode caches are checked against them. Device nodes, sockets
+    and fifos are left out: a container's /dev comes from the runtime.
+    """
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
             for name in sorted(dirnames + filenames):
                 path = Path(dirpath) / name
+                mode = path.lstat().st_mode
+                if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+                    continue
                 info = tar.gettarinfo(str(path), arcname=str(path.relative_to(root)))
-                if stat.S_ISCHR(path.lstat().st_mode) or stat.S_ISBLK(path.lstat().st_mode):
-                    continue  # device nodes come from the runtime, never from an image
+                info.uname = info.gname = ""
                 if info.isreg():
                     with path.open("rb") as data:
-                        tar.addfile(_normalised(info), data)
+                        tar.addfile(info, data)
                 else:
-                    tar.addfile(_normalised(info))
+                    tar.addfile(info)
 
 
 @dataclass
