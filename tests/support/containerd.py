@@ -62,7 +62,7 @@ exec "$@"
 
 
 def _config(containerd: Containerd) -> str:
-    node, cri = containerd.node, '"io.containerd.grpc.v1.cri"'
+    cri = '"io.containerd.grpc.v1.cri"'
     return f"""version = 2
 oom_score = 0
 

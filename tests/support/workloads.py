@@ -12,8 +12,11 @@ from typing import Any
 
 from cni.contract import ENGINE_PORT, EXCLUDE_INBOUND_PORTS, INJECT, ISTIO_PROXY_UID, SERVICE_MESH, VALIDATOR_CONTAINER
 from tests.support import images
+from tests.support.istio import istio_rules
 
 APP_PORTS = (8080, 8081)
+# A container that only waits: the client pod's, from which the tests send requests with ExecSync.
+IDLE = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
 APP_UID, ENGINE_UID = 1000, 1001
 UNPRIVILEGED = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                 "capabilities": {"drop": ["ALL"]}}
@@ -61,7 +64,8 @@ def annotated(name: str, image: str) -> dict[str, Any]:
 def istio(name: str, image: str) -> dict[str, Any]:
     """Istio mode: istio-init writes Istio's rules (NET_ADMIN, as Istio's init container has), the proxy
     runs as 1337, and the plugin puts the Engine behind it."""
-    init = {"name": "istio-init", "image": images.STANDINS, "command": images.istio_init_command(),
+    command = ["/bin/sh", "-c", 'printf "%s" "$0" | iptables-legacy-restore', istio_rules(4)]
+    init = {"name": "istio-init", "image": images.STANDINS, "command": command,
             "securityContext": {"runAsUser": 0, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                 "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}}}
     proxy = standin("istio-proxy", ISTIO_PROXY_UID, images.standin_command("istio", name=name, port=15006))
@@ -75,4 +79,4 @@ def ordinary(name: str) -> dict[str, Any]:
 
 def client(name: str) -> dict[str, Any]:
     """A pod whose container idles; the tests send requests from it with ExecSync."""
-    return pod(name, [standin("client", APP_UID, images.idle_command())])
+    return pod(name, [standin("client", APP_UID, IDLE)])
