@@ -133,10 +133,11 @@ def test_stop_and_remove_release_the_netns_and_the_address(containerd: Container
     netns = next(ns["path"] for ns in status["info"]["info"]["runtimeSpec"]["linux"]["namespaces"]
                  if ns["type"] == "network")
     assert containerd.process is not None
+    # The pod netns is a mount in containerd's private mount namespace, not in ours.
+    mountinfo = Path(f"/proc/{containerd.process.pid}/mountinfo")
 
     def mounted() -> bool:
-        # The pod netns is a mount in containerd's private mount namespace, not in ours.
-        return f" {netns} " in Path(f"/proc/{containerd.process.pid}/mountinfo").read_text()
+        return f" {netns} " in mountinfo.read_text()
 
     assert mounted() and reserved(containerd.node, ip)
     containerd.runtime.stop_pod_sandbox(pod_id)
