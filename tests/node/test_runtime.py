@@ -133,10 +133,11 @@ def test_stop_and_remove_release_the_netns_and_the_address(containerd: Container
     netns = next(ns["path"] for ns in status["info"]["info"]["runtimeSpec"]["linux"]["namespaces"]
                  if ns["type"] == "network")
     assert containerd.process is not None
+    # The pod netns is a mount in containerd's private mount namespace, not in ours.
+    mountinfo = Path(f"/proc/{containerd.process.pid}/mountinfo")
 
     def mounted() -> bool:
-        # The pod netns is a mount in containerd's private mount namespace, not in ours.
-        return f" {netns} " in Path(f"/proc/{containerd.process.pid}/mountinfo").read_text()
+        return f" {netns} " in mountinfo.read_text()
 
     assert mounted() and reserved(containerd.node, ip)
     containerd.runtime.stop_pod_sandbox(pod_id)
@@ -157,6 +158,17 @@ def test_a_failed_call_names_the_method_and_the_grpc_status(tmp_path: Path) -> N
     assert failure.value.method == "Version"
 
 
+def test_a_start_that_fails_says_why_and_leaves_nothing() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the node tier needs root (network and mount namespaces, cgroups, containerd)")
+    with Node() as node:
+        runtime = Containerd(node, snapshotter="no-such-snapshotter")
+        with pytest.raises(RuntimeError, match=r"(?s)without its CRI plugin.*failed to find snapshotter"), runtime:
+            pytest.fail("containerd's CRI plugin started with a snapshotter that does not exist")
+        assert runtime.process is not None and runtime.process.returncode is not None
+        assert processes_in(node.dir) == [] and not runtime.dir.exists()
+
+
 def under(path: str, directory: Path) -> bool:
     return path == str(directory) or path.startswith(f"{directory}/")
 
@@ -175,18 +187,30 @@ def processes_in(directory: Path) -> list[str]:
     return found
 
 
-def net_namespace_users(inode: int) -> list[str]:
-    """Processes in, or mount namespaces with a mount of, the network namespace with this inode."""
-    users = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if (proc / "ns" / "net").stat().st_ino == inode or f"net:[{inode}]" in (proc / "mountinfo").read_text():
-                users.append(proc.name)
-        except OSError:
-            continue
-    return users
+def mounts_under(directory: Path, mountinfo: Path) -> list[str]:
+    """Mount points under directory in the mount namespace that mountinfo describes."""
+    try:
+        lines = mountinfo.read_text().splitlines()
+    except OSError:
+        return []
+    return [point for point in (line.split()[4] for line in lines) if under(point, directory)]
+
+
+def started_at(pid: int) -> str:
+    """The kernel's start time of pid, which tells it from a later process given the same pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def still_running(pid: int, start_time: str) -> bool:
+    return alive(pid) and started_at(pid) == start_time
+
+
+def veths(node: Node) -> list[str]:
+    """The node-side ends of pod interfaces: each goes away only when its pod's netns is destroyed."""
+    return node.exec(node.netns, ["ip", "-o", "link", "show", "type", "veth"]).stdout.splitlines()
 
 
 @pytest.mark.parametrize("stop", ["graceful", "containerd-killed"])
@@ -206,20 +230,22 @@ def test_close_leaves_no_netns_mount_process_cgroup_or_file(stop: str) -> None:
             app = start(runtime, pod_id, pod, container("app", ["/bin/sh", "-c", "exec sleep 3600"]))
             pause_pid = runtime.runtime.pod_sandbox_status(pod_id, verbose=True)["info"]["info"]["pid"]
             app_pid = runtime.runtime.container_status(app, verbose=True)["info"]["info"]["pid"]
-            netns_inode = Path(f"/proc/{pause_pid}/ns/net").stat().st_ino
+            pids = {pid: started_at(pid) for pid in (pause_pid, app_pid)}
+            assert len(veths(node)) == 1
             assert runtime.process is not None
             if stop == "containerd-killed":
                 runtime.process.kill()
                 runtime.process.wait()
-                assert alive(app_pid) and processes_in(node.dir)
+                assert still_running(app_pid, pids[app_pid]) and processes_in(node.dir)
         finally:
             runtime.close()
 
-        assert not [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
-                    if under(line.split()[4], node.dir)]
+        assert mounts_under(node.dir, Path("/proc/self/mountinfo")) == []
+        assert [m for info in Path("/proc").glob("[0-9]*/mountinfo") for m in mounts_under(node.dir, info)] == []
         assert processes_in(node.dir) == []
-        assert not alive(pause_pid) and not alive(app_pid)
-        assert net_namespace_users(netns_inode) == []
+        assert not [pid for pid, start_time in pids.items() if still_running(pid, start_time)]
+        # A netns is destroyed asynchronously once its last user is gone.
+        assert wait_for(lambda: veths(node) == [], timeout=10), veths(node)
         assert not [hierarchy for hierarchy in Path("/sys/fs/cgroup").iterdir()
                     if (hierarchy / runtime.cgroup_parent.lstrip("/")).exists()]
         assert not runtime.dir.exists()

@@ -18,6 +18,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from tests.support.cri import CriError, RuntimeClient
 from tests.support.images import PAUSE
 from tests.support.node import Node
@@ -150,21 +152,29 @@ class Containerd:
                  "containerd", "--config", str(self.config), "--root", str(self.root), "--state", str(self.state),
                  "--address", str(self.socket), "--log-level", "info"],
                 cwd=self.dir, env={"PATH": PATH}, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        deadline = started + START_TIMEOUT
+        self._wait_until_serving(started + START_TIMEOUT)
+        self.start_seconds = time.monotonic() - started
+
+    def _wait_until_serving(self, deadline: float) -> None:
+        """Until the CRI plugin answers; fails at once when containerd exits or runs without the plugin
+        (it serves the rest of its API then, and logs why the plugin did not load)."""
+        assert self.process is not None
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError(f"containerd exited ({self.process.returncode}) while starting:\n{self.log_tail()}")
             if self.socket.exists():
                 try:
                     self.runtime.version()
-                    break
+                    return
                 except CriError as error:
+                    if error.code == grpc.StatusCode.UNIMPLEMENTED:
+                        why = self.log_lines("plugin io.containerd.grpc.v1.cri")
+                        raise RuntimeError(f"containerd runs without its CRI plugin: {error}\n{why}") from None
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"containerd's CRI did not answer: {error}\n{self.log_tail()}") from None
             if time.monotonic() > deadline:
                 raise RuntimeError(f"containerd did not open {self.socket}\n{self.log_tail()}")
             time.sleep(0.05)
-        self.start_seconds = time.monotonic() - started
 
     def _node_paths(self) -> list[str]:
         sources = {"bin_dir": self.node.bin_dir, "conf_dir": self.node.conf_dir, "log_dir": self.log_dir}
@@ -262,6 +272,10 @@ class Containerd:
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(_read(self.log).splitlines()[-lines:])
+
+    def log_lines(self, text: str) -> str:
+        """The lines of containerd's log that contain text."""
+        return "\n".join(line for line in _read(self.log).splitlines() if text in line)
 
     def errors(self) -> list[str]:
         """The lines containerd logged at level error or fatal."""
