@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration.helpers import target
 from tests.support.bundles import binary
 from tests.support.node import API_HOST_NAME, API_PORT, VALIDATOR_UID, Node, Pod, pod_fixture
+from tests.support.pods import target
 
 pytestmark = pytest.mark.backends  # the bundles carry both backends: legacy's C libraries, nftables' netlink code
 PLUGIN, VALIDATOR = "microgateway-cni", "microgateway-network-validator"

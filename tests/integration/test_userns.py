@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import client_pod, target
 from tests.support.istio import istio_rules
 from tests.support.node import APP_UID, ENGINE_UID, ISTIO_UID, VALIDATOR_UID, Node, Pod, pod_fixture, run
+from tests.support.pods import client_pod, target
 
 PREFIX = "sidecar.microgateway.airlock.com/"
 ID_BASE, ID_COUNT = 200000, 65536  # the pod's uids 0..65535 are the node's 200000..265535

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from tests.integration.helpers import nft_handle, tamper
 from tests.support.node import VALIDATOR_UID, Node, Pod, executable, pod_fixture
+from tests.support.tampering import nft_handle, tamper
 
 pytestmark = pytest.mark.backends
 
