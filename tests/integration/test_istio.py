@@ -26,7 +26,7 @@ def test_istio(request, backend, fixture_name, order, istio_backend):
     conflist = node.write_conflist()
     if order == "istio-first":  # Istio CNI earlier in the chain
         pod = node.new_pod("mesh", conflist, before_add=lambda p: write_istio(node, p, istio_backend))
-    else:  # istio-init runs after all CNI plugins
+    else:  # istio-init runs after every CNI plugin
         pod = node.new_pod("mesh", conflist)
         write_istio(node, pod, istio_backend)
     node.start_workloads(pod, PORTS, istio=True)

@@ -19,7 +19,8 @@ PREFIX = "sidecar.microgateway.airlock.com/"
 def exposed_pod(node: Node, name: str, annotations: dict[str, str], **entry: object) -> tuple[Pod, ProgramOutput]:
     node.add_pod_fixture(pod_fixture(name, annotations=annotations))
     pod = node.new_pod(name, node.write_conflist(plugin=node.plugin_entry(**entry), name=f"{name}.conflist"))
-    node.exec(pod.netns, ["sysctl", "-qw", "net.ipv4.ip_unprivileged_port_start=0"])  # as runtimes set it
+    # Container runtimes open every port to unprivileged users inside a pod.
+    node.exec(pod.netns, ["sysctl", "-qw", "net.ipv4.ip_unprivileged_port_start=0"])
     app = ProgramOutput(node.spawn(pod.netns, [sys.executable, "-m", "tests.support.programs.exposed", "app",
                                                "--name", name, "--tcp-ports", "8080", "--udp-ports", "443,5353"],
                                    uid=APP_UID))
