@@ -11,6 +11,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,8 +69,8 @@ class UsernsPod:
         return [*self.node.reveal(), "nsenter", f"--user={self.userns}", "--",
                 "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *cmd]
 
-    def inside(self, cmd: list[str], uid: int = 0, **kwargs: object) -> subprocess.CompletedProcess[str]:
-        return self.node.exec(self.pod.netns, self.command(cmd, uid), **kwargs)  # type: ignore[arg-type]
+    def inside(self, cmd: list[str], uid: int = 0, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return self.node.exec(self.pod.netns, self.command(cmd, uid), **kwargs)
 
     def spawn(self, cmd: list[str], uid: int) -> None:
         self.node.spawn(self.pod.netns, self.command(cmd, uid))
