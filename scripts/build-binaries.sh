@@ -6,9 +6,8 @@
 #   <name>.bootloader  PyInstaller's bootloader, started by the launcher through _internal's loader
 #   _internal/         Python, the program, its libraries, ld-linux-x86-64.so.2, libc.so.6 and friends
 #   licenses/          copyright notices of everything bundled (docs/design.md, "Self-contained bundles")
-# Why one-dir: a one-file build (with staticx for glibc independence) unpacks ~13 MB on every run,
-# measured at ~1 s per plugin invocation (scripts/bench.py), 6x portmap; a one-dir bundle starts in
-# ~25 ms (empty program). What goes into each bundle is in scripts/pyinstaller/bundles.spec.
+# Why one-dir: a one-file build unpacks its whole archive on every run, every pod start (docs/design.md,
+# "Self-contained bundles"). What goes into each bundle is in scripts/pyinstaller/bundles.spec.
 # Usage: scripts/build-binaries.sh [NAME...]   (default: all three)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

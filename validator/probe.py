@@ -60,7 +60,7 @@ def original_destination(conn: socket.socket, family: int) -> tuple[str, int]:
 def _listen(family: int, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_STREAM)
     # Without SO_REUSEADDR a TIME_WAIT left by the probe blocks the Engine's bind on this port
-    # right after the validator exits (found by the demo).
+    # right after the validator exits.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((LOOPBACK[family], port))

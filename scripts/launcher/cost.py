@@ -2,8 +2,8 @@
 
   launcher   dist/bin/microgateway-cni/microgateway-cni (what the kubelet runs)
   loader     the bundled loader started directly on the bootloader (the launcher's exec, without it)
-  host       the bootloader on the host's loader and glibc (the layout before; only where the host's
-             glibc is new enough)
+  host       the bootloader on the host's loader and glibc (a bundle without its own C library; only
+             where the host's glibc is new enough)
 
 Rounds run the three in turn, so a slow spell of a shared machine hits all of them alike.
 Usage: python3 scripts/launcher/cost.py [ROUNDS]

@@ -9,10 +9,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.integration.helpers import client_pod, target
 from tests.support.bundles import ROOT, binary
 from tests.support.installer import Daemon, Host
 from tests.support.node import pod_fixture, wait_for
+from tests.support.pods import client_pod, target
 
 
 def test_runs_without_python_or_iptables_in_the_environment(binaries):

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration.helpers import target
 from tests.support.bundles import binary
 from tests.support.node import API_HOST_NAME, API_PORT, VALIDATOR_UID, Node, Pod, pod_fixture
+from tests.support.pods import target
 
 pytestmark = pytest.mark.backends  # the bundles carry both backends: legacy's C libraries, nftables' netlink code
 PLUGIN, VALIDATOR = "microgateway-cni", "microgateway-network-validator"
@@ -132,7 +132,7 @@ def test_protected_and_ordinary_pods_on_a_root_with_nothing_but_the_bundles(bina
     conflist = root.write_conflist()
     node.add_pod_fixture(pod_fixture("web"))
     pod = node.new_pod("web", conflist)
-    assert pod.result, pod.add_output.stderr  # type: ignore[attr-defined]
+    assert pod.result, pod.add_output.stderr
     verdict = root.run(pod, f"/opt/mgw/{VALIDATOR}/{VALIDATOR}", "--termination-log", "/dev/null",
                        userspec=f"{VALIDATOR_UID}:{VALIDATOR_UID}")
     assert verdict.returncode == 0, verdict.stdout + verdict.stderr
@@ -164,12 +164,12 @@ def test_every_kubeconfig_shape_works_in_the_bundle(binaries, node, configure):
     conflist = root.write_conflist(logLevel="info", debug=True)
     node.add_pod_fixture(pod_fixture("web"))
     pod = node.new_pod("web", conflist)
-    assert pod.result, pod.add_output.stderr + root.log()  # type: ignore[attr-defined]
+    assert pod.result, pod.add_output.stderr + root.log()
     assert any("redirect" in rule.lower() for rule in node.mgw_rules(pod))
     node.cni("check", pod, conflist)
     node.cni("del", pod, conflist)
     assert node.mgw_rules(pod) == []
     node.add_pod_fixture(pod_fixture("plain", protected=False))
-    plain = node.new_pod("plain", conflist)  # ordinary pods need the kubeconfig too (the YAML crash hit them)
-    assert plain.result and node.mgw_rules(plain) == [], plain.add_output.stderr  # type: ignore[attr-defined]
+    plain = node.new_pod("plain", conflist)  # ordinary pods read the kubeconfig too
+    assert plain.result and node.mgw_rules(plain) == [], plain.add_output.stderr
     assert '"msg": "passed through"' in root.log(), "debug: true must turn on debug logging"

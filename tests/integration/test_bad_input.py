@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from tests.integration.helpers import cni_error, exec_plugin, plugin_conf
 from tests.support.node import Pod, pod_fixture
+from tests.support.runtime import cni_error, exec_plugin, plugin_conf
 
 pytestmark = pytest.mark.backends
 

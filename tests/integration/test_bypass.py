@@ -15,22 +15,19 @@ Every attempt that got through is named in the failure message. MGW_BYPASS_SEED 
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
-import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from tests.integration.helpers import client_pod
-from tests.integration.test_istio import write_istio
+from tests.support.attacks import ProgramOutput, attack
+from tests.support.istio import write_istio
 from tests.support.node import APP_UID, ENGINE_UID, ISTIO_UID, VALIDATOR_UID, Node, Pod, pod_fixture
+from tests.support.pods import client_pod
 from tests.support.programs.resolver import ANSWER_V4, ANSWER_V6
 
 PREFIX = "sidecar.microgateway.airlock.com/"
@@ -52,39 +49,9 @@ def attacked_ports(seed: int) -> list[int]:
     return sorted({*range(1, 1024), *NOTABLE, *rng.sample(range(1024, 65536), 2000)})
 
 
-@dataclass
-class Output:
-    """A process's stdout lines, read as they come so the process never blocks on a full pipe."""
-
-    proc: subprocess.Popen[str]
-    lines: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.split())
-
-    def wait_for(self, wanted: set[tuple[str, ...]], timeout: float = 5.0) -> set[tuple[str, ...]]:
-        """The wanted events still missing after up to `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while (missing := wanted - {tuple(line) for line in self.lines}) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return missing
-
-
 def link_local(node: Node, pod: Pod) -> str:
     out = node.exec(pod.netns, ["ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link"]).stdout
     return out.split()[3].split("/")[0]
-
-
-def attack(node: Node, netns: str, plan: dict, uid: int | None = None) -> dict[str, dict[str, str]]:
-    """Run tests/support/programs/attacker.py in `netns` (as root unless `uid`)."""
-    done = node.exec(netns, [sys.executable, "-m", "tests.support.programs.attacker"], uid=uid, input=json.dumps(plan),
-                     timeout=240)
-    return json.loads(done.stdout)
 
 
 def lookup(node: Node, pod: Pod, nameserver: str, database: str) -> str:
@@ -135,11 +102,11 @@ def test_no_way_around_the_engine(request, fixture_name, mesh):
     # Container runtimes open every port to unprivileged users inside a pod.
     node.exec(pod.netns, ["sysctl", "-qw", "net.ipv4.ip_unprivileged_port_start=0"])
     exempt = ENGINE_OWN | ({*ISTIO_PORTS} if mesh == "istio" else set())
-    app = Output(node.spawn(pod.netns, [
+    app = ProgramOutput(node.spawn(pod.netns, [
         sys.executable, "-m", "tests.support.programs.exposed", "app", "--name", "web",
         "--tcp-ports", ",".join(str(p) for p in ports if p not in exempt | {ENGINE_PORT}),
         "--udp-ports", ",".join(map(str, ports))], uid=APP_UID))
-    observer = Output(node.spawn(pod.netns, [sys.executable, "-m", "tests.support.programs.exposed", "observer",
+    observer = ProgramOutput(node.spawn(pod.netns, [sys.executable, "-m", "tests.support.programs.exposed", "observer",
                                              "--protocols", ",".join(map(str, [SCTP, *OTHER_PROTOCOLS]))]))
     node.spawn(pod.netns, [sys.executable, "-m", "tests.support.programs.standins", "engine", "--name", "web",
                            "--port", str(ENGINE_PORT), "--forward", "8080", "--families", "4,6"], uid=ENGINE_UID)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from daemonset import conflist
-from tests.integration.helpers import client_pod, target
 from tests.support.installer import Daemon, Host
 from tests.support.node import deleted_daemonset_fixture, pod_fixture, wait_for
+from tests.support.pods import client_pod, target
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cni"
 

@@ -3,13 +3,11 @@ iptables-legacy, iptables-nft or Istio's native nftables mode - for each backend
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
-from tests.integration.helpers import client_pod, target
-from tests.support.istio import istio_nft_rules, istio_rules
+from tests.support.istio import write_istio
 from tests.support.node import ENGINE_UID, ISTIO_UID, pod_fixture
+from tests.support.pods import client_pod, target
 
 pytestmark = pytest.mark.backends
 
@@ -17,17 +15,6 @@ ANNOTATIONS = {"sidecar.microgateway.airlock.com/serviceMesh": "istio",
                "sidecar.microgateway.airlock.com/excludeInboundPorts": "8081",
                "traffic.sidecar.istio.io/excludeInboundPorts": "9090"}
 PORTS = [8080, 8081, 9090, 15000, 15020]
-
-
-def write_istio(node, pod, istio_backend: str) -> None:
-    if istio_backend == "native-nft":
-        node.exec(pod.netns, ["nft", "-f", "-"], input=istio_nft_rules(node.families, exclude_inbound=(9090,)))
-        return
-    for family in node.families:
-        tool = ("iptables" if family == 4 else "ip6tables") + f"-{istio_backend}-restore"
-        done = subprocess.run(["ip", "netns", "exec", pod.netns, tool, "--noflush"],
-                              input=istio_rules(family, exclude_inbound=(9090,)), text=True, capture_output=True)
-        assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.parametrize("istio_backend", ["legacy", "nft", "native-nft"])
@@ -39,7 +26,7 @@ def test_istio(request, backend, fixture_name, order, istio_backend):
     conflist = node.write_conflist()
     if order == "istio-first":  # Istio CNI earlier in the chain
         pod = node.new_pod("mesh", conflist, before_add=lambda p: write_istio(node, p, istio_backend))
-    else:  # istio-init runs after all CNI plugins
+    else:  # istio-init runs after every CNI plugin
         pod = node.new_pod("mesh", conflist)
         write_istio(node, pod, istio_backend)
     node.start_workloads(pod, PORTS, istio=True)

@@ -10,30 +10,18 @@ import sys
 
 import pytest
 
-from tests.integration.helpers import (
-    client_pod,
-    cni_error,
-    exec_plugin,
-    plugin_conf,
-    protected_pod,
-    tamper,
-    target,
-)
 from tests.support.node import API_PORT, Node, pod_fixture
+from tests.support.pods import client_pod, protected_pod, target
+from tests.support.runtime import cni_env, cni_error, exec_plugin, plugin_conf
+from tests.support.tampering import tamper
 
 pytestmark = pytest.mark.backends
-
-
-def env_for(node, pod, command="ADD"):
-    return {"CNI_COMMAND": command, "CNI_CONTAINERID": pod.container_id, "CNI_NETNS": pod.netns_path,
-            "CNI_IFNAME": "eth0", "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={pod.namespace};"
-                                              f"K8S_POD_NAME={pod.name}"}
 
 
 def test_add_twice_is_idempotent(node):
     pod = protected_pod(node, "web")
     before = node.mgw_rules(pod)
-    again = exec_plugin(node, env_for(node, pod), json.dumps(
+    again = exec_plugin(node, cni_env(pod), json.dumps(
         {**plugin_conf(node, "1.0.0"), "prevResult": pod.result}).encode())
     assert again.returncode == 0, again.stdout
     assert json.loads(again.stdout)["ips"] == pod.result["ips"]
@@ -110,7 +98,7 @@ def test_add_failing_in_one_family_leaves_no_rule_in_any(node):
         node.spawn(pod.netns, [sys.executable, "-m", "tests.support.programs.nft_owner", "--family", "6",
                                "--table", "microgateway"])
         ipv6_before = node.nft_table(pod, 6)
-    add = exec_plugin(node, env_for(node, pod), json.dumps(
+    add = exec_plugin(node, cni_env(pod), json.dumps(
         {**plugin_conf(node, "1.0.0"), "prevResult": pod.result}).encode())
     error = cni_error(add)
     assert error["code"] == 100 and "IPv6" in error["msg"], error
@@ -130,7 +118,7 @@ def test_del_with_netns_gone_and_never_configured(node):
     node.remove_netns(pod)
     node.cni("del", pod, node.conf_dir / "10-mgw.conflist")
     conf = json.dumps(plugin_conf(node, "1.0.0")).encode()
-    never = exec_plugin(node, {**env_for(node, pod, "DEL"), "CNI_NETNS": ""}, conf)
+    never = exec_plugin(node, {**cni_env(pod, "DEL"), "CNI_NETNS": ""}, conf)
     assert never.returncode == 0 and never.stdout == b""
 
 
@@ -204,7 +192,7 @@ print(json.dumps({"code": done.returncode, "stdout": done.stdout.decode(), "orph
 
 
 def _left_behind(node, pod, command: str = "ADD") -> dict:
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_PATH": str(node.bin_dir), **env_for(node, pod, command)}
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_PATH": str(node.bin_dir), **cni_env(pod, command)}
     stdin = json.dumps({**plugin_conf(node, "1.0.0"), "prevResult": pod.result}).encode()
     done = subprocess.run(["ip", "netns", "exec", node.netns, sys.executable, "-c", ORPHAN_COUNTER,
                            str(node.bin_dir / "microgateway-cni")], input=stdin, env=env, capture_output=True,
@@ -337,7 +325,7 @@ def test_a_node_that_switched_backends_leaves_nothing_behind(before):
         assert node.mgw_rules(first) and node.mgw_rules(second)
         node.backend = after
         conflist = node.write_conflist()
-        re_added = exec_plugin(node, env_for(node, first), json.dumps(
+        re_added = exec_plugin(node, cni_env(first), json.dumps(
             {**plugin_conf(node, "1.0.0"), "prevResult": first.result}).encode())
         assert re_added.returncode == 0, re_added.stdout
         legacy_lines = [line for line in node.mgw_rules(first) if line.startswith("-A ")]

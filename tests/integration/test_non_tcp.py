@@ -8,20 +8,22 @@ import sys
 
 import pytest
 
-from tests.integration.helpers import client_pod, cni_error, exec_plugin, plugin_conf, target
-from tests.integration.test_bypass import Output, attack
-from tests.integration.test_lifecycle import env_for
+from tests.support.attacks import ProgramOutput, attack
 from tests.support.node import APP_UID, ENGINE_UID, Node, Pod, pod_fixture
+from tests.support.pods import client_pod, target
+from tests.support.runtime import cni_env, cni_error, exec_plugin, plugin_conf
 
 PREFIX = "sidecar.microgateway.airlock.com/"
 
 
-def exposed_pod(node: Node, name: str, annotations: dict[str, str], **entry: object) -> tuple[Pod, Output]:
+def exposed_pod(node: Node, name: str, annotations: dict[str, str], **entry: object) -> tuple[Pod, ProgramOutput]:
     node.add_pod_fixture(pod_fixture(name, annotations=annotations))
     pod = node.new_pod(name, node.write_conflist(plugin=node.plugin_entry(**entry), name=f"{name}.conflist"))
-    node.exec(pod.netns, ["sysctl", "-qw", "net.ipv4.ip_unprivileged_port_start=0"])  # as runtimes set it
-    app = Output(node.spawn(pod.netns, [sys.executable, "-m", "tests.support.programs.exposed", "app", "--name", name,
-                                        "--tcp-ports", "8080", "--udp-ports", "443,5353"], uid=APP_UID))
+    # Container runtimes open every port to unprivileged users inside a pod.
+    node.exec(pod.netns, ["sysctl", "-qw", "net.ipv4.ip_unprivileged_port_start=0"])
+    app = ProgramOutput(node.spawn(pod.netns, [sys.executable, "-m", "tests.support.programs.exposed", "app",
+                                               "--name", name, "--tcp-ports", "8080", "--udp-ports", "443,5353"],
+                                   uid=APP_UID))
     node.spawn(pod.netns, [sys.executable, "-m", "tests.support.programs.standins", "engine", "--name", name,
                            "--port", "13378", "--families", "4,6"], uid=ENGINE_UID)
     return pod, app
@@ -70,7 +72,7 @@ def test_failed_filter_commit_takes_the_nat_rules_back_out(node):
     pod = node.new_pod("web", node.write_conflist(chained=False, name="primary.conflist"))
     for rule in (["-N", "MGW_INPUT"], ["-N", "FOREIGN"], ["-A", "FOREIGN", "-j", "MGW_INPUT"]):
         node.exec(pod.netns, ["iptables-legacy", "-t", "filter", *rule])
-    add = exec_plugin(node, env_for(node, pod), json.dumps(
+    add = exec_plugin(node, cni_env(pod), json.dumps(
         {**plugin_conf(node, "1.0.0"), "prevResult": pod.result}).encode())
     error = cni_error(add)
     assert "filter" in error["msg"], error

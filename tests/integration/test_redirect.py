@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.helpers import (
-    APP_PORTS,
-    client_pod,
-    probe_from_inside,
-    protected_pod,
-    sweep_ports,
-    tamper,
-    target,
-)
 from tests.support.node import ENGINE_UID, pod_fixture
+from tests.support.pods import APP_PORTS, client_pod, probe_from_inside, protected_pod, sweep_ports, target
+from tests.support.tampering import tamper
 
 pytestmark = pytest.mark.backends
 EXCLUDE = {"sidecar.microgateway.airlock.com/excludeInboundPorts": "8081"}

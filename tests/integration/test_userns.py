@@ -11,12 +11,13 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.integration.helpers import client_pod, target
 from tests.support.istio import istio_rules
 from tests.support.node import APP_UID, ENGINE_UID, ISTIO_UID, VALIDATOR_UID, Node, Pod, pod_fixture, run
+from tests.support.pods import client_pod, target
 
 PREFIX = "sidecar.microgateway.airlock.com/"
 ID_BASE, ID_COUNT = 200000, 65536  # the pod's uids 0..65535 are the node's 200000..265535
@@ -68,8 +69,8 @@ class UsernsPod:
         return [*self.node.reveal(), "nsenter", f"--user={self.userns}", "--",
                 "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *cmd]
 
-    def inside(self, cmd: list[str], uid: int = 0, **kwargs: object) -> subprocess.CompletedProcess[str]:
-        return self.node.exec(self.pod.netns, self.command(cmd, uid), **kwargs)  # type: ignore[arg-type]
+    def inside(self, cmd: list[str], uid: int = 0, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return self.node.exec(self.pod.netns, self.command(cmd, uid), **kwargs)
 
     def spawn(self, cmd: list[str], uid: int) -> None:
         self.node.spawn(self.pod.netns, self.command(cmd, uid))

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from tests.integration.helpers import nft_handle, tamper
 from tests.support.node import VALIDATOR_UID, Node, Pod, executable, pod_fixture
+from tests.support.tampering import nft_handle, tamper
 
 pytestmark = pytest.mark.backends
 
@@ -97,7 +97,8 @@ def test_runs_as_non_root(node):
 
 
 def test_engine_can_bind_its_port_right_after_the_validator(node):
-    """Regression: the probe's TIME_WAIT on :13378 must not block the Engine that starts next."""
+    """The probe's TIME_WAIT on :13378 must not block the Engine, which binds it as soon as the init
+    container exits."""
     pod = configured_pod(node)
     assert run_validator(node, pod)[0] == 0
     node.spawn(pod.netns, [sys.executable, "-m", "tests.support.programs.standins", "engine", "--name", "web",

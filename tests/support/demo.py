@@ -218,7 +218,7 @@ def _validator_failed_status() -> dict:
 
 
 def _istio_init(node: Node, pod: Pod) -> None:
-    """What istio-init would do after all CNI plugins ran: Istio's REDIRECT-mode rules."""
+    """What istio-init does, after every CNI plugin: Istio's REDIRECT-mode rules."""
     subprocess.run(["ip", "netns", "exec", pod.netns, "iptables-legacy-restore", "--noflush"],
                    input=istio_rules(4), text=True, check=True, capture_output=True)
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from tests.support.node import Node, Pod
+
 LOOPBACK = {4: "127.0.0.1/32", 6: "::1/128"}
 PASSTHROUGH = {4: "127.0.0.6/32", 6: "::6/128"}
 
@@ -56,3 +58,14 @@ def istio_nft_rules(families: tuple[int, ...], exclude_inbound: tuple[int, ...] 
     lines += [f"add rule {table} istio-output {ip[f]} daddr {LOOPBACK[f]} return" for f in families]
     lines += [f"add rule {table} istio-output jump istio-redirect", ""]
     return "\n".join(lines)
+
+
+def write_istio(node: Node, pod: Pod, istio_backend: str) -> None:
+    """Write Istio's rules into the pod as istio-init would: with iptables-legacy ("legacy"),
+    iptables-nft ("nft") or Istio's native nftables mode ("native-nft"), excluding inbound port 9090."""
+    if istio_backend == "native-nft":
+        node.exec(pod.netns, ["nft", "-f", "-"], input=istio_nft_rules(node.families, exclude_inbound=(9090,)))
+        return
+    for family in node.families:
+        tool = ("iptables" if family == 4 else "ip6tables") + f"-{istio_backend}-restore"
+        node.exec(pod.netns, [tool, "--noflush"], input=istio_rules(family, exclude_inbound=(9090,)))

@@ -142,6 +142,7 @@ class Pod:
     netns: str
     container_id: str
     result: dict[str, Any] = field(default_factory=dict)
+    add_output: subprocess.CompletedProcess[str] | None = None  # libcni's ADD, failed or not
 
     @property
     def netns_path(self) -> str:
@@ -345,7 +346,7 @@ class Node:
         done = self.cni("add", pod, conflist, annotations, check=check)
         if done.returncode == 0:
             pod.result = json.loads(done.stdout)
-        pod.add_output = done  # type: ignore[attr-defined]
+        pod.add_output = done
         return pod
 
     def remove_netns(self, pod: Pod) -> None:

@@ -19,7 +19,7 @@ import time
 
 SCTP, UDPLITE = 132, 136
 PACE_EVERY, PACE_SECONDS = 64, 0.002
-READ_TIMEOUT = 15.0  # a shared 2-core CI machine can keep an accepted connection waiting that long
+READ_TIMEOUT = 15.0  # generous: a busy shared CI machine can keep an accepted connection waiting for seconds
 
 
 def crc32c(data: bytes) -> int:
