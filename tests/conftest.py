@@ -1,5 +1,5 @@
-"""Shared fixtures. Integration tests need root and network namespaces; everything they create is
-removed by the Node fixture, also when a test fails."""
+"""Shared fixtures. Integration, e2e and node tests need root and network namespaces; everything they
+create is removed by the Node fixture (and the node tier's Containerd), also when a test fails."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tests.support.node import BACKENDS, DRIVER, Node
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if "integration" in item.nodeid.split("/") or "e2e" in item.nodeid.split("/"):
+        if {"integration", "e2e", "node"} & set(item.nodeid.split("/")):
             item.add_marker(pytest.mark.root)
 
 

@@ -18,8 +18,6 @@ from tests.support.containerd import Containerd, alive
 from tests.support.cri import CriError, RuntimeClient
 from tests.support.node import SUBNET4, Node, wait_for
 
-pytestmark = pytest.mark.root
-
 
 def container(name: str, command: list[str], **fields: Any) -> dict[str, Any]:
     return {"metadata": {"name": name}, "image": {"image": images.PAUSE}, "command": command,

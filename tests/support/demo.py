@@ -1,6 +1,8 @@
-"""The local node demo: a node in network namespaces, pods wired through libcni, real traffic.
+"""The local node demo: one node on this machine, containerd running the DaemonSet's image and the pods.
 
-Run by scripts/demo.sh; tests/integration/test_demo.py runs the same code and asserts its checks.
+Run by scripts/demo.sh; tests/node/test_demo.py runs the same code and asserts its checks. The node, the
+runtime and the images are real (tests/support/kubenode.py); the kube-apiserver is a stand-in and the
+kubelet's part is done by the harness, translating the rendered manifests into CRI calls.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from tests.support.installer import INSTALLER, Daemon, Host
-from tests.support.istio import istio_rules
-from tests.support.node import STARTUP_TAINT, Node, Pod, node_fixture, pod_fixture, tolerates, wait_for
+from tests.support import images, workloads
+from tests.support.kubelet import PodFailed, RunningPod, UnsupportedSpec, check_schedulable
+from tests.support.kubenode import NODE_NAME, KubeNode
+from tests.support.node import wait_for
 
-MESH = {"sidecar.microgateway.airlock.com/serviceMesh": "istio"}
-EXCLUDE = {"sidecar.microgateway.airlock.com/excludeInboundPorts": "8081"}
-PORTS = [8080, 8081]
+UNTAINTED = "start-up taint removed: pods may be scheduled to this node"
 
 
 @dataclass
@@ -49,187 +52,163 @@ class Report:
         print(f"\nRESULT: {'PASS' if self.passed else 'FAIL'}")
 
 
-def validate(node: Node, pod: Pod) -> tuple[int, dict, str]:
-    code, stdout, message = node.validate(pod, "--deadline", "1")
-    return code, json.loads(stdout), message
-
-
 def path_of(reply: str) -> str:
+    """The hops a stand-in's reply names ("engine=... -> app=..."), from the client."""
     hops = ["client"]
     for part in reply.split(" -> "):
         hops.append(part.split("=")[0] if "=" in part else part)
     return " -> ".join(hops)
 
 
-DEFAULT_LOG = "/var/log/microgateway-cni.log"  # the plugin's production default: the demo must not write it
+def blocked_by(kube: KubeNode, manifest: dict[str, Any]) -> str:
+    """Why the scheduler keeps the pod off the node, or "" when it may land there."""
+    try:
+        check_schedulable(manifest["spec"], kube.node.api_node(NODE_NAME))
+    except UnsupportedSpec as exc:
+        return str(exc)
+    return ""
+
+
+def verdict(kube: KubeNode, pod: RunningPod) -> str:
+    """The validator's JSON line (its container log), as `kubectl logs -c <validator>` shows it."""
+    cid = pod.container_ids[workloads.VALIDATOR_CONTAINER]
+    line = kube.runtime.container_logs(cid).strip().splitlines()[-1:]
+    try:
+        probes = json.loads(line[0]).get("probes", []) if line else []
+    except ValueError:
+        return line[0] if line else ""
+    return ", ".join(f"IPv{p['family']} {p['outcome']} {p['ms']} ms" for p in probes)
 
 
 def run_demo(report: Report, keep: bool = False) -> bool:
-    log_existed = os.path.exists(DEFAULT_LOG)
-    node = Node(families=(4,))
-    node.start()
+    started = time.monotonic()
+    report.step("0. the node: containerd + runc in a network namespace, images built here and imported")
+    kube = KubeNode()
     try:
-        report.step("1. node boots with the start-up taint; the installer chains microgateway-cni, then lifts it")
-        node.write_pods({})
-        node.write_nodes({"node-1": node_fixture(taints=[STARTUP_TAINT])})  # kubelet --register-with-taints
-        shop_fixture = pod_fixture("shop", annotations=EXCLUDE)
-        for pod in (shop_fixture, pod_fixture("mesh-shop", annotations=MESH), pod_fixture("plain", protected=False)):
-            node.add_pod_fixture(pod)
-        report.info(f"node netns {node.netns}, host root {node.dir}")
-        report.info(f"node-1 registered with taints: {_taints(node)}")
-        report.info("pods in the API: default/shop (protected, 8081 excluded), default/mesh-shop (protected, "
-                    "istio), default/plain (not protected)")
-        conflist = node.write_conflist(chained=False, name="10-bridge.conflist")
-        host = Host.for_node(node)
-        blocking = untolerated(node.api_node(), shop_fixture)
-        report.info("protected pod waits: default/shop stays Pending, no sandbox: 0/1 nodes are available: 1 "
-                    f"node(s) had untolerated taint {{{blocking[0]['key']}: }}")
-        installer = Daemon(node, host)
-        started = time.monotonic()
-        lifted = wait_for(lambda: not untolerated(node.api_node(), shop_fixture), timeout=20)
-        seconds = time.monotonic() - started
-        ready = wait_for(installer.ready, timeout=20)
-        chained = [p["type"] for p in json.loads(conflist.read_text())["plugins"]]
-        report.check("installer ready", ready, f"binary copied to {node.bin_dir.name}/, kubeconfig written, "
-                     f"{conflist.name} plugins: {' -> '.join(chained)}")
-        messages = [e.get("message", "") for e in installer.log()]
-        order = [m for m in messages if m in ("plugin chained", UNTAINTED)]
-        report.check("installer lifts the taint", lifted and order == ["plugin chained", UNTAINTED],
-                     f"~{seconds:.1f} s after start, after chaining; node-1 taints now: {_taints(node)}; "
-                     "the scheduler places the pods")
-        for line in installer.metrics().splitlines():
-            if line.startswith(("microgateway_cni_node_untainted", "microgateway_cni_untaint_seconds",
-                                "microgateway_cni_ready")):
-                report.info(f"/metrics {line}")
-
-        report.step("2. pods created through libcni (ADD with K8S_POD_* CNI_ARGS)")
-        shop = node.new_pod("shop", conflist)
-        mesh = node.new_pod("mesh-shop", conflist)
-        _istio_init(node, mesh)
-        plain = node.new_pod("plain", conflist)
-        client = node.new_pod("client", node.write_conflist(chained=False, name="client.conflist"))
-        for pod in (shop, mesh, plain, client):
-            report.info(f"{pod.name:10} {pod.ip():12} netns {pod.netns}  MGW_ rules: {len(node.mgw_rules(pod))}")
-        report.check("plain pod untouched", node.mgw_rules(plain) == [], "no MGW_ rule in the ordinary pod")
-        if report.verbose:
-            for pod in (shop, mesh):
-                report.info(f"our rules in {pod.name} (backend chosen by the plugin's netfilterBackend):\n"
-                            + "\n".join(node.mgw_rules(pod)))
-
-        report.step("3. network validator in each protected pod (uid 1002, unprivileged)")
-        for pod in (shop, mesh):
-            code, verdict, _ = validate(node, pod)
-            timing = ", ".join(f"IPv{p['family']} {p['outcome']} {p['ms']} ms" for p in verdict.get("probes", []))
-            report.check(f"validator {pod.name}", code == 0, f"exit {code}: {timing}")
-        report.info("then the containers start: app (uid 1000), Engine stand-in on :13378 (uid 1001), "
-                    "Istio-proxy stand-in (uid 1337) in mesh-shop")
-        node.start_workloads(shop, PORTS)
-        node.start_workloads(mesh, PORTS, istio=True)
-        node.start_workloads(plain, PORTS)
-
-        report.step("4. requests from the client pod: the path each one took")
-        expectations = [(shop, 8080, "client -> engine -> app"), (shop, 8081, "client -> app"),
-                        (shop, 5555, "client -> engine"), (mesh, 8080, "client -> istio -> engine -> app"),
-                        (plain, 8080, "client -> app")]
-        replies = node.connect(client.netns, [f"{pod.ip()}:{port}" for pod, port, _ in expectations])
-        for pod, port, expected in expectations:
-            reply = replies[f"{pod.ip()}:{port}"]
-            report.check(f"{pod.name}:{port}", path_of(reply) == expected, f"{path_of(reply)}   ({reply})")
-
-        repairs = [e["verb"] for e in node.journal_entries() if e["verb"] in ("delete", "event")]
-        report.check("no validator failure, no repair", not repairs and "microgateway_cni_repairs_total{"
-                     not in installer.metrics(), "the gate kept every pod off the node until the plugin was in place")
-
-        report.step("5. failure story: a protected pod started while the plugin is not chained")
-        subprocess.run(["ip", "netns", "exec", node.netns, INSTALLER, "uninstall"], env=host.env(),
-                       check=True, capture_output=True)
-        installer.stop()
-        report.info("installer stopped and `microgateway-cni-installer uninstall` run: conflist is bridge only")
-        late_fixture = pod_fixture("late", uid="late-uid-1")
-        node.add_pod_fixture(late_fixture)
-        late = node.new_pod("late", conflist)
-        code, verdict, message = validate(node, late)
-        report.check("validator refuses unprotected pod", code == 3, f"exit {code}")
-        report.info(f"termination message: {message}")
-        late_fixture["status"] = _validator_failed_status()  # what the kubelet reports for the init container
-        node.add_pod_fixture(late_fixture)
-        installer = Daemon(node, host)
-        repaired = wait_for(lambda: any(e["verb"] == "delete" and e["pod"] == "default/late"
-                                        for e in node.journal_entries()), timeout=20)
-        wait_for(lambda: any(e["verb"] == "event" for e in node.journal_entries()), timeout=5)
-        events = [e["body"]["reason"] for e in node.journal_entries() if e["verb"] == "event"]
-        report.check("installer repairs it", repaired and wait_for(installer.ready, timeout=10),
-                     f"re-chained, pod deleted with UID precondition, events: {events}")
-        node.cni("del", late, conflist)
-        node.remove_netns(late)
-        node.add_pod_fixture(pod_fixture("late", uid="late-uid-2"))  # the ReplicaSet recreates it
-        late = node.new_pod("late", conflist)
-        code, verdict, _ = validate(node, late)
-        report.check("recreated pod protected", code == 0, f"exit {code}, {len(node.mgw_rules(late))} MGW_ rules")
-        installer.stop()
-
-        if report.verbose:
-            report.step("logs (--verbose)")
-            report.info("microgateway-cni (JSON lines, logFilePath):")
-            for line in node.log_file.read_text().splitlines():
-                report.info(f"  {line}")
-            report.info("microgateway-cni-installer (JSON lines on stdout):")
-            for line in (node.dir / "installer.log").read_text().splitlines()[-15:]:
-                report.info(f"  {line}")
-
+        kube.start()
+        report.info(f"node netns {kube.node.netns}; containerd socket {kube.containerd.socket}"  # type: ignore[union-attr]
+                    f"; images {images.PAUSE}, {images.STANDINS}, {images.project_image()} "
+                    f"({time.monotonic() - started:.0f} s with the builds)")
+        _story(kube, report)
         if keep:
-            report.step("node kept up (--keep); enter a pod with:")
-            for pod in node.pods.values():
-                report.info(f"ip netns exec {pod.netns} bash")
-            report.info(f"remove everything with: ip netns list | grep mgwt-{node.id} | xargs -n1 ip netns del; "
-                        f"rm -rf {node.dir}")
-            report.info("(processes started by the demo stop when you press Enter)")
+            report.step("node kept up (--keep): press Enter to tear it down")
+            report.info(f"containerd: ctr -n k8s.io --address {kube.containerd.socket} containers list")  # type: ignore[union-attr]
             input()
     finally:
-        report.step("6. teardown: pods, namespaces, processes, files")
-        node.close()
-        left = [ns for ns in os.popen("ip netns list").read().split() if ns.startswith(f"mgwt-{node.id}")]
-        stray = os.path.exists(DEFAULT_LOG) and not log_existed
-        report.check("nothing left behind", not left and not node.dir.exists() and not stray,
-                     f"namespaces left: {left or 'none'}; stray files: {DEFAULT_LOG if stray else 'none'}")
+        report.step("7. teardown: pods, containerd, namespaces, mounts, files")
+        prefix = f"mgwt-{kube.node.id}"
+        kube.close()
+        left = [ns for ns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+                if ns.startswith(prefix)]
+        mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                  if str(kube.node.dir) in line]
+        report.check("nothing left behind", not left and not mounts and not kube.node.dir.exists(),
+                     f"namespaces left: {left or 'none'}; mounts left: {mounts or 'none'}; "
+                     f"{kube.node.dir} removed: {not kube.node.dir.exists()}")
     return report.passed
 
 
-UNTAINTED = "start-up taint removed: pods may be scheduled to this node"
+def _story(kube: KubeNode, report: Report) -> None:
+    image = images.project_image()
+    report.step("1. the node registers with the start-up taint; the DaemonSet's pod chains the plugin and lifts it")
+    report.info(f"{NODE_NAME} taints: {', '.join(kube.taints())}; {kube.primary.name}: {' -> '.join(kube.chain())}")
+    shop_manifest = workloads.protected("shop", image)
+    report.info(f"default/shop stays Pending: {blocked_by(kube, shop_manifest)}")
+    started = time.monotonic()
+    installer = kube.start_installer()
+    lifted = wait_for(lambda: not kube.taints(), timeout=30)
+    seconds = time.monotonic() - started
+    ready = wait_for(lambda: kube.probes_pass(installer), timeout=20)
+    report.check("installer container ready", ready and kube.chain() == ["bridge", "microgateway-cni"],
+                 f"from {image} as the default overlay says (uid 0, capabilities CHOWN DAC_OVERRIDE FOWNER, "
+                 f"read-only root); {kube.primary.name}: {' -> '.join(kube.chain())}; probes pass")
+    report.check("installer lifts the taint", lifted and not blocked_by(kube, shop_manifest),
+                 f"{seconds:.1f} s after RunPodSandbox of the installer pod; {NODE_NAME} taints now: "
+                 f"{', '.join(kube.taints()) or 'none'}")
 
+    report.step("2. pods: RunPodSandbox (CNI ADD through containerd), the validator first, then the containers")
+    client = kube.create(workloads.client("client"))
+    shop = kube.create(shop_manifest)
+    mesh = kube.create(workloads.istio("mesh-shop", image))
+    annotated = kube.create(workloads.annotated("annotated", image), in_api=False)
+    plain = kube.create(workloads.ordinary("plain"))
+    for pod in (shop, mesh, annotated, plain, client):
+        kube.wait_started(pod)
+        report.info(f"{pod.plan.name:10} {pod.ip:12} our rules: {len(kube.our_rules(pod)):2}  "
+                    f"init: {', '.join(f'{n} exit {c}' for n, (c, _) in pod.init_results.items()) or '-'}")
+    for pod in (shop, mesh, annotated):
+        code = pod.init_results[workloads.VALIDATOR_CONTAINER][0]
+        report.check(f"validator {pod.plan.name}", code == 0, f"exit {code}: {verdict(kube, pod)}")
+    report.check("plain pod untouched", kube.our_rules(plain) == [], "no rule of ours in the ordinary pod")
+    code, output = kube.debug(shop, ["/usr/local/bin/microgateway-network-validator", "diagnose", "--json"])
+    report.check("diagnose shop", code == 0, "kubectl debug --profile=netadmin: microgateway-network-validator "
+                 f"diagnose exit {code}, chains {json.loads(output)['chains']['4']['chains'] if code == 0 else output}")
+    sources = {e["pod"]: e.get("source") for e in kube.plugin_log() if e.get("msg") == "redirection configured"}
+    report.check("annotations alone decide", sources.get("default/annotated") == "runtime",
+                 "default/annotated is not in the API: containerd handed the plugin its annotations")
 
-def untolerated(node: dict, pod: dict) -> list[dict]:
-    """The scheduler's taint filter: NoSchedule/NoExecute taints the pod does not tolerate."""
-    tolerations = pod["spec"].get("tolerations", [])
-    return [t for t in node["spec"].get("taints", [])
-            if t["effect"] != "PreferNoSchedule" and not tolerates(tolerations, t)]
+    report.step("3. requests from the client pod: the path each one took")
+    expectations = [(shop, 8080, "client -> engine -> app"), (shop, 8081, "client -> app"),
+                    (shop, 5555, "client -> engine"), (mesh, 8080, "client -> istio -> engine -> app"),
+                    (annotated, 8080, "client -> engine -> app"), (plain, 8080, "client -> app")]
+    replies = kube.request(client, [f"{pod.ip}:{port}" for pod, port, _ in expectations])
+    for pod, port, expected in expectations:
+        reply = replies[f"{pod.ip}:{port}"]
+        report.check(f"{pod.plan.name}:{port}", path_of(reply) == expected, f"{path_of(reply)}   ({reply})")
 
+    report.step("4. a protected pod started while the plugin is not chained")
+    kube.delete_daemonset()
+    kube.stop_installer(installer)
+    report.info(f"DaemonSet deleted, installer stopped (SIGTERM): {kube.primary.name} is the primary's again: "
+                f"{json.loads(kube.primary.read_text()) == json.loads(kube.primary_text)}")
+    late_manifest = workloads.protected("late", image)
+    try:
+        kube.create(late_manifest)
+        report.check("validator refuses the unprotected pod", False, "the validator passed without the plugin")
+        return
+    except PodFailed as failed:
+        report.check("validator refuses the unprotected pod", failed.code == 3,
+                     f"{failed.container} exit {failed.code}; the app never started")
+        report.info(f"termination message: {failed.message.strip()}")
+        kube.report_init_failure(late_manifest, failed)
+        late = failed.pod
 
-def _taints(node: Node) -> str:
-    taints = node.api_node()["spec"].get("taints", [])
-    return ", ".join(f"{t['key']}:{t['effect']}" for t in taints) or "none"
+    report.step("5. the DaemonSet is back: the installer re-chains and repairs the pod")
+    installer = kube.start_installer()
+    repaired = wait_for(lambda: any(e["verb"] == "delete" and e["pod"] == "default/late"
+                                    for e in kube.node.journal_entries()), timeout=30)
+    events = [e["body"]["reason"] for e in kube.node.journal_entries() if e["verb"] == "event"]
+    report.check("installer repairs it", repaired and wait_for(lambda: kube.probes_pass(installer), timeout=20),
+                 f"re-chained, default/late deleted through the API (UID precondition), events: {events}")
+    kube.delete(late)  # the kubelet's part: the API deleted the pod, so its sandbox goes
+    again = kube.create(workloads.protected("late", image))  # its ReplicaSet makes it again
+    kube.wait_started(again)
+    reply = kube.request(client, [f"{again.ip}:8080"])[f"{again.ip}:8080"]
+    report.check("recreated pod protected", again.init_results[workloads.VALIDATOR_CONTAINER][0] == 0
+                 and path_of(reply) == "client -> engine -> app", f"validator exit 0, {path_of(reply)}")
 
-
-def _validator_failed_status() -> dict:
-    return {"phase": "Pending", "initContainerStatuses": [{
-        "name": "airlock-microgateway-network-validator", "image": "microgateway-network-validator", "imageID": "",
-        "ready": False, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-        "lastState": {"terminated": {"exitCode": 3, "reason": "Error"}}}]}
-
-
-def _istio_init(node: Node, pod: Pod) -> None:
-    """What istio-init does, after every CNI plugin: Istio's REDIRECT-mode rules."""
-    subprocess.run(["ip", "netns", "exec", pod.netns, "iptables-legacy-restore", "--noflush"],
-                   input=istio_rules(4), text=True, check=True, capture_output=True)
+    report.step("6. pods deleted: StopPodSandbox and RemovePodSandbox (CNI DEL), the installer stopped")
+    for pod in list(kube.pods):
+        if pod is not installer:
+            kube.delete(pod)
+    removed = [e for e in kube.plugin_log() if e.get("msg") == "redirection removed"]
+    errors = [e for e in kube.plugin_log() if e.get("level") == "error"]
+    report.check("pods torn down", not errors and len(removed) >= 4,
+                 f"{len(removed)} DELs removed our rules, {len(errors)} plugin errors")
+    kube.stop_installer(installer)
+    if report.verbose:
+        report.step("logs (--verbose)")
+        for entry in kube.plugin_log():
+            report.info(json.dumps(entry))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="microgateway-cni local node demo (needs root)")
-    parser.add_argument("--verbose", action="store_true", help="print each pod's nat rules and the plugin log")
+    parser = argparse.ArgumentParser(description="microgateway-cni local node demo on containerd (needs root)")
+    parser.add_argument("--verbose", action="store_true", help="print the plugin's log")
     parser.add_argument("--keep", action="store_true", help="leave the node up for exploring until Enter")
     args = parser.parse_args()
     if os.geteuid() != 0:
-        sys.exit("the demo builds network namespaces and needs root: run bash scripts/demo.sh as root")
+        sys.exit("the demo runs containerd in network namespaces and needs root: run bash scripts/demo.sh as root")
     started = time.monotonic()
     report = Report(verbose=args.verbose)
     try:

@@ -101,7 +101,7 @@ def check_schedulable(spec: Mapping[str, Any], node: Mapping[str, Any]) -> None:
 class Kubelet:
     """Translates pod templates of the rendered manifests for one test node."""
 
-    KNOWN_POD_FIELDS = frozenset({"serviceAccountName", "hostNetwork", "priorityClassName",
+    KNOWN_POD_FIELDS = frozenset({"nodeName", "serviceAccountName", "hostNetwork", "priorityClassName",
                                   "terminationGracePeriodSeconds", "tolerations", "nodeSelector", "containers",
                                   "initContainers", "volumes", "securityContext", "automountServiceAccountToken"})
     KNOWN_CONTAINER_FIELDS = frozenset({"name", "image", "command", "args", "env", "envFrom", "ports",
@@ -147,6 +147,12 @@ class Kubelet:
         return PodPlan(name=name, namespace=namespace, uid=uid, sandbox=sandbox,
                        init_containers=containers("initContainers"), containers=containers("containers"),
                        grace_period=int(spec.get("terminationGracePeriodSeconds", 30)), host_network=host_network)
+
+    def ephemeral(self, plan: PodPlan, spec: Mapping[str, Any]) -> Container:
+        """A debug container in a running pod, as `kubectl debug` adds one: no volumes, no probes."""
+        pod = {"name": plan.name, "namespace": plan.namespace, "uid": plan.uid}
+        pod_dir = self.node.pods_dir / f"{plan.namespace}_{plan.name}_{plan.uid}"
+        return self._container(spec, pod, {}, pod_dir, {})
 
     # -- volumes ---------------------------------------------------------------------------------
     def _volumes(self, spec: Mapping[str, Any], pod_dir: Path, namespace: str) -> dict[str, Path]:
@@ -298,11 +304,11 @@ class Kubelet:
 
 # -- running a plan through CRI, in the kubelet's order -----------------------------------------------
 class PodFailed(RuntimeError):
-    """An init container exited non-zero: the kubelet would not start the pod's containers."""
+    """An init container exited non-zero: the kubelet holds the pod there (its sandbox stays)."""
 
-    def __init__(self, pod: str, container: str, code: int, message: str) -> None:
-        super().__init__(f"pod {pod}: init container {container} exited {code}: {message}")
-        self.container, self.code, self.message = container, code, message
+    def __init__(self, pod: RunningPod, container: str, code: int, message: str) -> None:
+        super().__init__(f"pod {pod.plan.name}: init container {container} exited {code}: {message}")
+        self.pod, self.container, self.code, self.message = pod, container, code, message
 
 
 @dataclass
@@ -331,7 +337,7 @@ def run_pod(runtime: RuntimeClient, plan: PodPlan, cgroup_parent: str, timeout: 
         code = int(state.get("exit_code", 0))
         pod.init_results[container.name] = (code, container.termination_log.read_text())
         if code != 0:
-            raise PodFailed(plan.name, container.name, code, container.termination_log.read_text())
+            raise PodFailed(pod, container.name, code, container.termination_log.read_text())
     for container in plan.containers:
         _start(runtime, pod, container)
     return pod

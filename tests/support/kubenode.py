@@ -13,7 +13,6 @@ import json
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from tests.support.containerd import Containerd
 from tests.support.kubelet import (
     Kubelet,
     NodeView,
+    PodFailed,
     PodPlan,
     RunningPod,
     check_schedulable,
@@ -29,18 +29,18 @@ from tests.support.kubelet import (
     run_pod,
     stop_pod,
 )
-from tests.support.node import API_PORT, STARTUP_TAINT, Node, node_fixture
+from tests.support.node import API_PORT, STARTUP_TAINT, Node, node_fixture, wait_for
 
 PRIMARY_CONFLIST = "10-bridge.conflist"
+NODE_NAME = "node-1"
 NAMESPACE = "kube-system"
 
 
 class KubeNode:
     """The node, its runtime, the images it has and the pods it runs; close() removes all of it."""
 
-    def __init__(self, version: str = "0.1.0", progress: Callable[[str], None] = images.progress) -> None:
+    def __init__(self, version: str = "0.1.0") -> None:
         self.version = version
-        self.progress = progress
         self.node = Node()
         self.containerd: Containerd | None = None
         self.pods: list[RunningPod] = []
@@ -71,7 +71,7 @@ class KubeNode:
         self.node.start()
         self.primary = self.node.write_conflist(chained=False, name=PRIMARY_CONFLIST)
         self.primary_text = self.primary.read_text()
-        self.node.write_nodes({"node-1": node_fixture(taints=[STARTUP_TAINT])})
+        self.node.write_nodes({NODE_NAME: node_fixture(NODE_NAME, taints=[STARTUP_TAINT])})
         archives = {images.PAUSE: images.pause_archive(), images.STANDINS: images.standins_archive(),
                     images.project_image(self.version): images.project_archive(self.version)}
         self.containerd = Containerd(self.node, keep_plugin=False)
@@ -96,7 +96,7 @@ class KubeNode:
         return [t["key"] for t in self.node.api_node().get("spec", {}).get("taints", [])]
 
     def kubelet(self, config_maps: dict[str, dict[str, str]] | None = None) -> Kubelet:
-        view = NodeView(name="node-1", host_paths={"/etc/cni/net.d": self.node.conf_dir,
+        view = NodeView(name=NODE_NAME, host_paths={"/etc/cni/net.d": self.node.conf_dir,
                                                    "/opt/cni/bin": self.node.bin_dir},
                         pods_dir=self.node.dir / "kubelet-pods", api_host="127.0.0.1", api_port=API_PORT,
                         token=self.node.token, ca_pem=self.node.ca_pem)
@@ -128,6 +128,14 @@ class KubeNode:
                                                daemonset["metadata"]["namespace"])
         return self.run(plan)
 
+    def install(self, version: str | None = None, timeout: float = 30.0) -> RunningPod:
+        """The DaemonSet's pod started and ready: plugin chained, taint lifted, both probes passing."""
+        pod = self.start_installer(version)
+        if not (wait_for(lambda: not self.taints(), timeout) and wait_for(lambda: self.probes_pass(pod), timeout)):
+            logs = self.runtime.container_logs(pod.container_ids[pod.plan.containers[0].name])
+            raise TimeoutError(f"installer not ready after {timeout} s; taints {self.taints()}; its log:\n{logs}")
+        return pod
+
     def probes_pass(self, pod: RunningPod, kinds: tuple[str, ...] = ("liveness", "readiness")) -> bool:
         container = pod.plan.containers[0]
         return all(probe_passes(self.runtime, pod, container.name, probe, self.http_get)
@@ -157,16 +165,29 @@ class KubeNode:
 
     def run(self, plan: PodPlan) -> RunningPod:
         assert self.containerd is not None
-        pod = run_pod(self.runtime, plan, self.containerd.cgroup_parent)
+        try:
+            pod = run_pod(self.runtime, plan, self.containerd.cgroup_parent)
+        except PodFailed as failed:
+            self.pods.append(failed.pod)
+            raise
         self.pods.append(pod)
         return pod
 
     def create(self, manifest: dict[str, Any], in_api: bool = True) -> RunningPod:
         """The pod as the API holds it (unless in_api is False: then only the runtime knows its annotations),
         then run by the runtime in the kubelet's order."""
+        manifest["spec"]["nodeName"] = NODE_NAME  # the scheduler's binding
         if in_api:
             self.node.add_pod_fixture(manifest)
         return self.run(self.plan(manifest))
+
+    def report_init_failure(self, manifest: dict[str, Any], failed: PodFailed) -> None:
+        """The kubelet's status update for a pod held at a failed init container (what repair acts on)."""
+        manifest["status"] = {"phase": "Pending", "initContainerStatuses": [{
+            "name": failed.container, "ready": False, "restartCount": 1,
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": failed.code, "reason": "Error", "message": failed.message}}}]}
+        self.node.add_pod_fixture(manifest)
 
     def delete(self, pod: RunningPod) -> None:
         stop_pod(self.runtime, pod)
@@ -190,6 +211,23 @@ class KubeNode:
         if code != 0:
             raise AssertionError(f"client in {client.plan.name} failed ({code}): {err}")
         return dict(json.loads(out))
+
+    def debug(self, pod: RunningPod, command: list[str], timeout: float = 30.0) -> tuple[int, str]:
+        """`kubectl debug --profile=netadmin` with the project's image, as root: (exit code, output)."""
+        spec = {"name": f"debugger-{uuid.uuid4().hex[:5]}", "image": images.project_image(self.version),
+                "command": command, "securityContext": {"runAsUser": 0, "capabilities": {"add": ["NET_ADMIN",
+                                                                                              "NET_RAW"]}}}
+        container = self.kubelet().ephemeral(pod.plan, spec)
+        cid = self.runtime.create_container(pod.sandbox_id, container.config, pod.plan.sandbox)
+        self.runtime.start_container(cid)
+        deadline = time.monotonic() + timeout
+        while (status := self.runtime.container_status(cid))["state"] != "CONTAINER_EXITED":
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"debug container in {pod.plan.name} still {status['state']}")
+            time.sleep(0.05)
+        output = self.runtime.container_logs(cid)
+        self.runtime.remove_container(cid)
+        return int(status.get("exit_code", 0)), output
 
     def pod_netns(self, pod: RunningPod) -> Path:
         """The pod's network namespace, through its sandbox process (the netns file itself lives in

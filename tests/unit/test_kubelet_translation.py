@@ -36,7 +36,7 @@ def template(docs):
 
 def test_default_overlay_translates_to_the_cri_configs_the_kubelet_sends(tmp_path, docs):
     plan = kubelet(tmp_path, docs).plan(template(docs), "microgateway-cni-x1", "kube-system")
-    assert plan.sandbox["linux"]["security_context"]["namespace_options"] == {"network": "NODE"}
+    assert plan.sandbox["linux"]["security_context"]["namespace_options"] == {"network": "NODE", "pid": "CONTAINER"}
     installer = plan.containers[0].config
     assert installer["image"] == {"image": IMAGE} and installer["args"] == ["run"]
     env = {e["key"]: e["value"] for e in installer["envs"]}
