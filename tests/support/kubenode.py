@@ -120,17 +120,21 @@ class KubeNode:
             item["metadata"]["deletionTimestamp"] = "2026-12-03T00:00:00Z"
         self.node.write_daemonsets(doc)
 
-    def start_installer(self, version: str | None = None) -> RunningPod:
+    def start_installer(self, version: str | None = None, settings: dict[str, str] | None = None) -> RunningPod:
+        """The DaemonSet's pod; settings are ConfigMap values an operator's overlay would change."""
         daemonset, config_maps = self.daemonset(version)
         template = daemonset["spec"]["template"]
+        for source in template["spec"]["containers"][0].get("envFrom", []):
+            config_maps[source["configMapRef"]["name"]].update(settings or {})
         check_schedulable(template["spec"], self.node.api_node())
         plan = self.kubelet(config_maps).plan(template, f"microgateway-cni-{uuid.uuid4().hex[:5]}",
                                                daemonset["metadata"]["namespace"])
         return self.run(plan)
 
-    def install(self, version: str | None = None, timeout: float = 30.0) -> RunningPod:
+    def install(self, version: str | None = None, settings: dict[str, str] | None = None,
+                timeout: float = 30.0) -> RunningPod:
         """The DaemonSet's pod started and ready: plugin chained, taint lifted, both probes passing."""
-        pod = self.start_installer(version)
+        pod = self.start_installer(version, settings)
         if not (wait_for(lambda: not self.taints(), timeout) and wait_for(lambda: self.probes_pass(pod), timeout)):
             logs = self.runtime.container_logs(pod.container_ids[pod.plan.containers[0].name])
             raise TimeoutError(f"installer not ready after {timeout} s; taints {self.taints()}; its log:\n{logs}")
