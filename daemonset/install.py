@@ -63,6 +63,13 @@ def verify_plugin(executable: str) -> str | None:
     return None
 
 
+def _write_if_unchanged(path: str, read: bytes | None, data: bytes) -> bool:
+    """Commit `data` only if `path` still is as read: absent, or holding `read`."""
+    if read is None:
+        return files.create_if_absent(path, data)
+    return files.replace_if_unchanged(path, read, data)
+
+
 class Installer:
     def __init__(self, settings: Settings, log: Callable[..., None],
                  on_revert: Callable[[], None] = lambda: None, clock: Clock = time) -> None:
@@ -195,7 +202,7 @@ class Installer:
         current = files.read(self.standalone_path)
         if current == data:
             return "unchanged"
-        return "written" if files.replace_if_unchanged(self.standalone_path, current, data) else None
+        return "written" if _write_if_unchanged(self.standalone_path, current, data) else None
 
     def _chain_primary(self, count_revert: bool) -> str | None:
         """One read-derive-commit round: a result, 'paused' (read again), or None (changed under us).
@@ -225,7 +232,7 @@ class Installer:
             if not files.move_if_unchanged(source, primary.raw, parked):
                 return None
             # The .conflist beside it (ours from before, or absent) must also still be what we read.
-            if not files.replace_if_unchanged(target, snapshot.get(conflist.target_name(primary)), data):
+            if not _write_if_unchanged(target, snapshot.get(conflist.target_name(primary)), data):
                 files.put_back(parked, source)
                 return None
         self.written[target] = data
@@ -299,7 +306,7 @@ class Installer:
     def _unchain_standalone(self) -> bool:
         """True when our standalone file is gone."""
         current = files.read(self.standalone_path)
-        return current is None or files.replace_if_unchanged(self.standalone_path, current, None)
+        return current is None or files.remove_if_unchanged(self.standalone_path, current)
 
     def _unchain(self) -> bool:
         """One pass over the config files (read just before each change); True when none holds our entry."""
@@ -316,7 +323,7 @@ class Installer:
             if parked:
                 # The original comes back before our .conflist goes: never a moment without a primary.
                 files.put_back(parked[0], parked[0].removesuffix(ORIGINAL_SUFFIX))
-                removed = files.replace_if_unchanged(path, data, None)
+                removed = files.remove_if_unchanged(path, data)
             else:
                 removed = files.replace_if_unchanged(path, data, conflist.render(conflist.without_entry(
                     parsed.document)))
