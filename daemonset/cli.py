@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from daemonset.api import api_client, describe_api_error
+from daemonset.clock import Clock, SystemClock
 from daemonset.settings import Settings, SettingsError, from_env, help_table
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ def cli(ctx: click.Context) -> None:
         ctx.invoke(run)
 
 
-def _taint_gate(settings: Settings, api: Any, metrics: Metrics) -> TaintGate:
+def _taint_gate(settings: Settings, api: Any, metrics: Metrics, clock: Clock) -> TaintGate:
     """The start-up taint gate for this node; a gate that cannot reach the API or name its node is an error."""
     from daemonset.taint import TaintGate
 
@@ -87,7 +88,8 @@ def _taint_gate(settings: Settings, api: Any, metrics: Metrics) -> TaintGate:
         metrics.untaint_seconds.set(seconds)
 
     gate = TaintGate(api, settings.node_name, settings.startup_taint, log,
-                     on_failure=lambda reason: metrics.untaint_failures.labels(reason=reason).inc(), on_open=opened)
+                     on_failure=lambda reason: metrics.untaint_failures.labels(reason=reason).inc(), on_open=opened,
+                     clock=clock)
     metrics.node_untainted.set(1 if gate.open else 0)
     return gate
 
@@ -103,12 +105,13 @@ def run() -> None:
     settings = _settings()
     _setup_logging(settings.log_level)
     metrics = Metrics()
-    installer = Installer(settings, log, on_revert=metrics.reverts.inc)
     stop = threading.Event()
+    clock = SystemClock(stop)
+    installer = Installer(settings, log, on_revert=metrics.reverts.inc, clock=clock)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     api = api_client(settings) if settings.api_server else None
-    gate = _taint_gate(settings, api, metrics)
+    gate = _taint_gate(settings, api, metrics, clock)
     server = serve(settings.listen_port, lambda: installer.ready() and gate.open, metrics)
 
     def reconcile() -> None:
@@ -120,11 +123,11 @@ def run() -> None:
         except Exception as exc:
             metrics.installs.labels(result="error").inc()
             log("error", "install failed; will retry on the next change", error=f"{type(exc).__name__}: {exc}")
+        gate.recheck()
 
     threads = [threading.Thread(target=watch, args=([settings.cni_net_dir, settings.cni_bin_dir,
                                                      settings.service_account_dir], reconcile, stop), daemon=True)]
-    threads.append(threading.Thread(target=gate.run, args=(installer.ready, installer.binary_path, stop.wait),
-                                    daemon=True))
+    threads.append(threading.Thread(target=gate.run, args=(installer.ready, installer.binary_path), daemon=True))
     if api is not None and settings.node_name and settings.repair_mode != "none":
         repairer = Repairer(api, settings.node_name, settings.repair_mode, log,
                             lambda result: metrics.repairs.labels(result=result).inc())

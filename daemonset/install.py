@@ -8,28 +8,20 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from cni.contract import PLUGIN_TYPE
 from daemonset import conflist, files
+from daemonset.clock import Clock, SystemClock
 from daemonset.settings import Settings
 
 ORIGINAL_SUFFIX = ".mgw-original"  # not a CNI extension: libcni ignores the parked single-plugin .conf
 REVERT_WINDOW_SECONDS = 60.0
 MAX_ATTEMPTS = 10  # re-reads when another agent changes a file between our read and our commit
-T = TypeVar("T")
-
-
-class Clock(Protocol):
-    """What the installer needs of time: the `time` module, or a test's clock that does not sleep."""
-
-    def monotonic(self) -> float: ...
-
-    def sleep(self, seconds: float, /) -> None: ...
 VERIFY_TIMEOUT_SECONDS = 30.0
+T = TypeVar("T")
 
 
 def kubeconfig_document(server: str, ca_pem: bytes, token: str) -> dict[str, Any]:
@@ -73,9 +65,9 @@ def _write_if_unchanged(path: str, read: bytes | None, data: bytes) -> bool:
 
 class Installer:
     def __init__(self, settings: Settings, log: Callable[..., None],
-                 on_revert: Callable[[], None] = lambda: None, clock: Clock = time) -> None:
+                 on_revert: Callable[[], None] = lambda: None, clock: Clock | None = None) -> None:
         self.settings = settings
-        self.clock = clock
+        self.clock = clock or SystemClock()
         self.log = log
         self.on_revert = on_revert
         self.written: dict[str, bytes] = {}  # what we last wrote per conflist path
