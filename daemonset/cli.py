@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from daemonset.server import Metrics
     from daemonset.taint import TaintGate
 
-log_ = logging.getLogger("microgateway-cni-installer")
+logger = logging.getLogger("microgateway-cni-installer")
 
 
 def _setup_logging(level: str) -> None:
@@ -28,13 +28,13 @@ def _setup_logging(level: str) -> None:
 
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(message)s", rename_fields={"levelname": "level"}))
-    log_.handlers[:] = [handler]
-    log_.setLevel({"warn": logging.WARNING}.get(level, level.upper()))
-    log_.propagate = False
+    logger.handlers[:] = [handler]
+    logger.setLevel({"warn": logging.WARNING}.get(level, level.upper()))
+    logger.propagate = False
 
 
 def log(level: str, msg: str, **fields: Any) -> None:
-    log_.log({"warn": logging.WARNING}.get(level, logging.getLevelName(level.upper())), msg, extra=fields)
+    logger.log({"warn": logging.WARNING}.get(level, logging.getLevelName(level.upper())), msg, extra=fields)
 
 
 def _settings() -> Settings:

@@ -189,6 +189,7 @@ def copy_atomic(source: str, path: str, mode: int = 0o755) -> None:
 
 
 def remove(path: str) -> bool:
+    """Unconditionally: only for files we own (the kubeconfig); others' files go through remove_if_unchanged."""
     try:
         os.unlink(path)
         return True

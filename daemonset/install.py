@@ -17,9 +17,9 @@ from daemonset import conflist, files
 from daemonset.clock import Clock, SystemClock
 from daemonset.settings import Settings
 
-ORIGINAL_SUFFIX = ".mgw-original"  # not a CNI extension: libcni ignores the parked single-plugin .conf
+PARKED_SUFFIX = ".mgw-original"  # not a CNI extension: libcni ignores the parked single-plugin .conf
 REVERT_WINDOW_SECONDS = 60.0
-MAX_ATTEMPTS = 10  # re-reads when another agent changes a file between our read and our commit
+COMMIT_ATTEMPTS = 10  # read-derive-commit rounds of one chain() or uninstall() while others keep changing files
 VERIFY_TIMEOUT_SECONDS = 30.0
 T = TypeVar("T")
 
@@ -56,11 +56,11 @@ def verify_plugin(executable: str) -> str | None:
     return None
 
 
-def _write_if_unchanged(path: str, read: bytes | None, data: bytes) -> bool:
-    """Commit `data` only if `path` still is as read: absent, or holding `read`."""
-    if read is None:
+def _write_if_unchanged(path: str, as_read: bytes | None, data: bytes) -> bool:
+    """Commit `data` only if `path` is still as we read it: absent (None), or holding `as_read`."""
+    if as_read is None:
         return files.create_if_absent(path, data)
-    return files.replace_if_unchanged(path, read, data)
+    return files.replace_if_unchanged(path, as_read, data)
 
 
 class Installer:
@@ -70,7 +70,7 @@ class Installer:
         self.clock = clock or SystemClock()
         self.log = log
         self.on_revert = on_revert
-        self.written: dict[str, bytes] = {}  # what we last wrote per conflist path
+        self.chained_paths: set[str] = set()  # conflists we wrote our entry into: a later loss of it is a revert
         self._bundle_digest: str | None = None
         self.bundle_error: str | None = None  # why the image's plugin bundle cannot run here, while it cannot
         self.reverts: deque[float] = deque()
@@ -182,17 +182,17 @@ class Installer:
                 result = self._until_committed(self._chain_primary)
             if result is None:
                 self.log("warn", "the CNI configuration kept changing while we chained it; retrying on the next "
-                         "change", dir=self.settings.cni_net_dir, attempts=MAX_ATTEMPTS)
+                         "change", dir=self.settings.cni_net_dir, attempts=COMMIT_ATTEMPTS)
                 return "contended"
             return result
 
     def _until_committed(self, attempt: Callable[[], T | None]) -> T | None:
-        """Run one read-derive-commit round until it commits (its result), at most MAX_ATTEMPTS times.
+        """Run one read-derive-commit round until it commits (its result), at most COMMIT_ATTEMPTS times.
 
         A round returns None when a file changed between its read and its commit: the next round reads
         again. None after the last round.
         """
-        for _ in range(MAX_ATTEMPTS):
+        for _ in range(COMMIT_ATTEMPTS):
             result = attempt()
             if result is not None:
                 return result
@@ -225,15 +225,15 @@ class Installer:
                 return None
         else:
             # Park the single-plugin file, then link the .conflist in: meanwhile a reader finds no primary
-            # at most, never our .conflist beside a newer original.
-            parked = source + ORIGINAL_SUFFIX
+            # at most, never our .conflist beside a newer single-plugin file.
+            parked = source + PARKED_SUFFIX
             if not files.move_if_unchanged(source, primary.raw, parked):
                 return None
             # The .conflist beside it (ours from before, or absent) must also still be what we read.
             if not _write_if_unchanged(target, snapshot.get(conflist.target_name(primary)), data):
                 files.put_back(parked, source)
                 return None
-        self.written[target] = data
+        self.chained_paths.add(target)
         self.log("info", "plugin chained", conflist=target, primary=primary.name)
         return "written"
 
@@ -250,7 +250,7 @@ class Installer:
         if primary is None or self._holds_entry(primary):
             return
         path = os.path.join(self.settings.cni_net_dir, conflist.target_name(primary))
-        if path not in self.written:
+        if path not in self.chained_paths:
             return
         now = self.clock.monotonic()
         self.reverts.append(now)
@@ -302,10 +302,10 @@ class Installer:
                 unchain = self._unchain_standalone if self.settings.mode == "standalone" else self._unchain
                 if self._until_committed(unchain) is None:
                     self.log("error", "the CNI configuration kept changing; our entry may still be in it, so the "
-                             "kubeconfig stays", dir=self.settings.cni_net_dir, attempts=MAX_ATTEMPTS)
+                             "kubeconfig stays", dir=self.settings.cni_net_dir, attempts=COMMIT_ATTEMPTS)
                     return False
             files.remove(self.kubeconfig_path)
-            self.written.clear()
+            self.chained_paths.clear()
             self.log("info", "uninstalled; binary kept for DEL of remaining pods", binary=self.binary_path)
             return True
 
@@ -328,11 +328,11 @@ class Installer:
             if parsed is None or not any(p.get("type") == PLUGIN_TYPE for p in parsed.document["plugins"]):
                 continue
             stem = path.rsplit(".", 1)[0]
-            parked = [stem + ext + ORIGINAL_SUFFIX for ext in (".conf", ".json")
-                      if os.path.exists(stem + ext + ORIGINAL_SUFFIX)]
+            parked = [stem + ext + PARKED_SUFFIX for ext in (".conf", ".json")
+                      if os.path.exists(stem + ext + PARKED_SUFFIX)]
             if parked:
-                # The original comes back before our .conflist goes: never a moment without a primary.
-                files.put_back(parked[0], parked[0].removesuffix(ORIGINAL_SUFFIX))
+                # The parked file comes back before our .conflist goes: never a moment without a primary.
+                files.put_back(parked[0], parked[0].removesuffix(PARKED_SUFFIX))
                 removed = files.remove_if_unchanged(path, data)
             else:
                 removed = files.replace_if_unchanged(path, data, conflist.render(conflist.without_entry(

@@ -17,9 +17,9 @@ from daemonset.api import FIRST_BACKOFF_SECONDS, certificate_rejection, describe
 from daemonset.clock import Clock, SystemClock
 from daemonset.install import verify_plugin
 
-CONFLICT_RETRIES = 5
-# 409 never gets here: lift() re-reads on it and, past CONFLICT_RETRIES, raises StillConflicting.
-REASONS = {401: "unauthorized", 403: "forbidden", 404: "node_not_found", 422: "invalid"}
+PATCH_ATTEMPTS = 5
+# 409 never gets here: lift() re-reads on it and, past PATCH_ATTEMPTS, raises StillConflicting.
+FAILURE_REASONS = {401: "unauthorized", 403: "forbidden", 404: "node_not_found", 422: "invalid"}
 
 
 class NotRunnable(RuntimeError):
@@ -40,7 +40,7 @@ def failure_reason(exc: BaseException, ca_path: str) -> tuple[str, str]:
         except (ValueError, AttributeError):
             detail = exc.reason
         status = exc.status or 0
-        return REASONS.get(status, "api_error" if status >= 500 else f"http_{status}"), f"{status}: {detail}"
+        return FAILURE_REASONS.get(status, "api_error" if status >= 500 else f"http_{status}"), f"{status}: {detail}"
     if isinstance(exc, NotRunnable):
         return "plugin_not_runnable", str(exc)
     if isinstance(exc, StillConflicting):
@@ -87,7 +87,7 @@ class TaintGate:
         """
         from kubernetes.client.exceptions import ApiException
 
-        for _ in range(CONFLICT_RETRIES):
+        for _ in range(PATCH_ATTEMPTS):
             # Raw JSON, not the client's model: others' taints go back exactly as read, fields unknown to
             # this client version included.
             node = json.loads(self._core().read_node(self.node_name, _preload_content=False).data)
@@ -106,7 +106,7 @@ class TaintGate:
                          resource_version=version)
                 continue
             return "removed"
-        raise StillConflicting(f"node {self.node_name} changed on each of {CONFLICT_RETRIES} attempts")
+        raise StillConflicting(f"node {self.node_name} changed on each of {PATCH_ATTEMPTS} attempts")
 
     def run(self, ready: Callable[[], bool], plugin: str) -> None:
         """Wait until `ready()`, check once that the installed plugin runs, then lift the taint; back off on
