@@ -137,6 +137,7 @@ def run() -> None:
         thread.start()
     log("info", "installer running", mode=settings.mode, node=settings.node_name, port=settings.listen_port)
     stop.wait()
+    gate.close()
     if api is not None and daemonset_deleted(api, settings):
         installer.uninstall()
     else:

@@ -65,10 +65,16 @@ class TaintGate:
         self.started = self.clock.monotonic()
         self.open = not key  # an empty key turns the gate off
         self._recheck = threading.Event()
+        self._closed = False
         self._core_api: Any = None
 
     def recheck(self) -> None:
         """A reconcile has finished: wake run() to look at readiness again."""
+        self._recheck.set()
+
+    def close(self) -> None:
+        """The installer is stopping: a run() waiting for readiness returns."""
+        self._closed = True
         self._recheck.set()
 
     def _core(self) -> Any:
@@ -113,7 +119,7 @@ class TaintGate:
         failure (an API failure does not run the plugin again).
 
         Readiness is looked at again after each reconcile (recheck()), never by polling. Returns once the
-        gate is open, or when a back-off pause ends because the installer is stopping.
+        gate is open, on close(), or when a back-off pause ends because the installer is stopping.
         """
         if self.open:
             return
@@ -126,6 +132,8 @@ class TaintGate:
             if not ready():
                 self._recheck.wait()
                 self._recheck.clear()
+                if self._closed:
+                    return
                 continue
             try:
                 if not verified and (problem := verify_plugin(plugin)):

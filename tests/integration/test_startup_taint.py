@@ -130,7 +130,7 @@ def test_taint_removed_only_after_ready_and_others_untouched(node, host):
     assert len(checks) == 1, "readiness was looked at again without a reconcile"
     for reconcile in (2, 3):  # reconciles that leave the node not ready
         gate.gate.recheck()
-        assert wait_for(lambda: len(checks) == reconcile, timeout=15)  # noqa: B023 - evaluated in the loop
+        assert wait_for(lambda count=reconcile: len(checks) == count, timeout=15)
     chained.set()
     gate.gate.recheck()  # the reconcile that chains the plugin
     running.result(timeout=15)
@@ -141,6 +141,23 @@ def test_taint_removed_only_after_ready_and_others_untouched(node, host):
     assert gate.failures == [] and [m for _, m, _ in gate.logged] == [
         "start-up taint removed: pods may be scheduled to this node"]
     assert node.api_node()["metadata"]["resourceVersion"] == "101"
+
+
+def test_a_gate_waiting_for_readiness_ends_when_the_installer_stops(node, host):
+    node.write_nodes({"node-1": node_fixture(taints=[STARTUP_TAINT])})
+    checks: list[float] = []
+
+    def never_ready() -> bool:
+        checks.append(time.monotonic())
+        return False
+
+    gate = Gate(node, host, FakeClock())
+    running = gate.start(never_ready)
+    assert wait_for(lambda: len(checks) == 1, timeout=15)
+    gate.gate.close()  # SIGTERM while the plugin is not in place
+    running.result(timeout=15)
+    assert not gate.gate.open and len(checks) == 1 and gate.patches() == []
+    assert taints(node) == [STARTUP_TAINT]
 
 
 def test_conflict_is_retried_and_keeps_the_taint_another_agent_added(node, host):
