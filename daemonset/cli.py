@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from daemonset.api import api_client, describe_api_error
+from daemonset.clock import Clock, SystemClock
 from daemonset.settings import Settings, SettingsError, from_env, help_table
 
 if TYPE_CHECKING:
     from daemonset.server import Metrics
     from daemonset.taint import TaintGate
 
-log_ = logging.getLogger("microgateway-cni-installer")
+logger = logging.getLogger("microgateway-cni-installer")
 
 
 def _setup_logging(level: str) -> None:
@@ -27,13 +28,13 @@ def _setup_logging(level: str) -> None:
 
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(message)s", rename_fields={"levelname": "level"}))
-    log_.handlers[:] = [handler]
-    log_.setLevel({"warn": logging.WARNING}.get(level, level.upper()))
-    log_.propagate = False
+    logger.handlers[:] = [handler]
+    logger.setLevel({"warn": logging.WARNING}.get(level, level.upper()))
+    logger.propagate = False
 
 
 def log(level: str, msg: str, **fields: Any) -> None:
-    log_.log({"warn": logging.WARNING}.get(level, logging.getLevelName(level.upper())), msg, extra=fields)
+    logger.log({"warn": logging.WARNING}.get(level, logging.getLevelName(level.upper())), msg, extra=fields)
 
 
 def _settings() -> Settings:
@@ -73,7 +74,7 @@ def cli(ctx: click.Context) -> None:
         ctx.invoke(run)
 
 
-def _taint_gate(settings: Settings, api: Any, metrics: Metrics) -> TaintGate:
+def _taint_gate(settings: Settings, api: Any, metrics: Metrics, clock: Clock) -> TaintGate:
     """The start-up taint gate for this node; a gate that cannot reach the API or name its node is an error."""
     from daemonset.taint import TaintGate
 
@@ -87,7 +88,8 @@ def _taint_gate(settings: Settings, api: Any, metrics: Metrics) -> TaintGate:
         metrics.untaint_seconds.set(seconds)
 
     gate = TaintGate(api, settings.node_name, settings.startup_taint, log,
-                     on_failure=lambda reason: metrics.untaint_failures.labels(reason=reason).inc(), on_open=opened)
+                     on_failure=lambda reason: metrics.untaint_failures.labels(reason=reason).inc(), on_open=opened,
+                     clock=clock)
     metrics.node_untainted.set(1 if gate.open else 0)
     return gate
 
@@ -103,12 +105,13 @@ def run() -> None:
     settings = _settings()
     _setup_logging(settings.log_level)
     metrics = Metrics()
-    installer = Installer(settings, log, on_revert=metrics.reverts.inc)
     stop = threading.Event()
+    clock = SystemClock(stop)
+    installer = Installer(settings, log, on_revert=metrics.reverts.inc, clock=clock)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     api = api_client(settings) if settings.api_server else None
-    gate = _taint_gate(settings, api, metrics)
+    gate = _taint_gate(settings, api, metrics, clock)
     server = serve(settings.listen_port, lambda: installer.ready() and gate.open, metrics)
 
     def reconcile() -> None:
@@ -120,11 +123,11 @@ def run() -> None:
         except Exception as exc:
             metrics.installs.labels(result="error").inc()
             log("error", "install failed; will retry on the next change", error=f"{type(exc).__name__}: {exc}")
+        gate.recheck()
 
     threads = [threading.Thread(target=watch, args=([settings.cni_net_dir, settings.cni_bin_dir,
                                                      settings.service_account_dir], reconcile, stop), daemon=True)]
-    threads.append(threading.Thread(target=gate.run, args=(installer.ready, installer.binary_path, stop.wait),
-                                    daemon=True))
+    threads.append(threading.Thread(target=gate.run, args=(installer.ready, installer.binary_path), daemon=True))
     if api is not None and settings.node_name and settings.repair_mode != "none":
         repairer = Repairer(api, settings.node_name, settings.repair_mode, log,
                             lambda result: metrics.repairs.labels(result=result).inc())
@@ -134,6 +137,7 @@ def run() -> None:
         thread.start()
     log("info", "installer running", mode=settings.mode, node=settings.node_name, port=settings.listen_port)
     stop.wait()
+    gate.close()
     if api is not None and daemonset_deleted(api, settings):
         installer.uninstall()
     else:

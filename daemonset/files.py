@@ -107,41 +107,59 @@ def _link_if_free(temp: str, path: str) -> bool:
     return True
 
 
-def replace_if_unchanged(path: str, expected: bytes | None, data: bytes | None, mode: int = 0o644) -> bool:
+def create_if_absent(path: str, data: bytes, mode: int = 0o644) -> bool:
+    """Create `path` holding `data` only if no file has that name; a file an agent created meanwhile stays."""
+    if os.path.lexists(path):
+        return False
+    temp = _write_temp(path, data, mode)
+    try:
+        if not _link_if_free(temp, path):
+            return False
+    finally:
+        _unlink(temp)
+    _fsync_dir(os.path.dirname(path))
+    return True
+
+
+def replace_if_unchanged(path: str, expected: bytes, data: bytes, mode: int = 0o644) -> bool:
     """Compare-and-swap for a file another agent may write at any moment (docs/design.md, "Writing
     files we do not own").
 
-    Commits `data` (None: removes the file) only if `path` still holds `expected` (None: absent) and
-    returns True; otherwise changes nothing and returns False, so the caller re-reads and recomputes.
-    rename() alone cannot be conditional: an agent's write between our compare and our rename would be
-    lost. So the current file is first moved aside - atomically taking whatever is there at that
-    instant - and checked; ours is then linked in, which fails if the agent created the name again
-    meanwhile. A reader sees the old document, ours, or (between the two steps) no file, never ours
-    over a newer one.
+    Commits `data` only if `path` still holds `expected` and returns True; otherwise changes nothing and
+    returns False, so the caller re-reads and recomputes. rename() alone cannot be conditional: an
+    agent's write between our compare and our rename would be lost. So the current file is first moved
+    aside - atomically taking whatever is there at that instant - and checked; ours is then linked in,
+    which fails if the agent created the name again meanwhile. A reader sees the old document, ours, or
+    (between the two steps) no file, never ours over a newer one.
     """
     if read(path) != expected:
         return False
-    if expected is None and data is None:
-        return True
-    temp = _write_temp(path, data, mode) if data is not None else None
+    temp = _write_temp(path, data, mode)
     try:
-        aside = _set_aside(path, expected) if expected is not None else None
-        if expected is not None and aside is None:
+        aside = _set_aside(path, expected)
+        if aside is None:
             return False
         try:
-            committed = temp is None or _link_if_free(temp, path)
+            committed = _link_if_free(temp, path)
         except BaseException:
-            if aside is not None:
-                put_back(aside, path)
+            put_back(aside, path)
             raise
-        if aside is not None:
-            _unlink(aside)
+        _unlink(aside)
     finally:
-        if temp is not None:
-            _unlink(temp)
+        _unlink(temp)
     if committed:
         _fsync_dir(os.path.dirname(path))
     return committed
+
+
+def remove_if_unchanged(path: str, expected: bytes) -> bool:
+    """Remove `path` only if it still holds `expected` (moved aside and checked, as in replace_if_unchanged)."""
+    aside = _set_aside(path, expected)
+    if aside is None:
+        return False
+    _unlink(aside)
+    _fsync_dir(os.path.dirname(path))
+    return True
 
 
 def move_if_unchanged(path: str, expected: bytes, new_path: str) -> bool:
@@ -153,7 +171,8 @@ def move_if_unchanged(path: str, expected: bytes, new_path: str) -> bool:
 
 
 def restore_set_aside(directory: str) -> list[str]:
-    """Put back files a killed installer left set aside in the middle of replace_if_unchanged."""
+    """Put back files a killed installer left set aside in the middle of replace_if_unchanged or
+    remove_if_unchanged."""
     restored = []
     for name in os.listdir(directory):
         if name.startswith(".") and ASIDE_MARK in name:
@@ -170,6 +189,7 @@ def copy_atomic(source: str, path: str, mode: int = 0o755) -> None:
 
 
 def remove(path: str) -> bool:
+    """Unconditionally: only for files we own (the kubeconfig); others' files go through remove_if_unchanged."""
     try:
         os.unlink(path)
         return True

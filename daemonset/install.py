@@ -8,27 +8,20 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, TypeVar
 
 from cni.contract import PLUGIN_TYPE
 from daemonset import conflist, files
+from daemonset.clock import Clock, SystemClock
 from daemonset.settings import Settings
 
-ORIGINAL_SUFFIX = ".mgw-original"  # not a CNI extension: libcni ignores the parked single-plugin .conf
+PARKED_SUFFIX = ".mgw-original"  # not a CNI extension: libcni ignores the parked single-plugin .conf
 REVERT_WINDOW_SECONDS = 60.0
-MAX_ATTEMPTS = 10  # re-reads when another agent changes a file between our read and our commit
-
-
-class Clock(Protocol):
-    """What the installer needs of time: the `time` module, or a test's clock that does not sleep."""
-
-    def monotonic(self) -> float: ...
-
-    def sleep(self, seconds: float, /) -> None: ...
+COMMIT_ATTEMPTS = 10  # read-derive-commit rounds of one chain() or uninstall() while others keep changing files
 VERIFY_TIMEOUT_SECONDS = 30.0
+T = TypeVar("T")
 
 
 def kubeconfig_document(server: str, ca_pem: bytes, token: str) -> dict[str, Any]:
@@ -63,14 +56,21 @@ def verify_plugin(executable: str) -> str | None:
     return None
 
 
+def _write_if_unchanged(path: str, as_read: bytes | None, data: bytes) -> bool:
+    """Commit `data` only if `path` is still as we read it: absent (None), or holding `as_read`."""
+    if as_read is None:
+        return files.create_if_absent(path, data)
+    return files.replace_if_unchanged(path, as_read, data)
+
+
 class Installer:
     def __init__(self, settings: Settings, log: Callable[..., None],
-                 on_revert: Callable[[], None] = lambda: None, clock: Clock = time) -> None:
+                 on_revert: Callable[[], None] = lambda: None, clock: Clock | None = None) -> None:
         self.settings = settings
-        self.clock = clock
+        self.clock = clock or SystemClock()
         self.log = log
         self.on_revert = on_revert
-        self.written: dict[str, bytes] = {}  # what we last wrote per conflist path
+        self.chained_paths: set[str] = set()  # conflists we wrote our entry into: a later loss of it is a revert
         self._bundle_digest: str | None = None
         self.bundle_error: str | None = None  # why the image's plugin bundle cannot run here, while it cannot
         self.reverts: deque[float] = deque()
@@ -168,51 +168,56 @@ class Installer:
         """Make the configuration contain our entry; returns 'unchanged', 'written', 'waiting' or 'contended'.
 
         Every write is derived from a read made just before it and committed only if the file still
-        holds what was read (files.replace_if_unchanged); on a change we re-read and recompute, at most
-        MAX_ATTEMPTS times. The revert back-off pauses before a fresh read, never between a read and
-        the write derived from it.
+        holds what was read (files.replace_if_unchanged); the revert back-off comes first, so nothing
+        read before it is ever written after it.
         """
         with self._lock:
             if self.settings.mode == "manual" or self._uninstalled:
                 return "unchanged"
             files.restore_set_aside(self.settings.cni_net_dir)
-            for attempt in range(MAX_ATTEMPTS):
-                if self.settings.mode == "standalone":
-                    result = self._chain_standalone()
-                else:
-                    result = self._chain_primary(count_revert=attempt == 0)
-                if result not in (None, "paused"):
-                    return result
-                if result is None:
-                    self.log("debug", "the CNI configuration changed between our read and our commit; re-reading",
-                             dir=self.settings.cni_net_dir)
-            self.log("warn", "the CNI configuration kept changing while we chained it; retrying on the next "
-                     "change", dir=self.settings.cni_net_dir, attempts=MAX_ATTEMPTS)
-            return "contended"
+            if self.settings.mode == "standalone":
+                result = self._until_committed(self._chain_standalone)
+            else:
+                self._back_off_if_reverted()
+                result = self._until_committed(self._chain_primary)
+            if result is None:
+                self.log("warn", "the CNI configuration kept changing while we chained it; retrying on the next "
+                         "change", dir=self.settings.cni_net_dir, attempts=COMMIT_ATTEMPTS)
+                return "contended"
+            return result
+
+    def _until_committed(self, attempt: Callable[[], T | None]) -> T | None:
+        """Run one read-derive-commit round until it commits (its result), at most COMMIT_ATTEMPTS times.
+
+        A round returns None when a file changed between its read and its commit: the next round reads
+        again. None after the last round.
+        """
+        for _ in range(COMMIT_ATTEMPTS):
+            result = attempt()
+            if result is not None:
+                return result
+            self.log("debug", "the CNI configuration changed between our read and our commit; re-reading",
+                     dir=self.settings.cni_net_dir)
+        return None
 
     def _chain_standalone(self) -> str | None:
         data = conflist.render(conflist.standalone(self.settings.plugin_entry()))
         current = files.read(self.standalone_path)
         if current == data:
             return "unchanged"
-        return "written" if files.replace_if_unchanged(self.standalone_path, current, data) else None
+        return "written" if _write_if_unchanged(self.standalone_path, current, data) else None
 
-    def _chain_primary(self, count_revert: bool) -> str | None:
-        """One read-derive-commit round: a result, 'paused' (read again), or None (changed under us).
-
-        A revert is counted in the first round of a chain() only, however many rounds a conflict takes.
-        """
+    def _chain_primary(self) -> str | None:
+        """One round: 'waiting', 'unchanged' or 'written'; None when a file changed under us."""
         entry = self.settings.plugin_entry()
         snapshot = self._conf_files()
         primary = conflist.choose_primary(snapshot)
         if primary is None:
             return "waiting"
-        if conflist.is_chained(primary.document, entry) and not primary.was_single:
+        if self._holds_entry(primary):
             return "unchanged"
         directory = self.settings.cni_net_dir
         target = os.path.join(directory, conflist.target_name(primary))
-        if count_revert and target in self.written and self._revert_seen(target):
-            return "paused"
         data = conflist.render(conflist.with_entry(primary.document, entry))
         source = os.path.join(directory, primary.name)
         if not primary.was_single:
@@ -220,20 +225,33 @@ class Installer:
                 return None
         else:
             # Park the single-plugin file, then link the .conflist in: meanwhile a reader finds no primary
-            # at most, never our .conflist beside a newer original.
-            parked = source + ORIGINAL_SUFFIX
+            # at most, never our .conflist beside a newer single-plugin file.
+            parked = source + PARKED_SUFFIX
             if not files.move_if_unchanged(source, primary.raw, parked):
                 return None
             # The .conflist beside it (ours from before, or absent) must also still be what we read.
-            if not files.replace_if_unchanged(target, snapshot.get(conflist.target_name(primary)), data):
+            if not _write_if_unchanged(target, snapshot.get(conflist.target_name(primary)), data):
                 files.put_back(parked, source)
                 return None
-        self.written[target] = data
+        self.chained_paths.add(target)
         self.log("info", "plugin chained", conflist=target, primary=primary.name)
         return "written"
 
-    def _revert_seen(self, path: str) -> bool:
-        """Someone rewrote a file we chained: count, warn past the threshold, and back off (True: paused)."""
+    def _holds_entry(self, primary: conflist.Primary) -> bool:
+        """The primary is a .conflist with our current entry, once and last: nothing to write."""
+        return not primary.was_single and conflist.is_chained(primary.document, self.settings.plugin_entry())
+
+    def _back_off_if_reverted(self) -> None:
+        """Count a file we chained that lost our entry; past the threshold, warn and pause.
+
+        Once per chain(), before its rounds: what is read here only decides the pause and is never written.
+        """
+        primary = conflist.choose_primary(self._conf_files())
+        if primary is None or self._holds_entry(primary):
+            return
+        path = os.path.join(self.settings.cni_net_dir, conflist.target_name(primary))
+        if path not in self.chained_paths:
+            return
         now = self.clock.monotonic()
         self.reverts.append(now)
         while self.reverts and now - self.reverts[0] > REVERT_WINDOW_SECONDS:
@@ -242,13 +260,12 @@ class Installer:
         count = len(self.reverts)
         self.log("info", "chained entry was removed by another agent; re-inserting", conflist=path)
         if count < self.settings.revert_warning_threshold:
-            return False
+            return
         self.log("warn", f"{path} was reverted {count} times in {REVERT_WINDOW_SECONDS:.0f}s: another agent keeps "
                  "rewriting the CNI configuration (e.g. Cilium with cni.exclusive=true, or a primary CNI that "
                  "owns the file); configure it to allow chaining or use MGW_MODE=standalone",
                  reverts=count)
         self.clock.sleep(min(0.5 * (count - self.settings.revert_warning_threshold + 1), 10.0))
-        return True
 
     def reconcile(self) -> str:
         with self._lock:
@@ -264,13 +281,13 @@ class Installer:
             return False
         if not os.path.exists(self.binary_path) or not os.path.exists(self.kubeconfig_path):
             return False
-        entry = self.settings.plugin_entry()
         if self.settings.mode == "standalone":
-            return files.read(self.standalone_path) == conflist.render(conflist.standalone(entry))
+            expected = conflist.render(conflist.standalone(self.settings.plugin_entry()))
+            return files.read(self.standalone_path) == expected
         if self.settings.mode == "manual":
             return True
         primary = conflist.choose_primary(self._conf_files())
-        return primary is not None and not primary.was_single and conflist.is_chained(primary.document, entry)
+        return primary is not None and self._holds_entry(primary)
 
     def uninstall(self) -> bool:
         """Remove our entry (or standalone file) and the kubeconfig; keep the binary for later DELs.
@@ -281,46 +298,47 @@ class Installer:
         with self._lock:
             self._uninstalled = True
             files.restore_set_aside(self.settings.cni_net_dir)
-            step = self._unchain_standalone if self.settings.mode == "standalone" else self._unchain
-            for _ in range(MAX_ATTEMPTS):
-                if self.settings.mode == "manual" or step():
-                    break
-                self.log("debug", "the CNI configuration changed between our read and our commit; re-reading",
-                         dir=self.settings.cni_net_dir)
-            else:
-                self.log("error", "the CNI configuration kept changing; our entry may still be in it, so the "
-                         "kubeconfig stays", dir=self.settings.cni_net_dir, attempts=MAX_ATTEMPTS)
-                return False
+            if self.settings.mode != "manual":
+                unchain = self._unchain_standalone if self.settings.mode == "standalone" else self._unchain
+                if self._until_committed(unchain) is None:
+                    self.log("error", "the CNI configuration kept changing; our entry may still be in it, so the "
+                             "kubeconfig stays", dir=self.settings.cni_net_dir, attempts=COMMIT_ATTEMPTS)
+                    return False
             files.remove(self.kubeconfig_path)
-            self.written.clear()
+            self.chained_paths.clear()
             self.log("info", "uninstalled; binary kept for DEL of remaining pods", binary=self.binary_path)
             return True
 
-    def _unchain_standalone(self) -> bool:
-        """True when our standalone file is gone."""
+    def _unchain_standalone(self) -> list[str] | None:
+        """One round: the paths it removed ([] if our standalone file is gone already); None when it changed."""
         current = files.read(self.standalone_path)
-        return current is None or files.replace_if_unchanged(self.standalone_path, current, None)
+        if current is None:
+            return []
+        return [self.standalone_path] if files.remove_if_unchanged(self.standalone_path, current) else None
 
-    def _unchain(self) -> bool:
-        """One pass over the config files (read just before each change); True when none holds our entry."""
+    def _unchain(self) -> list[str] | None:
+        """One round over the config files, each read just before its change: the paths it unchained, or
+        None when one of them changed under us."""
         directory = self.settings.cni_net_dir
-        done = True
+        unchained: list[str] = []
+        complete = True
         for name, data in self._conf_files().items():
             path = os.path.join(directory, name)
             parsed = conflist.parse(name, data)
             if parsed is None or not any(p.get("type") == PLUGIN_TYPE for p in parsed.document["plugins"]):
                 continue
             stem = path.rsplit(".", 1)[0]
-            parked = [stem + ext + ORIGINAL_SUFFIX for ext in (".conf", ".json")
-                      if os.path.exists(stem + ext + ORIGINAL_SUFFIX)]
+            parked = [stem + ext + PARKED_SUFFIX for ext in (".conf", ".json")
+                      if os.path.exists(stem + ext + PARKED_SUFFIX)]
             if parked:
-                # The original comes back before our .conflist goes: never a moment without a primary.
-                files.put_back(parked[0], parked[0].removesuffix(ORIGINAL_SUFFIX))
-                removed = files.replace_if_unchanged(path, data, None)
+                # The parked file comes back before our .conflist goes: never a moment without a primary.
+                files.put_back(parked[0], parked[0].removesuffix(PARKED_SUFFIX))
+                removed = files.remove_if_unchanged(path, data)
             else:
                 removed = files.replace_if_unchanged(path, data, conflist.render(conflist.without_entry(
                     parsed.document)))
             if removed:
+                unchained.append(path)
                 self.log("info", "plugin unchained", conflist=path)
-            done = done and removed
-        return done
+            complete = complete and removed
+        return unchained if complete else None

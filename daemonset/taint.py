@@ -9,17 +9,17 @@ own node; the node's registration adds it again on the next boot.
 from __future__ import annotations
 
 import json
-import time
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from daemonset.api import FIRST_BACKOFF_SECONDS, certificate_rejection, describe_api_error, next_backoff
+from daemonset.clock import Clock, SystemClock
 from daemonset.install import verify_plugin
 
-READY_POLL_SECONDS = 0.2
-CONFLICT_RETRIES = 5
-# 409 never gets here: lift() re-reads on it and, past CONFLICT_RETRIES, raises StillConflicting.
-REASONS = {401: "unauthorized", 403: "forbidden", 404: "node_not_found", 422: "invalid"}
+PATCH_ATTEMPTS = 5
+# 409 never gets here: lift() re-reads on it and, past PATCH_ATTEMPTS, raises StillConflicting.
+FAILURE_REASONS = {401: "unauthorized", 403: "forbidden", 404: "node_not_found", 422: "invalid"}
 
 
 class NotRunnable(RuntimeError):
@@ -40,7 +40,7 @@ def failure_reason(exc: BaseException, ca_path: str) -> tuple[str, str]:
         except (ValueError, AttributeError):
             detail = exc.reason
         status = exc.status or 0
-        return REASONS.get(status, "api_error" if status >= 500 else f"http_{status}"), f"{status}: {detail}"
+        return FAILURE_REASONS.get(status, "api_error" if status >= 500 else f"http_{status}"), f"{status}: {detail}"
     if isinstance(exc, NotRunnable):
         return "plugin_not_runnable", str(exc)
     if isinstance(exc, StillConflicting):
@@ -54,17 +54,36 @@ class TaintGate:
 
     def __init__(self, api: Any, node_name: str, key: str, log: Callable[..., None],
                  on_failure: Callable[[str], None] = lambda reason: None,
-                 on_open: Callable[[float], None] = lambda seconds: None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 on_open: Callable[[float], None] = lambda seconds: None, clock: Clock | None = None) -> None:
         self.api = api
         self.node_name = node_name
         self.key = key
         self.log = log
         self.on_failure = on_failure
         self.on_open = on_open
-        self.clock = clock
-        self.started = clock()
+        self.clock = clock or SystemClock()
+        self.started = self.clock.monotonic()
         self.open = not key  # an empty key turns the gate off
+        self._recheck = threading.Event()
+        self._closed = False
+        self._core_api: Any = None
+
+    def recheck(self) -> None:
+        """A reconcile has finished: wake run() to look at readiness again."""
+        self._recheck.set()
+
+    def close(self) -> None:
+        """The installer is stopping: a run() waiting for readiness returns."""
+        self._closed = True
+        self._recheck.set()
+
+    def _core(self) -> Any:
+        """The API client's core calls; they load slowly, so run() loads them before it waits for readiness."""
+        if self._core_api is None:
+            from kubernetes import client
+
+            self._core_api = client.CoreV1Api(self.api)
+        return self._core_api
 
     def lift(self) -> str:
         """One attempt: read the node, drop our key, write with the read resourceVersion; re-read on 409.
@@ -72,14 +91,12 @@ class TaintGate:
         A merge patch replaces the whole taint list, so the precondition is what keeps a taint someone
         added or changed between our read and our write: the API refuses the stale write and we re-read.
         """
-        from kubernetes import client
         from kubernetes.client.exceptions import ApiException
 
-        core = client.CoreV1Api(self.api)
-        for _ in range(CONFLICT_RETRIES):
+        for _ in range(PATCH_ATTEMPTS):
             # Raw JSON, not the client's model: others' taints go back exactly as read, fields unknown to
             # this client version included.
-            node = json.loads(core.read_node(self.node_name, _preload_content=False).data)
+            node = json.loads(self._core().read_node(self.node_name, _preload_content=False).data)
             version = node["metadata"]["resourceVersion"]
             taints = (node.get("spec") or {}).get("taints") or []
             keep = [t for t in taints if t.get("key") != self.key]
@@ -87,7 +104,7 @@ class TaintGate:
                 return "absent"
             body = {"metadata": {"resourceVersion": version}, "spec": {"taints": keep}}
             try:
-                core.patch_node(self.node_name, body, _content_type="application/merge-patch+json")
+                self._core().patch_node(self.node_name, body, _content_type="application/merge-patch+json")
             except ApiException as exc:
                 if exc.status != 409:
                     raise
@@ -95,20 +112,27 @@ class TaintGate:
                          resource_version=version)
                 continue
             return "removed"
-        raise StillConflicting(f"node {self.node_name} changed on each of {CONFLICT_RETRIES} attempts")
+        raise StillConflicting(f"node {self.node_name} changed on each of {PATCH_ATTEMPTS} attempts")
 
-    def run(self, ready: Callable[[], bool], plugin: str, sleep: Callable[[float], bool]) -> None:
+    def run(self, ready: Callable[[], bool], plugin: str) -> None:
         """Wait until `ready()`, check once that the installed plugin runs, then lift the taint; back off on
         failure (an API failure does not run the plugin again).
 
-        `sleep(seconds)` returns True when the installer is stopping (threading.Event.wait in production,
-        a fake clock in tests).
+        Readiness is looked at again after each reconcile (recheck()), never by polling. Returns once the
+        gate is open, on close(), or when a back-off pause ends because the installer is stopping.
         """
+        if self.open:
+            return
+        self._core()
+        self.log("debug", "waiting until the plugin is in place to lift the start-up taint", node=self.node_name,
+                 taint=self.key)
         backoff = FIRST_BACKOFF_SECONDS
         verified = False
         while not self.open:
             if not ready():
-                if sleep(READY_POLL_SECONDS):
+                self._recheck.wait()
+                self._recheck.clear()
+                if self._closed:
                     return
                 continue
             try:
@@ -121,11 +145,11 @@ class TaintGate:
                 self.on_failure(reason)
                 self.log("warn", "cannot remove the start-up taint; retrying", node=self.node_name, taint=self.key,
                          reason=reason, error=detail, backoff=backoff)
-                if sleep(backoff):
+                if self.clock.sleep(backoff):
                     return
                 backoff = next_backoff(backoff)
                 continue
-            seconds = self.clock() - self.started
+            seconds = self.clock.monotonic() - self.started
             self.open = True
             self.on_open(seconds)
             if outcome == "removed":

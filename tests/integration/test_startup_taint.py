@@ -9,6 +9,7 @@ The gate runs in-process with a fake clock for its back-off, inside the node's n
 from __future__ import annotations
 
 import ctypes
+import http.client
 import os
 import shutil
 import subprocess
@@ -20,8 +21,10 @@ from typing import Any
 
 import pytest
 
+from daemonset import conflist
 from daemonset.api import FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS, api_client
-from daemonset.taint import READY_POLL_SECONDS, TaintGate
+from daemonset.taint import TaintGate
+from tests.support.fake_clock import FakeClock
 from tests.support.installer import INSTALLER, PLUGIN, Daemon, Host
 from tests.support.node import STARTUP_TAINT, Node, node_fixture, token_user, wait_for
 
@@ -34,63 +37,68 @@ TIMED = {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute", "timeAd
          "futureField": "kept"}
 
 
-def in_netns(netns: str, fn: Callable[[], Any]) -> Any:
-    """Run fn in a thread that joined the node's network namespace (setns is per thread)."""
-    outcome: dict[str, Any] = {}
+class InNetns(threading.Thread):
+    """fn run in a thread that joined the node's network namespace (setns is per thread)."""
 
-    def target() -> None:
+    def __init__(self, netns: str, fn: Callable[[], Any]) -> None:
+        super().__init__(daemon=True)
+        self.netns = netns
+        self.fn = fn
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+        fd = os.open(f"/run/netns/{self.netns}", os.O_RDONLY)
         try:
             if libc.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), f"setns {netns}")
+                self.error = OSError(ctypes.get_errno(), f"setns {self.netns}")
+                return
         finally:
             os.close(fd)
         try:
-            outcome["value"] = fn()
+            self.value = self.fn()
         except BaseException as exc:
-            outcome["error"] = exc
+            self.error = exc
 
-    thread = threading.Thread(target=target)
+    def result(self, timeout: float | None = None) -> Any:
+        self.join(timeout)
+        if self.is_alive():
+            raise TimeoutError(f"still running after {timeout}s")
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def in_netns(netns: str, fn: Callable[[], Any]) -> Any:
+    thread = InNetns(netns, fn)
     thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
-
-
-class FakeClock:
-    """Time moves only when the gate sleeps; `on_sleep` changes the world between attempts."""
-
-    def __init__(self, on_sleep: Callable[[int], bool] = lambda n: False) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-        self.on_sleep = on_sleep
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> bool:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        return self.on_sleep(len(self.sleeps))
+    return thread.result()
 
 
 class Gate:
-    """A TaintGate wired to the stand-in, recording what it logs and counts."""
+    """A TaintGate wired to the stand-in, recording what it logs (info and above) and counts."""
 
     def __init__(self, node: Node, host: Host, clock: FakeClock, key: str = STARTUP_TAINT["key"]) -> None:
         self.logged: list[tuple[str, str, dict[str, Any]]] = []
         self.failures: list[str] = []
         self.opened: list[float | None] = []
         self.node = node
-        self.gate = TaintGate(api_client(host.settings()), "node-1", key,
-                              lambda level, msg, **fields: self.logged.append((level, msg, fields)),
-                              on_failure=self.failures.append, on_open=self.opened.append, clock=clock)
+        self.gate = TaintGate(api_client(host.settings()), "node-1", key, self.log, on_failure=self.failures.append,
+                              on_open=self.opened.append, clock=clock)
         self.clock = clock
 
+    def log(self, level: str, msg: str, **fields: Any) -> None:
+        if level != "debug":
+            self.logged.append((level, msg, fields))
+
     def run(self, ready: Callable[[], bool] = lambda: True, plugin: str = PLUGIN) -> None:
-        in_netns(self.node.netns, lambda: self.gate.run(ready, plugin, self.clock.sleep))
+        self.start(ready, plugin).result()
+
+    def start(self, ready: Callable[[], bool], plugin: str = PLUGIN) -> InNetns:
+        thread = InNetns(self.node.netns, lambda: self.gate.run(ready, plugin))
+        thread.start()
+        return thread
 
     def patches(self) -> list[int]:
         return [e["code"] for e in self.node.journal_entries() if e["verb"] == "patch-node"]
@@ -106,22 +114,50 @@ def taints(node: Node) -> list[dict[str, Any]]:
 
 
 def test_taint_removed_only_after_ready_and_others_untouched(node, host):
+    """Readiness is looked at again after each reconcile (recheck), never polled in between."""
     node.write_nodes({"node-1": node_fixture(taints=[OTHER, STARTUP_TAINT, TIMED])})
     checks: list[list[dict[str, Any]]] = []
+    chained = threading.Event()
 
     def ready() -> bool:
         checks.append(taints(node))
-        return len(checks) > 3
+        return chained.is_set()
 
     gate = Gate(node, host, FakeClock())
-    gate.run(ready)
-    assert all(STARTUP_TAINT in seen for seen in checks), "the taint must stay while the plugin is not ready"
-    assert gate.clock.sleeps == [READY_POLL_SECONDS] * 3 and gate.patches() == [200]
+    running = gate.start(ready)
+    assert wait_for(lambda: len(checks) == 1, timeout=15)
+    time.sleep(0.5)
+    assert len(checks) == 1, "readiness was looked at again without a reconcile"
+    for reconcile in (2, 3):  # reconciles that leave the node not ready
+        gate.gate.recheck()
+        assert wait_for(lambda count=reconcile: len(checks) == count, timeout=15)
+    chained.set()
+    gate.gate.recheck()  # the reconcile that chains the plugin
+    running.result(timeout=15)
+    assert all(STARTUP_TAINT in seen for seen in checks[:3]), "the taint must stay while the plugin is not ready"
+    assert len(checks) == 4 and gate.clock.sleeps == [] and gate.patches() == [200]
     assert taints(node) == [OTHER, TIMED]
-    assert gate.gate.open and gate.opened == [pytest.approx(3 * READY_POLL_SECONDS)]
+    assert gate.gate.open and gate.opened == [0.0]
     assert gate.failures == [] and [m for _, m, _ in gate.logged] == [
         "start-up taint removed: pods may be scheduled to this node"]
     assert node.api_node()["metadata"]["resourceVersion"] == "101"
+
+
+def test_a_gate_waiting_for_readiness_ends_when_the_installer_stops(node, host):
+    node.write_nodes({"node-1": node_fixture(taints=[STARTUP_TAINT])})
+    checks: list[float] = []
+
+    def never_ready() -> bool:
+        checks.append(time.monotonic())
+        return False
+
+    gate = Gate(node, host, FakeClock())
+    running = gate.start(never_ready)
+    assert wait_for(lambda: len(checks) == 1, timeout=15)
+    gate.gate.close()  # SIGTERM while the plugin is not in place
+    running.result(timeout=15)
+    assert not gate.gate.open and len(checks) == 1 and gate.patches() == []
+    assert taints(node) == [STARTUP_TAINT]
 
 
 def test_conflict_is_retried_and_keeps_the_taint_another_agent_added(node, host):
@@ -220,6 +256,69 @@ def test_installer_reports_ready_only_once_the_taint_is_gone(node, host):
     assert daemon.stop() == 0
     warnings = [e for e in daemon.log() if e.get("message") == "cannot remove the start-up taint; retrying"]
     assert warnings and warnings[0]["reason"] == "forbidden"
+
+
+def first_ready(port: int, timeout: float) -> float | None:
+    """Ask /readyz every 10 ms (often enough to measure, seldom enough not to slow the installer down); the
+    wall-clock time of its first 200, None if none within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        try:
+            connection.request("GET", "/readyz")
+            if connection.getresponse().status == 200:
+                return time.time()
+        except OSError:
+            pass
+        finally:
+            connection.close()
+        time.sleep(0.01)
+    return None
+
+
+READYZ_AFTER_CHAINING_SECONDS = 0.3
+
+
+def load_admission(node: Node, host: Host) -> None:
+    """The stand-in loads its CEL evaluator on its first node PATCH, which a kube-apiserver has long done:
+    send it one the admission policy refuses (a label change), so no later PATCH pays for the loading."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    def patch() -> int:
+        try:
+            client.CoreV1Api(api_client(host.settings())).patch_node(
+                "node-1", {"metadata": {"labels": {"example.com/warm-up": "1"}}},
+                _content_type="application/merge-patch+json")
+        except ApiException as exc:
+            return int(exc.status)
+        return 200
+
+    assert in_netns(node.netns, patch) == 403
+
+
+def test_readyz_follows_chaining_a_late_primary_at_once(node, host, capsys):
+    """The primary CNI writes its conflist after the installer started: the reconcile that chains our entry
+    makes the node ready, so the taint is lifted and /readyz answers 200 right after the chained file is
+    written (its mtime), not at the next of some periodic check."""
+    node.write_nodes({"node-1": node_fixture(taints=[STARTUP_TAINT])})
+    load_admission(node, host)
+    daemon = Daemon(node, host, MGW_REPAIR_MODE="none")
+    assert wait_for(lambda: "microgateway_cni_node_untainted 0.0" in daemon.metrics(check=False), timeout=15)
+    assert wait_for(lambda: {"no primary CNI configuration yet; waiting",
+                             "waiting until the plugin is in place to lift the start-up taint"} <=
+                    {e.get("message") for e in daemon.log()}, timeout=15), daemon.log()
+    path = host.net_dir / "10-flannel.conflist"
+    shutil.copy(FIXTURES / "10-flannel.conflist", path)
+    ready_at = in_netns(node.netns, lambda: first_ready(8000, timeout=15))
+    assert ready_at is not None, daemon.log()
+    assert conflist.is_chained(host.conf("10-flannel.conflist"), host.settings().plugin_entry())
+    delay = ready_at - path.stat().st_mtime_ns / 1e9
+    assert taints(node) == []
+    assert daemon.stop() == 0
+    with capsys.disabled():
+        print(f"\n/readyz 200 {delay * 1000:.0f} ms after the conflist was chained")
+    assert 0 <= delay < READYZ_AFTER_CHAINING_SECONDS, daemon.log()
 
 
 def test_installer_without_node_name_refuses_to_start_the_gate(node, host):

@@ -3,32 +3,62 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+import pytest
 
 from daemonset import files
 
 
-def leftovers(directory) -> list[str]:
+def leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
 
 
-def test_replaces_only_what_was_read(tmp_path):
-    path = tmp_path / "10-calico.conflist"
-    path.write_bytes(b"v1")
-    assert files.replace_if_unchanged(str(path), b"v1", b"v1+ours")
-    assert path.read_bytes() == b"v1+ours" and os.stat(path).st_mode & 0o777 == 0o644
-    assert not files.replace_if_unchanged(str(path), b"v1", b"stale+ours")  # someone wrote since our read
-    assert path.read_bytes() == b"v1+ours"
-    assert leftovers(tmp_path) == []
+def file_holding(path: Path, data: bytes | None) -> Path:
+    if data is not None:
+        path.write_bytes(data)
+    return path
 
 
-def test_creates_only_if_still_absent_and_removes_only_if_unchanged(tmp_path):
-    path = tmp_path / "05-microgateway-cni.conflist"
-    assert files.replace_if_unchanged(str(path), None, b"ours")
-    assert not files.replace_if_unchanged(str(path), None, b"again")
-    assert not files.replace_if_unchanged(str(path), b"other", None)
-    assert path.read_bytes() == b"ours"
-    assert files.replace_if_unchanged(str(path), b"ours", None)
-    assert not path.exists() and leftovers(tmp_path) == []
+def content(path: Path) -> bytes | None:
+    return path.read_bytes() if path.exists() else None
+
+
+ABSENT = None
+
+
+@pytest.mark.parametrize(("on_disk", "expected", "data", "committed", "after"), [
+    (b"v1", b"v1", b"v1+ours", True, b"v1+ours"),
+    (b"v2", b"v1", b"v1+ours", False, b"v2"),  # the agent wrote since our read
+    (ABSENT, b"v1", b"v1+ours", False, ABSENT),  # the agent removed it since our read
+], ids=["unchanged", "rewritten", "removed"])
+def test_replace_if_unchanged(tmp_path, on_disk, expected, data, committed, after):
+    path = file_holding(tmp_path / "10-calico.conflist", on_disk)
+    assert files.replace_if_unchanged(str(path), expected, data) is committed
+    assert content(path) == after and leftovers(tmp_path) == []
+    if committed:
+        assert os.stat(path).st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize(("on_disk", "committed", "after"), [
+    (ABSENT, True, b"ours"),
+    (b"the agent's", False, b"the agent's"),  # created since we found the name free
+], ids=["absent", "created-meanwhile"])
+def test_create_if_absent(tmp_path, on_disk, committed, after):
+    path = file_holding(tmp_path / "05-microgateway-cni.conflist", on_disk)
+    assert files.create_if_absent(str(path), b"ours") is committed
+    assert content(path) == after and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(("on_disk", "expected", "committed", "after"), [
+    (b"ours", b"ours", True, ABSENT),
+    (b"the agent's", b"ours", False, b"the agent's"),  # rewritten since our read
+    (ABSENT, b"ours", False, ABSENT),
+], ids=["unchanged", "rewritten", "absent"])
+def test_remove_if_unchanged(tmp_path, on_disk, expected, committed, after):
+    path = file_holding(tmp_path / "05-microgateway-cni.conflist", on_disk)
+    assert files.remove_if_unchanged(str(path), expected) is committed
+    assert content(path) == after and leftovers(tmp_path) == []
 
 
 def test_parks_only_what_was_read_and_puts_it_back(tmp_path):

@@ -11,26 +11,12 @@ import pytest
 
 from daemonset import conflist
 from daemonset.install import Installer
+from tests.support.fake_clock import FakeClock
 from tests.support.installer import PLUGIN, Host
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cni"
 PRIMARIES = ["10-calico.conflist", "10-flannel.conflist", "05-cilium.conflist", "10-kindnet.conflist",
              "10-weave.conflist", "10-bridge.conf"]
-
-
-class FakeClock:
-    """monotonic() advances only by what sleep() was asked for, which is recorded."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 @pytest.fixture
