@@ -1,4 +1,5 @@
-"""The netfilter Worker (cni/worker.py): real forks, real pipes, a real pod netns."""
+"""The pod-netns Worker (cni/pod/runner.py) and the per-family fan_out (cni/forks.py): real forks, real
+pipes, a real pod netns."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import os
 import pytest
 
 from cni.errors import NETFILTER_FAILURE, CniError
-from cni.worker import Worker, fan_out
+from cni.forks import fan_out
+from cni.pod.runner import Worker
 
 
 @pytest.fixture
