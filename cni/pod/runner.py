@@ -15,6 +15,7 @@ Neither goes back to the netns it came from: the job is the last netfilter work 
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 
@@ -92,7 +93,8 @@ class Worker:
         import pickle
 
         netns, function, args = pickle.loads(job)
-        forks.report(outcome_write, forks.guarded(lambda: self._job(prepared, netns, function, args), "netfilter"))
+        forks.report(outcome_write, forks.guarded(functools.partial(self._job, prepared, netns, function, args),
+                                                  "netfilter"))
 
     def _job(self, prepared: tuple[str, Any], netns: str, function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         forks.unwrap(prepared)
