@@ -1,8 +1,8 @@
 """microgateway-cni entry point: read env and stdin, run one CNI command, write one JSON to stdout.
 
 This module is protocol glue. ADD and CHECK read top to bottom: start the applier (cni/pod/applier.py),
-look the pod up (cni/policy.py, cni/kube.py), plan, then apply or inspect - or cancel the applier
-for a pod that is not protected. DEL removes through every backend (cni/netfilter/) in-process.
+look the pod up (cni/policy.py, cni/kube.py), plan, then apply or inspect - or, for a pod that is not
+protected, end the applier without a job. DEL removes through every backend (cni/netfilter/) in-process.
 Only the modules a command needs are imported, because this runs on every pod start of every node.
 """
 
