@@ -5,7 +5,7 @@ Imported by the plugin, the validator and the installer alike, so it imports not
 
 from __future__ import annotations
 
-TYPE_CHECKING = False  # typing is kept off the run-time path (cni/records.py): annotations only
+TYPE_CHECKING = False  # annotations only: typing stays off the per-pod path (cni/records.py)
 if TYPE_CHECKING:
     from typing import TypeGuard
 

@@ -1,8 +1,8 @@
 """microgateway-cni entry point: read env and stdin, run one CNI command, write one JSON to stdout.
 
-This module is protocol glue. ADD and CHECK read top to bottom: start the applier (cni/applier.py),
-look the pod up (cni/policy.py, cni/kube.py), plan, then apply or inspect - or cancel the applier
-for a pod that is not protected. DEL removes through the backend (cni/backend.py) in-process.
+This module is protocol glue. ADD and CHECK read top to bottom: start the applier (cni/pod/applier.py),
+look the pod up (cni/policy.py, cni/kube.py), plan, then apply or inspect - or, for a pod that is not
+protected, end the applier without a job. DEL removes through every backend (cni/netfilter/) in-process.
 Only the modules a command needs are imported, because this runs on every pod start of every node.
 """
 
@@ -25,13 +25,14 @@ from cni.protocol import (
     version_result,
 )
 
-TYPE_CHECKING = False  # typing is kept off the run-time path (cni/records.py): annotations only
+TYPE_CHECKING = False  # annotations only: typing stays off the per-pod path (cni/records.py)
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from cni.applier import Applier
-    from cni.backend import Backend
+    from cni.netfilter.backend import Backend
+    from cni.pod.applier import Applier
+    from cni.pod.runner import InProcess
     from cni.policy import PodFacts
 
     Lookup = Callable[[Request, PluginConfig], PodFacts]
@@ -56,21 +57,26 @@ def lookup_pod(request: Request, config: PluginConfig) -> PodFacts:
 
 
 def start_applier(request: Request, config: PluginConfig) -> Applier:
-    from cni.applier import Applier
+    """The pod's applier: a backend that needs preparing gets a forked worker, which prepares it while
+    the pod is looked up; one that does not runs its job in this process (cni/pod/runner.py)."""
+    from cni.pod.applier import Applier
+    from cni.pod.runner import InProcess, Worker
 
-    return Applier(load_backend(config), request.netns, result_has_ipv6(request.conf.get("prevResult")))
+    backend = load_backend(config)
+    runner = Worker(backend.prepare) if backend.needs_worker else InProcess(backend.prepare)
+    return Applier(backend, request.netns, result_has_ipv6(request.conf.get("prevResult")), runner)
 
 
 def load_backend(config: PluginConfig) -> Backend:
-    """The conflist's backend, or for `auto` the node's (cni/backend.py: read in the runtime's netns)."""
-    from cni import backend
+    """The conflist's backend, or for `auto` the node's (read in the runtime's netns)."""
+    from cni.netfilter import choice
 
-    return backend.load(backend.choose(config.netfilter_backend))
+    return choice.load(choice.choose(config.netfilter_backend))
 
 
 def remove_from_every_backend() -> list[str]:
     """DEL removes ours from every backend: the node may have switched since the pod's ADD."""
-    from cni.backend import remove_everywhere
+    from cni.netfilter.choice import remove_everywhere
 
     return remove_everywhere()
 
@@ -89,7 +95,7 @@ def cmd_add(request: Request, config: PluginConfig, logger: Logger, lookup: Look
         logger.debug("passed through", reason=reason)
         return result
     with start(request, config) as applier:  # prepares the backend while the pod is looked up
-        logger.debug("netfilter backend", backend=applier.backend_name, configured=config.netfilter_backend)
+        logger.debug("netfilter backend", backend=applier.backend.name, configured=config.netfilter_backend)
         pod = lookup(request, config)
         if not pod.protected:
             logger.debug("passed through", reason="pod is not protected")
@@ -98,7 +104,7 @@ def cmd_add(request: Request, config: PluginConfig, logger: Logger, lookup: Look
 
         plan = plan_for(pod.annotations, config.non_tcp_inbound)  # invalid annotations fail before the netns is touched
         families = applier.configure(plan, config)
-    logger.info("redirection configured", backend=applier.backend_name, families=families, mesh=plan.mesh,
+    logger.info("redirection configured", backend=applier.backend.name, families=families, mesh=plan.mesh,
                 source=pod.source)
     return result
 
@@ -108,7 +114,7 @@ def cmd_check(request: Request, config: PluginConfig, logger: Logger, lookup: Lo
     if _skip_reason(request, config):
         return
     with start(request, config) as applier:
-        logger.debug("netfilter backend", backend=applier.backend_name, configured=config.netfilter_backend)
+        logger.debug("netfilter backend", backend=applier.backend.name, configured=config.netfilter_backend)
         pod = lookup(request, config)
         if not pod.protected:
             return
@@ -120,28 +126,26 @@ def cmd_check(request: Request, config: PluginConfig, logger: Logger, lookup: Lo
 
 
 def cmd_del(request: Request, config: PluginConfig, logger: Logger,
-            remove: Callable[[], list[str]] = remove_from_every_backend) -> None:
-    from cni.netns import NetnsGone, enter
+            remove: Callable[[], list[str]] = remove_from_every_backend, runner: InProcess | None = None) -> None:
+    """Never fails because of the netns or netfilter: a failing DEL would stop libcni's chain and leave
+    the pod stuck Terminating, and our rules live only in the netns, which goes right after DEL (a
+    netns whose mount was already torn down is an ordinary file: its rules went with it)."""
+    from cni.pod.netns import NetnsGone
+    from cni.pod.runner import InProcess
 
     if not request.netns:
         logger.debug("DEL without netns: nothing to remove")
         return
     try:
-        enter(request.netns)
+        removed = (runner or InProcess()).run(request.netns, remove)
     except NetnsGone:
         logger.debug("netns already gone: nothing to remove")
         return
     except CniError as exc:
-        # A netns whose mount was already torn down is an ordinary file: its rules died with it.
-        logger.warn("netns not usable on DEL, treating it as gone", error=exc.msg)
-        return
-    try:
-        if removed := remove():
-            logger.info("redirection removed", backends=removed)
-    except CniError as exc:
-        # Failing DEL would stop libcni's chain and leave the pod stuck Terminating; the rules live
-        # only in this netns, which the runtime destroys right after DEL.
         logger.warn("could not remove rules; they go with the netns", error=exc.msg)
+        return
+    if removed:
+        logger.info("redirection removed", backends=removed)
 
 
 def cmd_gc(request: Request, config: PluginConfig, logger: Logger) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from cni.records import record
 
-TYPE_CHECKING = False  # typing costs ~8 ms of a frozen start (cni/records.py): annotations only
+TYPE_CHECKING = False  # annotations only: typing stays off the per-pod path (cni/records.py)
 if TYPE_CHECKING:
     from collections.abc import Callable
 

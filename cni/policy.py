@@ -17,7 +17,7 @@ from cni.contract import (
 from cni.errors import INVALID_CONFIG, CniError
 from cni.records import record
 
-TYPE_CHECKING = False  # typing is kept off the run-time path (cni/records.py): annotations only
+TYPE_CHECKING = False  # annotations only: typing stays off the per-pod path (cni/records.py)
 if TYPE_CHECKING:
     from typing import Any
 

@@ -1,18 +1,18 @@
 """Immutable records like typing.NamedTuple, without importing typing.
 
-typing's import is a measurable part of a frozen binary's start (scripts/bench.sh shows the verdict),
-paid on every pod start. `record`
-reads a class body of annotated fields - the annotations stay unevaluated strings under
-`from __future__ import annotations` - and makes it a collections.namedtuple subclass with the same
-fields, defaults, methods and docstring. Type checkers see a frozen dataclass instead
-(dataclass_transform), so constructor calls are checked; code that needs tuple behaviour says so.
+typing's import is a measurable part of a frozen binary's start (docs/design.md, "Performance
+budget"), paid on every pod start. `record` reads a class body of annotated fields - the annotations
+stay unevaluated strings under `from __future__ import annotations` - and makes it a
+collections.namedtuple subclass with the same fields, defaults, methods and docstring. Type checkers
+see a frozen dataclass instead (dataclass_transform), so constructor calls are checked; code that
+needs tuple behaviour says so.
 """
 
 from __future__ import annotations
 
 import collections
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # annotations only: typing stays off the per-pod path (this module)
 if TYPE_CHECKING:
     from typing import TypeVar, dataclass_transform
 

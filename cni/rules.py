@@ -31,11 +31,12 @@ from cni.model import Rule, RuleSet
 from cni.policy import Plan
 
 NAT = "nat"
+# Our chains; the built-in chains they hang from are plain strings ("PREROUTING").
 INBOUND = "MGW_INBOUND"
-PREROUTING = "MGW_PREROUTING"
-OUTPUT = "MGW_OUTPUT"
-NAT_CHAINS = (INBOUND, OUTPUT, PREROUTING)
-NAT_JUMPS = (("PREROUTING", PREROUTING), ("OUTPUT", OUTPUT))
+MGW_PREROUTING = "MGW_PREROUTING"
+MGW_OUTPUT = "MGW_OUTPUT"
+NAT_CHAINS = (INBOUND, MGW_OUTPUT, MGW_PREROUTING)
+NAT_JUMPS = (("PREROUTING", MGW_PREROUTING), ("OUTPUT", MGW_OUTPUT))
 
 FILTER = "filter"
 GUARD = "MGW_INPUT"
@@ -71,7 +72,7 @@ def exempt_ports(plan: Plan, config: PluginConfig) -> set[int]:
     return ports
 
 
-def build_ruleset(plan: Plan, config: PluginConfig, family: int) -> RuleSet:
+def build_nat(plan: Plan, config: PluginConfig, family: int) -> RuleSet:
     """The nat-table rule set of one family."""
     loopback = LOOPBACK[family] + HOST_PREFIX[family]
     exempt = exempt_ports(plan, config)
@@ -79,20 +80,20 @@ def build_ruleset(plan: Plan, config: PluginConfig, family: int) -> RuleSet:
     rules.append(Rule(INBOUND, "REDIRECT", to_port=config.engine_port))
 
     if plan.mesh == "none":
-        rules.append(Rule(PREROUTING, INBOUND))
+        rules.append(Rule(MGW_PREROUTING, INBOUND))
     elif plan.istio_include is None:
         uncaptured = set(plan.istio_exclude) - exempt
-        rules.extend(Rule(PREROUTING, INBOUND, dport=dport) for dport in port_ranges(uncaptured))
+        rules.extend(Rule(MGW_PREROUTING, INBOUND, dport=dport) for dport in port_ranges(uncaptured))
     else:
         captured = set(plan.istio_include) - set(plan.istio_exclude)
-        rules.extend(Rule(PREROUTING, "RETURN", dport=dport) for dport in port_ranges(captured))
-        rules.append(Rule(PREROUTING, INBOUND))
+        rules.extend(Rule(MGW_PREROUTING, "RETURN", dport=dport) for dport in port_ranges(captured))
+        rules.append(Rule(MGW_PREROUTING, INBOUND))
 
-    rules.append(Rule(OUTPUT, INBOUND, dst=loopback, out_iface="lo", dport=str(config.validation_port)))
+    rules.append(Rule(MGW_OUTPUT, INBOUND, dst=loopback, out_iface="lo", dport=str(config.validation_port)))
     if plan.mesh == "istio":
         uid = config.istio_proxy_uid
-        rules.append(Rule(OUTPUT, INBOUND, src=ISTIO_PASSTHROUGH_SOURCE[family], out_iface="lo", uid_owner=uid))
-        rules.append(Rule(OUTPUT, INBOUND, dst=loopback, out_iface="lo", uid_owner=uid))
+        rules.append(Rule(MGW_OUTPUT, INBOUND, src=ISTIO_PASSTHROUGH_SOURCE[family], out_iface="lo", uid_owner=uid))
+        rules.append(Rule(MGW_OUTPUT, INBOUND, dst=loopback, out_iface="lo", uid_owner=uid))
 
     jumps = tuple(Rule(builtin, own) for builtin, own in NAT_JUMPS)
     return RuleSet(family=family, table=NAT, chains=NAT_CHAINS, rules=tuple(rules), jumps=jumps)
@@ -121,4 +122,4 @@ def build_guard(plan: Plan, config: PluginConfig, family: int) -> RuleSet:
 def build_rulesets(plan: Plan, config: PluginConfig, families: list[int]) -> list[RuleSet]:
     """Every rule set a protected pod gets: per family the nat set, then the filter set."""
     return [ruleset for family in families
-            for ruleset in (build_ruleset(plan, config, family), build_guard(plan, config, family))]
+            for ruleset in (build_nat(plan, config, family), build_guard(plan, config, family))]

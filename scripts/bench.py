@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cni.netns import enter
+from cni.pod.netns import enter
 from tests.support.node import BACKENDS, VALIDATOR_UID, Node, pod_fixture
 
 

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 from cni.contract import LOOPBACK
 from cni.model import Live
-from cni.rules import CATCH_ALL_DROP, FILTER, GUARD, INBOUND, NAT, OUTPUT, PREROUTING
+from cni.rules import CATCH_ALL_DROP, FILTER, GUARD, INBOUND, MGW_OUTPUT, MGW_PREROUTING, NAT
 
 if TYPE_CHECKING:
-    from cni.backend import Backend
+    from cni.netfilter.backend import Backend
 
     Found = list[tuple[Backend, Live]]
 
@@ -39,11 +39,12 @@ def guard_report(lives: Found) -> dict[str, Any]:
 def chain_report(families: list[int], engine_port: int) -> dict[int, dict[str, Any]]:
     """Our nat chains and jumps and our filter guard per family, read through the plugin's own backends -
     both of them, as a node may have switched - and shown in the syntax of the backend that holds them."""
-    from cni import backend
+    from cni.netfilter.backend import NAMES
+    from cni.netfilter.choice import load
 
     found: dict[tuple[int, str], Found] = {(family, table): [] for family in families for table in (NAT, FILTER)}
-    for name in backend.NAMES:
-        reader = backend.load(name)
+    for name in NAMES:
+        reader = load(name)
         for live in reader.read(families, (NAT, FILTER)):
             if live.chains or live.jumps or live.foreign:
                 found[live.family, live.table].append((reader, live))
@@ -53,13 +54,13 @@ def chain_report(families: list[int], engine_port: int) -> dict[int, dict[str, A
         rules = [rule for _, live in lives for rule in live.rules]
         jumps = [jump for _, live in lives for jump in live.jumps]
         unrestricted_output = [r.render() for r in rules
-                               if r.chain == OUTPUT and r.dport is None and r.uid_owner is None]
+                               if r.chain == MGW_OUTPUT and r.dport is None and r.uid_owner is None]
         report[family] = {
             "backends": [reader.name for reader, _ in lives],
             "chains": sorted({chain for _, live in lives for chain in live.chains}),
             "rules": shown(lives, NAT, with_jumps=False),
-            "prerouting_jump": any(j.target == PREROUTING for j in jumps),
-            "output_jump": any(j.target == OUTPUT for j in jumps),
+            "prerouting_jump": any(j.target == MGW_PREROUTING for j in jumps),
+            "output_jump": any(j.target == MGW_OUTPUT for j in jumps),
             "redirects_to_engine": any(r.chain == INBOUND and r.target == "REDIRECT" and r.to_port == engine_port
                                        for r in rules),
             "unrestricted_output": unrestricted_output,

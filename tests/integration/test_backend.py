@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from cni.backend import Backend
 from cni.config import PluginConfig
-from cni.iptables_legacy import LegacyBackend
 from cni.model import Live, RuleSet, drift
-from cni.nftables import NftablesBackend
+from cni.netfilter.backend import Backend
+from cni.netfilter.legacy.backend import LegacyBackend
+from cni.netfilter.nftables.backend import NftablesBackend
+from cni.pod.runner import Worker
 from cni.policy import plan_for
 from cni.rules import build_rulesets
-from cni.worker import Worker
 
 BACKENDS = [LegacyBackend, NftablesBackend]
 FAMILIES = [4, 6]

@@ -9,10 +9,10 @@ import pytest
 
 from cni.config import PluginConfig
 from cni.model import Rule, RuleSet, drift
-from cni.nftables import NftablesBackend, render_table
+from cni.netfilter.nftables.backend import NftablesBackend, render_table
+from cni.pod.runner import Worker
 from cni.policy import plan_for
-from cni.rules import build_ruleset
-from cni.worker import Worker
+from cni.rules import build_nat
 from tests.support import golden
 from tests.support.node import Node, Pod, pod_fixture
 
@@ -99,7 +99,7 @@ def test_filter_rules_of_non_tcp_inbound_round_trip_through_the_kernel(nft_node)
     """Every field the non-TCP-inbound rules use (interface, conntrack state and DNAT status,
     protocols, ports, accept, return and drop) lands in a filter-INPUT base chain and reads back as
     written; nft lists it as the renderer says."""
-    rulesets = [build_ruleset(plan_for({}), PluginConfig(), family) for family in (4, 6)]
+    rulesets = [build_nat(plan_for({}), PluginConfig(), family) for family in (4, 6)]
     for family in (4, 6):
         icmp = "icmp" if family == 4 else "ipv6-icmp"
         rules = (Rule("MGW_INPUT", "RETURN", protocol=None, in_iface="lo"),

@@ -1,4 +1,5 @@
-"""The netfilter Worker (cni/worker.py): real forks, real pipes, a real pod netns."""
+"""The pod-netns runners (cni/pod/runner.py) and the per-family fan_out (cni/forks.py): real forks, real
+pipes, a real pod netns. InProcess runs in a child (fan_out) so that pytest itself never changes netns."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import os
 
 import pytest
 
-from cni.errors import NETFILTER_FAILURE, CniError
-from cni.worker import Worker, fan_out
+from cni.errors import INVALID_ENV, NETFILTER_FAILURE, CniError
+from cni.forks import fan_out
+from cni.pod.netns import NetnsGone
+from cni.pod.runner import InProcess, Worker
 
 
 @pytest.fixture
@@ -106,3 +109,23 @@ def test_fan_out_runs_every_job_in_a_child_of_its_own():
     assert len({os.getpid(), outcomes[4][1], outcomes[6][1]}) == 3
     assert isinstance(outcomes[8], CniError) and outcomes[8].code == 5
     assert _children() == before
+
+
+def _in_process(netns: str) -> tuple[tuple[int, int, str], int]:
+    return InProcess().run(netns, _netns_and_pid, "here"), os.getpid()
+
+
+def _in_process_gone() -> str:
+    try:
+        InProcess().run("/run/netns/mgw-no-such-netns", _netns_and_pid, "never")
+    except NetnsGone as gone:
+        return f"{type(gone).__name__} {gone.code}"
+    return "entered"
+
+
+def test_in_process_runs_the_job_in_the_calling_process_inside_the_named_netns(netns):
+    outcomes = fan_out([(0, _in_process, (netns,)), (1, _in_process_gone, ())])
+    (where, job_pid, tag), caller_pid = outcomes[0]
+    assert tag == "here" and job_pid == caller_pid != os.getpid()
+    assert where == os.stat(netns).st_ino != os.stat("/proc/self/ns/net").st_ino
+    assert outcomes[1] == f"NetnsGone {INVALID_ENV}"

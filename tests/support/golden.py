@@ -2,7 +2,7 @@
 
 tests/golden/<case>-v4.rules and -v6.rules hold just our part of the nat table, then of the filter
 table (RuleSet.render() of each).
-Unit tests compare build_ruleset with them and integration tests a live pod's iptables-legacy-save,
+Unit tests compare build_rulesets with them and integration tests a live pod's iptables-legacy-save,
 so the files are the reviewed record of the rule design. MGW_UPDATE_GOLDEN=1 rewrites them from the
 unit tests' output; review the diff like code.
 """

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cni.backend import NAMES as BACKENDS
 from cni.contract import INJECT
+from cni.netfilter.backend import NAMES as BACKENDS
 from tests.support import bundles
 
 ROOT = Path(__file__).resolve().parents[2]

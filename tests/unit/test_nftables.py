@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cni import nfnetlink as nl
-from cni import nftables
 from cni.config import PluginConfig
 from cni.errors import CniError
 from cni.model import Rule
+from cni.netfilter.nftables import backend as nftables
+from cni.netfilter.nftables import nfnetlink as nl
 from cni.policy import Plan, plan_for
-from cni.rules import build_ruleset, build_rulesets
+from cni.rules import build_nat, build_rulesets
 from tests.support import golden
 
 
@@ -70,7 +70,7 @@ def test_every_rule_of_the_model_survives_the_round_trip(case):
 @pytest.mark.parametrize("mesh", ["none", "istio"])
 @pytest.mark.parametrize("family", [4, 6])
 def test_built_rule_sets_round_trip(mesh, family):
-    ruleset = build_ruleset(Plan(mesh=mesh, excluded_ports=(8081,)), PluginConfig(), family)
+    ruleset = build_nat(Plan(mesh=mesh, excluded_ports=(8081,)), PluginConfig(), family)
     for rule in (*ruleset.rules, *ruleset.jumps):
         assert nftables.decode(rule.chain, family, encoded(rule, family)) == rule
 
@@ -92,7 +92,7 @@ def test_foreign_expressions_are_unexpected():
 
 
 def test_batch_replaces_existing_tables_and_creates_exclusively():
-    rulesets = [build_ruleset(Plan(), PluginConfig(), 4)]
+    rulesets = [build_nat(Plan(), PluginConfig(), 4)]
     commands = nftables.batch(rulesets, present={4, 6})
     kinds = [(command, family) for command, family, *_ in commands]
     assert kinds[:3] == [(nl.DELTABLE, nl.NFPROTO_IPV4), (nl.NEWTABLE, nl.NFPROTO_IPV4),

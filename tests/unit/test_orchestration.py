@@ -1,6 +1,8 @@
-"""ADD, CHECK and DEL as cni/main.py runs them, without root: a fake backend in memory and an inline
-applier instead of the forked worker. The rule sets, the plan, the policy and the drift are the real
-ones; the kernel side is tests/integration's job."""
+"""ADD, CHECK and DEL as cni/main.py runs them, without root: the real applier, in-process runner and
+jobs, with an in-memory backend injected (tests/support/fakes.py) and the runner's netns entry
+recorded instead of made. What ADD writes is held to the golden files (tests/golden) and to rules
+written out here, never to rules rebuilt by the code under test. The pod lookup is a stand-in for the
+kube-apiserver where a test says so; the kernel side is tests/integration's job."""
 
 from __future__ import annotations
 
@@ -10,99 +12,56 @@ import socket
 import pytest
 
 from cni import main
-from cni.applier import configure, inspect
-from cni.backend import Backend
 from cni.config import PluginConfig, parse_config
 from cni.errors import CHECK_MISMATCH, INVALID_CONFIG, NETFILTER_FAILURE, TRY_AGAIN_LATER, CniError
 from cni.log import Logger
-from cni.model import TABLES, Foreign, Live, Rule, RuleSet
-from cni.policy import PodFacts, plan_for
-from cni.protocol import Request, build_request
-from cni.rules import INBOUND, build_rulesets
+from cni.model import Foreign, Rule
+from cni.pod.applier import Applier
+from cni.pod.runner import InProcess
+from cni.policy import PodFacts
+from cni.protocol import Request, build_request, result_has_ipv6
+from tests.support import golden
+from tests.support.fakes import FakeBackend
 
-PREV = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0"}], "ips": [{"address": "10.88.0.5/24"}]}
+# An IPv6 address in the previous result gives the pod both families, whatever this machine's netns has.
+PREV = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0"}],
+        "ips": [{"address": "10.88.0.5/24"}, {"address": "fd00:88::5/64"}]}
 PROTECTED = PodFacts(protected=True, annotations={}, source="api")
-
-
-class FakeBackend(Backend):
-    """Our rules in a dict, keyed by (family, table); `fail` makes the next apply or remove fail."""
-
-    name = "fake"
-
-    def __init__(self) -> None:
-        self.state: dict[tuple[int, str], Live] = {}
-        self.fail: CniError | None = None
-        self.calls: list[str] = []
-
-    def apply(self, rulesets: list[RuleSet]) -> None:
-        self.calls.append("apply")
-        if self.fail:
-            raise self.fail
-        self.state = {(rs.family, rs.table): Live(rs.family, rs.table, rs.chains, rs.rules, rs.jumps)
-                      for rs in rulesets}
-
-    def read(self, families: list[int], tables: tuple[str, ...] = TABLES) -> list[Live]:
-        self.calls.append("read")
-        return [self.state.get((f, t), Live(f, t, (), (), ())) for f in families for t in tables]
-
-    def remove(self) -> bool:
-        self.calls.append("remove")
-        if self.fail:
-            raise self.fail
-        found, self.state = bool(self.state), {}
-        return found
-
-
-class InlineApplier:
-    """cni.applier.Applier's interface, running the same jobs in this process for fixed families."""
-
-    def __init__(self, backend: Backend, families: list[int]) -> None:
-        self.backend, self.families, self.cancelled = backend, families, False
-
-    @property
-    def backend_name(self) -> str:
-        return self.backend.name
-
-    def configure(self, plan, config):
-        return configure(self.backend, self.families, plan, config)
-
-    def inspect(self, plan, config):
-        return inspect(self.backend, self.families, plan, config)
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.cancel()
+NETNS = "/run/netns/x"
 
 
 class Harness:
-    def __init__(self, families=(4, 6)) -> None:
-        self.backend = FakeBackend()
-        self.appliers: list[InlineApplier] = []
-        self.lookups = 0
-        self.families = list(families)
+    """Starts real Appliers on one FakeBackend; their runner records the netns it would enter."""
 
-    def start(self, request: Request, config: PluginConfig) -> InlineApplier:
-        applier = InlineApplier(self.backend, self.families)
-        self.appliers.append(applier)
-        return applier
+    def __init__(self) -> None:
+        self.backend = FakeBackend()
+        self.started = 0
+        self.entered: list[str] = []
+        self.lookups = 0
+
+    def runner(self) -> InProcess:
+        return InProcess(self.backend.prepare, enter=self.entered.append)
+
+    def start(self, request: Request, config: PluginConfig) -> Applier:
+        self.started += 1
+        return Applier(self.backend, request.netns, result_has_ipv6(request.conf.get("prevResult")), self.runner())
 
     def remove(self) -> list[str]:
         """DEL's removal, through the fake backend alone."""
         return [self.backend.name] if self.backend.remove() else []
 
     def lookup_returning(self, facts: PodFacts):
+        """The pod lookup's stand-in (the kube-apiserver's part)."""
         def lookup(request: Request, config: PluginConfig) -> PodFacts:
             self.lookups += 1
             return facts
         return lookup
 
+    def untouched(self) -> bool:
+        return self.entered == [] and self.backend.calls == []
 
-def request_for(command: str = "ADD", namespace: str = "default", name: str = "web", netns: str = "/run/netns/x",
+
+def request_for(command: str = "ADD", namespace: str = "default", name: str = "web", netns: str = NETNS,
                 **conf: object) -> Request:
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": "c0ffee", "CNI_NETNS": netns, "CNI_IFNAME": "eth0",
            "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}" if name else ""}
@@ -121,25 +80,50 @@ def test_skipped_pods_are_passed_through_without_lookup_or_applier(namespace, na
     result = main.cmd_add(request_for(namespace=namespace, name=name), CONFIG, LOGGER,
                           harness.lookup_returning(PROTECTED), harness.start)
     assert result == {**PREV, "cniVersion": "1.0.0"}
-    assert harness.lookups == 0 and harness.appliers == [] and harness.backend.calls == []
+    assert harness.lookups == 0 and harness.started == 0 and harness.untouched()
 
 
-def test_unprotected_pod_cancels_the_applier_and_touches_nothing():
+def test_unprotected_pod_touches_nothing():
     harness = Harness()
     result = main.cmd_add(request_for(), CONFIG, LOGGER,
                           harness.lookup_returning(PodFacts(False, {}, "api")), harness.start)
     assert result["ips"] == PREV["ips"]
-    assert harness.appliers[0].cancelled and harness.backend.calls == []
+    assert harness.started == 1 and harness.untouched()
 
 
-def test_protected_pod_gets_the_plans_rule_sets_for_every_family():
+@pytest.mark.parametrize("case", sorted(golden.CASES))
+def test_protected_pod_gets_the_golden_rule_sets_in_its_netns(case):
     harness = Harness()
-    annotations = {"sidecar.microgateway.airlock.com/excludeInboundPorts": "8081"}
+    main.cmd_add(request_for(), CONFIG, LOGGER,
+                 harness.lookup_returning(PodFacts(True, golden.CASES[case], "api")), harness.start)
+    assert harness.entered == [NETNS] and harness.backend.calls == ["apply"]
+    for family in (4, 6):
+        golden.check(case, family, harness.backend.saved(family))
+
+
+# The nat rules of golden.CASES["excluded-ports"] for IPv4 per chain, written out: the excluded ports,
+# then the Engine's own, return before the redirect.
+EXCLUDED_PORTS_NAT_V4 = {
+    "MGW_INBOUND": ["-A MGW_INBOUND -p tcp -m tcp --dport 8081 -j RETURN",
+                    "-A MGW_INBOUND -p tcp -m tcp --dport 9090:9091 -j RETURN",
+                    "-A MGW_INBOUND -p tcp -m tcp --dport 13378 -j RETURN",
+                    "-A MGW_INBOUND -p tcp -m tcp --dport 19000:19002 -j RETURN",
+                    "-A MGW_INBOUND -p tcp -j REDIRECT --to-ports 13378"],
+    "MGW_OUTPUT": ["-A MGW_OUTPUT -d 127.0.0.1/32 -o lo -p tcp -m tcp --dport 19003 -j MGW_INBOUND"],
+    "MGW_PREROUTING": ["-A MGW_PREROUTING -p tcp -j MGW_INBOUND"],
+}
+
+
+def test_excluded_ports_return_before_the_redirect():
+    harness = Harness()
+    annotations = {"sidecar.microgateway.airlock.com/excludeInboundPorts": "9091,8081, 9090"}
     main.cmd_add(request_for(), CONFIG, LOGGER, harness.lookup_returning(PodFacts(True, annotations, "api")),
                  harness.start)
-    expected = build_rulesets(plan_for(annotations), CONFIG, [4, 6])
-    assert [harness.backend.state[rs.family, rs.table].rules for rs in expected] == [rs.rules for rs in expected]
-    assert harness.appliers[0].cancelled  # the with block always ends the applier
+    nat = harness.backend.state[4, "nat"]
+    assert {chain: [rule.render() for rule in nat.rules if rule.chain == chain]
+            for chain in nat.chains} == EXCLUDED_PORTS_NAT_V4
+    assert [jump.render() for jump in nat.jumps] == ["-A PREROUTING -p tcp -j MGW_PREROUTING",
+                                                     "-A OUTPUT -p tcp -j MGW_OUTPUT"]
 
 
 def test_api_unreachable_is_error_11_and_nothing_is_applied(tmp_path):
@@ -158,16 +142,18 @@ def test_api_unreachable_is_error_11_and_nothing_is_applied(tmp_path):
     with pytest.raises(CniError) as failed:
         main.cmd_add(request_for(), config, LOGGER, main.lookup_pod, harness.start)
     assert failed.value.code == TRY_AGAIN_LATER and "unreachable" in failed.value.msg
-    assert harness.appliers[0].cancelled and harness.backend.calls == []
+    assert harness.started == 1 and harness.untouched()
 
 
 def test_runtime_annotations_are_conclusive_without_the_api():
+    """No kubeconfig exists: the rules can only come from the runtime's annotations."""
     request = request_for(runtimeConfig={"io.kubernetes.cri.pod-annotations": {
         "sidecar.microgateway.airlock.com/inject": "true", "sidecar.microgateway.airlock.com/serviceMesh": "istio"}})
-    harness = Harness(families=[4])
+    harness = Harness()
     config = parse_config({"kubernetes": {"kubeconfig": "/nonexistent/kubeconfig"}})
     main.cmd_add(request, config, LOGGER, main.lookup_pod, harness.start)
-    assert any(rule.uid_owner == config.istio_proxy_uid for rule in harness.backend.state[4, "nat"].rules)
+    for family in (4, 6):
+        golden.check("istio-all", family, harness.backend.saved(family))
 
 
 @pytest.mark.parametrize("annotations", [
@@ -181,7 +167,7 @@ def test_bad_annotations_are_error_7_before_anything_is_applied(annotations):
         main.cmd_add(request_for(), CONFIG, LOGGER, harness.lookup_returning(PodFacts(True, annotations, "api")),
                      harness.start)
     assert failed.value.code == INVALID_CONFIG
-    assert harness.appliers[0].cancelled and harness.backend.calls == []
+    assert harness.untouched()
 
 
 def test_a_failing_apply_is_the_commands_error():
@@ -206,17 +192,19 @@ def _edit(harness: Harness, family: int, **fields: object) -> None:
 
 
 def test_check_passes_on_what_add_wrote():
-    _check(_configured())
+    harness = _configured()
+    _check(harness)
+    assert harness.backend.calls == ["apply", "read"] and harness.entered == [NETNS, NETNS]
 
 
 @pytest.mark.parametrize(("family", "edit", "expected"), [
     (4, lambda live: {"rules": live.rules[:-1]}, "missing IPv4 nat: -A MGW_OUTPUT -d 127.0.0.1/32"),
-    (6, lambda live: {"rules": (*live.rules, Rule(INBOUND, "RETURN", dport="8080"))}, "unexpected IPv6 nat"),
+    (6, lambda live: {"rules": (*live.rules, Rule("MGW_INBOUND", "RETURN", dport="8080"))}, "unexpected IPv6 nat"),
     (4, lambda live: {"rules": tuple(reversed(live.rules))}, "rules of MGW_INBOUND are out of order"),
     (4, lambda live: {"jumps": live.jumps[:1]}, "missing IPv4 nat: -A OUTPUT -p tcp -j MGW_OUTPUT"),
     (6, lambda live: {"jumps": live.jumps * 2}, "rules of OUTPUT are out of order or duplicated"),
     (4, lambda live: {"chains": live.chains[:2]}, "missing IPv4 nat: chain MGW_PREROUTING"),
-    (4, lambda live: {"foreign": (Foreign(INBOUND, "-A MGW_INBOUND -j LOG", "-j LOG {}"),)},
+    (4, lambda live: {"foreign": (Foreign("MGW_INBOUND", "-A MGW_INBOUND -j LOG", "-j LOG {}"),)},
      "unexpected IPv4 nat: -A MGW_INBOUND -j LOG"),
 ])
 def test_check_reports_drift(family, edit, expected):
@@ -231,7 +219,7 @@ def test_check_of_an_unprotected_pod_reads_nothing():
     harness = Harness()
     main.cmd_check(request_for("CHECK"), CONFIG, LOGGER, harness.lookup_returning(PodFacts(False, {}, "api")),
                    harness.start)
-    assert harness.backend.calls == [] and harness.appliers[0].cancelled
+    assert harness.untouched()
 
 
 @pytest.mark.parametrize("netns", ["", "/run/netns/mgw-unit-never-existed"])
@@ -250,23 +238,20 @@ def test_del_on_a_netns_path_that_is_no_namespace_any_more_succeeds(tmp_path):
     assert harness.backend.calls == []
 
 
-def test_del_that_cannot_remove_still_succeeds(monkeypatch, capsys):
+def test_del_that_cannot_remove_still_succeeds(capsys):
     """A failing DEL would stop libcni's chain and leave the pod stuck Terminating (docs/design.md)."""
-    import cni.netns
-
-    monkeypatch.setattr(cni.netns, "enter", lambda path: None)
     harness = _configured()
     harness.backend.fail = CniError(NETFILTER_FAILURE, "cannot delete MGW_INBOUND")
-    main.cmd_del(request_for("DEL"), CONFIG, Logger("warn"), harness.remove)
+    main.cmd_del(request_for("DEL"), CONFIG, Logger("warn"), harness.remove, harness.runner())
     captured = capsys.readouterr()
     assert captured.out == "" and "cannot delete MGW_INBOUND" in captured.err
     harness.backend.fail = None
-    main.cmd_del(request_for("DEL"), CONFIG, LOGGER, harness.remove)
-    assert harness.backend.state == {}
+    main.cmd_del(request_for("DEL"), CONFIG, LOGGER, harness.remove, harness.runner())
+    assert harness.backend.state == {} and harness.entered == [NETNS, NETNS, NETNS]
 
 
 def test_run_prints_nothing_but_the_result_or_the_error(capsys):
-    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0"}
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": NETNS, "CNI_IFNAME": "eth0"}
     code, document = main.run(env, json.dumps({"cniVersion": "1.0.0", "name": "n", "prevResult": PREV}).encode())
     assert code == 0 and document == {**PREV, "cniVersion": "1.0.0"}
     code, document = main.run(env, b'{"cniVersion": "1.0.0", "logLevel": "loud"}')

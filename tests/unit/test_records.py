@@ -50,8 +50,9 @@ def test_fields_with_defaults_come_last():
 
 
 @pytest.mark.parametrize(("modules", "absent"), [
-    ("cni.main, cni.kube, cni.applier, cni.backend, cni.contract, cni.iptables_legacy, cni.libiptc, cni.model, "
-     "cni.netns, cni.policy, cni.rules", ("typing", "inspect")),
+    ("cni.main, cni.kube, cni.pod.applier, cni.pod.runner, cni.pod.netns, cni.netfilter.choice, "
+     "cni.netfilter.legacy.backend, cni.netfilter.legacy.libiptc, cni.netfilter.nftables.backend, cni.model, "
+     "cni.policy, cni.rules", ("typing", "inspect")),
     ("validator.main, validator.verdict, validator.options", ("typing", "inspect", "json", "re")),
 ])
 def test_the_per_pod_paths_do_not_import_what_they_avoid(modules: str, absent: tuple[str, ...]):

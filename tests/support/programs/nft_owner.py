@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import signal
 
-from cni import nfnetlink as nl
+from cni.netfilter.nftables import nfnetlink as nl
 
 TABLE_NAME, TABLE_FLAGS = 1, 2
 NFT_TABLE_F_OWNER = 0x2

@@ -1,10 +1,11 @@
 """The legacy (x_tables) backend: python-iptables writes and reads, libiptc removes.
 
-python-iptables is imported only by `prepare` (the applier's worker, or diagnose), never by DEL: removal
-needs no matches or targets, so it uses libiptc directly (cni/libiptc.py) in the calling process.
+python-iptables is imported only by `prepare` (the pod's worker, or diagnose), never by DEL: removal
+needs no matches or targets, so it uses libiptc directly (libiptc.py) in the calling process.
 libxtables registers an extension for the first family that loads it, so one process cannot REDIRECT
 for IPv4 and IPv6 (python-iptables issues #135, #316, #325): writing and reading run in a forked
-child per family (cni/worker.py's fan_out), so the calling process stays clean for the next call.
+child per family (cni/forks.py's fan_out), so the calling process stays clean for the next call. The
+import leaves no family state behind, so every child starts clean without importing again.
 
 Each table of each family is one python-iptables handle: our old state removed, our chains and
 jumps written, one commit - a table replace, so a rule set is never half-written (I6).
@@ -15,13 +16,14 @@ from __future__ import annotations
 import functools
 import sys
 
-from cni import libraries
-from cni.backend import LEGACY, Backend, Conflict, legacy_tables, retrying
 from cni.errors import NETFILTER_FAILURE, CniError
+from cni.forks import fan_out
 from cni.model import BUILTIN_CHAINS, TABLES, Foreign, Live, Rule, RuleSet, by_family, is_ours, ours_in
-from cni.worker import fan_out
+from cni.netfilter.backend import LEGACY, Backend, Conflict, retrying
+from cni.netfilter.legacy import libraries
+from cni.netfilter.legacy.tables import legacy_tables
 
-TYPE_CHECKING = False  # typing is kept off the run-time path (cni/records.py): annotations only
+TYPE_CHECKING = False  # annotations only: typing stays off the per-pod path (cni/records.py)
 if TYPE_CHECKING:
     from typing import Any
 
@@ -230,7 +232,7 @@ class LegacyBackend(Backend):
         return lives
 
     def remove(self) -> bool:
-        from cni import libiptc
+        from cni.netfilter.legacy import libiptc
 
         removed, failures = False, []
         for family in (4, 6):

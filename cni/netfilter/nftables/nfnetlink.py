@@ -6,12 +6,6 @@ expression types whose layout is the kernel's UAPI (linux/netfilter/nf_tables.h,
 they are built here with struct. pyroute2 decodes the same tables independently in the tests
 (tests/integration/test_nftables.py), which keeps this encoder honest.
 """
-# Measured on the build machine (2 cores, shared), the reason for the above: importing
-# pyroute2.netlink.nfnetlink.nftsocket took 130-290 ms (-X importtime; it loads asyncio, logging,
-# multiprocessing and pyroute2's NDB through the package __init__) and an interpreter doing nothing
-# else peaked at 33 MiB RSS, against a protected ADD+DEL budget of 0.85x portmap (~165 ms here) and
-# 40 MiB. This module and cni/nftables.py import in a few ms; the nftables ADD+DEL measured 0.71-0.80x
-# portmap with the one-dir binary (scripts/bench.sh).
 
 from __future__ import annotations
 
@@ -40,7 +34,7 @@ NEWTABLE, GETTABLE, DELTABLE, NEWCHAIN, GETCHAIN, DELCHAIN, NEWRULE, GETRULE = r
 NFPROTO_UNSPEC, NFPROTO_IPV4, NFPROTO_IPV6 = 0, 2, 10
 
 
-TYPE_CHECKING = False  # typing costs ~8 ms of a frozen start (cni/records.py): annotations only
+TYPE_CHECKING = False  # annotations only: typing stays off the per-pod path (cni/records.py)
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -56,8 +50,8 @@ class NetlinkError(CniError):
         self.errno = err
 
 
-class Conflict(NetlinkError):
-    """The transaction met a table or chain that came (EEXIST) or went (ENOENT) since we looked."""
+class StaleBatch(NetlinkError):
+    """The batch met a table or chain that came (EEXIST) or went (ENOENT) since we looked."""
 
 
 # The kernel has no nf_tables (or may not load it): nothing of ours can exist there.
@@ -208,7 +202,7 @@ class Netlink:
             description = descriptions[seq]
             what = f"nftables transaction failed at {description if isinstance(description, str) else description()}"
             if err in (errno.EEXIST, errno.ENOENT):
-                raise Conflict(what, err)
+                raise StaleBatch(what, err)
             raise NetlinkError(what, err)
         if not acked:
             raise CniError(NETFILTER_FAILURE, "nftables transaction not acknowledged by the kernel")

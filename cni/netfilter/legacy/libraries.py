@@ -7,7 +7,7 @@ import functools
 import os
 
 # Without XTABLES_LIBDIR and IPTABLES_LIBDIR python-iptables runs `ldconfig -v` and
-# ctypes.util.find_library (subprocesses, ~100 ms at import, measured with -X importtime) and may
+# ctypes.util.find_library (subprocesses, on every import: python -X importtime shows them) and may
 # pick a directory without the extensions.
 LIBDIR_CANDIDATES = ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/lib/x86_64-linux-gnu")
 
@@ -38,7 +38,7 @@ def library_path(filename: str) -> str:
 
 
 # python-iptables resolves libc, libxtables and libip4tc/libip6tc through ctypes.util.find_library,
-# measured at ~80 ms per import (cProfile), paid by every family worker on every ADD.
+# which spawns gcc and ldconfig on every import: paid by every ADD's worker.
 def find_library_fast(name: str) -> str | None:
     """ctypes.util.find_library without spawning gcc and ldconfig: a direct look in the library dirs."""
     if name == "c":

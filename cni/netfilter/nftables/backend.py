@@ -5,7 +5,7 @@ built-in chain a rule set jumps from, a base chain named `<table>-<chain>` (nat-
 hook prerouting, priority dstnat -100, policy accept) holds those jumps; the MGW_ chains hold the
 rules, expression for expression. Removing ours is deleting the tables; nothing else is touched.
 
-Writes are one netlink batch for every family and table (cni/nfnetlink.py): the old tables deleted,
+Writes are one netlink batch for every family and table (nfnetlink.py): the old tables deleted,
 the new ones written, in one transaction (I6) - no fork per family, no rollback.
 """
 
@@ -15,12 +15,12 @@ import functools
 import socket
 import struct
 
-from cni import nfnetlink as nl
-from cni.backend import NFTABLES, Backend, Conflict, retrying
 from cni.errors import NETFILTER_FAILURE, CniError
 from cni.model import BUILTIN_CHAINS, TABLES, Foreign, Live, Rule, RuleSet, by_family, is_ours
+from cni.netfilter.backend import NFTABLES, Backend, Conflict, retrying
+from cni.netfilter.nftables import nfnetlink as nl
 
-TYPE_CHECKING = False  # typing costs ~8 ms of a frozen start (cni/records.py): annotations only
+TYPE_CHECKING = False  # annotations only: typing stays off the per-pod path (cni/records.py)
 if TYPE_CHECKING:
     from typing import Any
 
@@ -575,17 +575,17 @@ def _live(family: int, table: str, chains: dict[str, Any], rules: list[tuple[str
 
 
 class NftablesBackend(Backend):
-    """Native nftables over netlink (cni/nfnetlink.py): no nft binary, no libnftables, no heavy import."""
+    """Native nftables over netlink (nfnetlink.py): no nft binary, no libnftables, no heavy import."""
 
     name = NFTABLES
-    needs_worker = False  # nothing to prepare: its imports are light (cni/nfnetlink.py)
+    needs_worker = False  # nothing to prepare: its imports are light (nfnetlink.py)
 
     def apply(self, rulesets: list[RuleSet]) -> None:
         with nl.Netlink() as sock:
             def attempt() -> None:
                 try:
                     sock.transact(batch(rulesets, _present(sock)))
-                except nl.Conflict as exc:  # our table came or went since we looked
+                except nl.StaleBatch as exc:  # our table came or went since we looked
                     raise Conflict(exc.msg) from None
 
             retrying(attempt, "apply")

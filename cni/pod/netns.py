@@ -1,4 +1,4 @@
-"""Entering a pod's network namespace in-process (setns), never by spawning a shell."""
+"""Entering a pod's network namespace in-process (setns), never by spawning a shell; what the pod has there."""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ NS_GET_USERNS = 0xB701  # linux/nsfs.h: _IO(0xb7, 0x1)
 NSFS_MAGIC = 0x6E736673
 
 
-class NetnsGone(Exception):
-    """The namespace path does not exist (any more)."""
+class NetnsGone(CniError):
+    """The namespace path does not exist (any more): the caller's error on ADD and CHECK, success on DEL."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(INVALID_ENV, f"CNI_NETNS {path!r} does not exist")
 
 
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
@@ -73,14 +76,6 @@ def enter_owner(netns_fd: int, path: str, libc: ctypes.CDLL) -> None:
                                         "cannot be written from outside it")
     finally:
         os.close(owner)
-
-
-def enter_pod(path: str) -> None:
-    """enter() for ADD and CHECK, where a missing netns is the caller's error (CNI error 4)."""
-    try:
-        enter(path)
-    except NetnsGone:
-        raise CniError(INVALID_ENV, f"CNI_NETNS {path!r} does not exist") from None
 
 
 def has_ipv6() -> bool:

@@ -8,7 +8,7 @@ rules stays with python-iptables.
 
 Like python-iptables, everything goes into one handle per table and family that is committed as a
 single table replace, so a removal is never half done (I6). Which rules are ours is cni/model.py's
-`ours_in`; the retry on a concurrent writer is cni/backend.py's `retrying`.
+`ours_in`; the retry on a concurrent writer is cni/netfilter/backend.py's `retrying`.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from __future__ import annotations
 import ctypes
 import errno
 
-from cni.backend import Conflict
 from cni.errors import NETFILTER_FAILURE, CniError
-from cni.libraries import library_path
 from cni.model import ours_in
+from cni.netfilter.backend import Conflict
+from cni.netfilter.legacy.libraries import library_path
 
-TYPE_CHECKING = False  # typing is kept off the run-time path (cni/records.py): annotations only
+TYPE_CHECKING = False  # annotations only: typing stays off the per-pod path (cni/records.py)
 if TYPE_CHECKING:
     from typing import Any
 
@@ -108,7 +108,7 @@ def _remove_in_handle(lib: Libiptc, handle: int, table: str) -> bool:
 
 def remove_ours(family: int, table: str) -> bool:
     """One attempt: everything of ours out of one table in one commit; True if anything was there.
-    Call inside the pod netns, through backend.retrying (Conflict means: try again)."""
+    Call inside the pod netns, through `retrying` (Conflict means: try again)."""
     lib = Libiptc(family)
     handle = lib.init(table.encode())
     if not handle:

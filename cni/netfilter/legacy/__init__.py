@@ -1,0 +1,1 @@
+"""The iptables-legacy backend: python-iptables writes and reads, libiptc removes, /proc names the tables."""
