@@ -9,19 +9,12 @@ import statistics
 import time
 from pathlib import Path
 
-import pytest
-
 from daemonset import conflist
-from tests.support.installer import Daemon, Host
+from tests.support.installer import Daemon
 from tests.support.node import deleted_daemonset_fixture, pod_fixture, wait_for
 from tests.support.pods import client_pod, target
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cni"
-
-
-@pytest.fixture
-def node_host(node):
-    return node, Host.for_node(node)
 
 
 def test_installed_chain_works_end_to_end_through_libcni(node_host):

@@ -14,8 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from daemonset import conflist
 from daemonset.install import Installer
 from tests.support.installer import INSTALLER, Daemon, Host
@@ -26,11 +24,6 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cni"
 CALICO = FIXTURES / "10-calico.conflist"
 AGENT = [sys.executable, "-m", "tests.support.programs.conf_agent"]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
-
-
-@pytest.fixture
-def node_host(node):
-    return node, Host.for_node(node)
 
 
 def agent(path: Path, *args: str) -> dict[str, Any]:

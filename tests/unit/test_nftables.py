@@ -39,7 +39,7 @@ def rules(draw: st.DrawFn) -> tuple[Rule, int]:
         number, prefix = value
         number &= ((1 << bits) - 1) ^ ((1 << (bits - prefix)) - 1)
         packed = number.to_bytes(bits // 8, "big")
-        return f"{nftables._text_address(packed)}/{prefix}"
+        return f"{nftables.text_address(packed)}/{prefix}"
 
     target = draw(st.sampled_from(["RETURN", "REDIRECT", "MGW_INBOUND", "MGW_OUTPUT", "ACCEPT", "DROP"]))
     protocol = draw(st.sampled_from(["tcp", "udp", "icmp", "ipv6-icmp", None]))
@@ -78,16 +78,16 @@ def test_built_rule_sets_round_trip(mesh, family):
 def test_foreign_expressions_are_unexpected():
     """A counter, a different protocol or a goto is not ours: CHECK must see it as drift."""
     base = Rule("MGW_INBOUND", "RETURN", dport="80")
-    counter = nftables._expr("counter")
-    with pytest.raises(nftables._Unexpected):
+    counter = nftables.expr("counter")
+    with pytest.raises(nftables.Unexpected):
         nftables.decode("MGW_INBOUND", 4, encoded(base, 4) + counter)
-    gre = [nftables._meta(nftables.META_L4PROTO), nftables._cmp(nftables.CMP_EQ, bytes([47])),
-           nftables._verdict(nftables.VERDICTS["RETURN"])]
-    with pytest.raises(nftables._Unexpected):
+    gre = [nftables.meta(nftables.META_L4PROTO), nftables.cmp(nftables.CMP_EQ, bytes([47])),
+           nftables.verdict(nftables.VERDICTS["RETURN"])]
+    with pytest.raises(nftables.Unexpected):
         nftables.decode("MGW_INBOUND", 4, b"".join(gre))
-    goto = [nftables._meta(nftables.META_L4PROTO), nftables._cmp(nftables.CMP_EQ, bytes([6])),
-            nftables._verdict(-4, "MGW_INBOUND")]
-    with pytest.raises(nftables._Unexpected):
+    goto = [nftables.meta(nftables.META_L4PROTO), nftables.cmp(nftables.CMP_EQ, bytes([6])),
+            nftables.verdict(-4, "MGW_INBOUND")]
+    with pytest.raises(nftables.Unexpected):
         nftables.decode("PREROUTING", 4, b"".join(goto))
 
 
@@ -105,12 +105,12 @@ def test_batch_replaces_existing_tables_and_creates_exclusively():
 
 
 def test_base_chains_hook_nat_at_dstnat_priority_with_accept_policy():
-    body = dict(nl.attributes(nftables._chain_body("nat-PREROUTING")))
+    body = dict(nl.attributes(nftables.chain_body("nat-PREROUTING")))
     hook = dict(nl.attributes(body[nftables.CHAIN_HOOK]))
     assert nl.text(body[nftables.CHAIN_TYPE]) == "nat"
     assert nl.int32(hook[nftables.HOOK_NUM]) == 0 and nl.int32(hook[nftables.HOOK_PRIORITY]) == -100
     assert nl.int32(body[nftables.CHAIN_POLICY]) == nftables.NF_ACCEPT
-    assert nftables.CHAIN_HOOK not in dict(nl.attributes(nftables._chain_body("MGW_INBOUND")))
+    assert nftables.CHAIN_HOOK not in dict(nl.attributes(nftables.chain_body("MGW_INBOUND")))
 
 
 def test_uid_is_compared_in_host_byte_order_ports_in_network_byte_order():

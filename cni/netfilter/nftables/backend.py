@@ -92,33 +92,33 @@ HOOK_NAMES = {number: name for number, name, _ in HOOKS.values()}
 
 
 # -- building ----------------------------------------------------------------------------------------
-def _expr(name: str, *data: bytes) -> bytes:
+def expr(name: str, *data: bytes) -> bytes:
     return nl.nest(LIST_ELEM, nl.string(EXPR_NAME, name), nl.nest(EXPR_DATA, *data))
 
 
-def _meta(key: int) -> bytes:
-    return _expr("meta", nl.be32(META_KEY, key), nl.be32(META_DREG, REG_1))
+def meta(key: int) -> bytes:
+    return expr("meta", nl.be32(META_KEY, key), nl.be32(META_DREG, REG_1))
 
 
 def _payload(base: int, offset: int, length: int) -> bytes:
-    return _expr("payload", nl.be32(PAYLOAD_DREG, REG_1), nl.be32(PAYLOAD_BASE, base),
+    return expr("payload", nl.be32(PAYLOAD_DREG, REG_1), nl.be32(PAYLOAD_BASE, base),
                  nl.be32(PAYLOAD_OFFSET, offset), nl.be32(PAYLOAD_LEN, length))
 
 
-def _cmp(op: int, value: bytes) -> bytes:
-    return _expr("cmp", nl.be32(CMP_SREG, REG_1), nl.be32(CMP_OP, op), nl.nest(CMP_DATA, nl.attr(DATA_VALUE, value)))
+def cmp(op: int, value: bytes) -> bytes:
+    return expr("cmp", nl.be32(CMP_SREG, REG_1), nl.be32(CMP_OP, op), nl.nest(CMP_DATA, nl.attr(DATA_VALUE, value)))
 
 
 def _bitwise(mask: bytes) -> bytes:
-    return _expr("bitwise", nl.be32(BITWISE_SREG, REG_1), nl.be32(BITWISE_DREG, REG_1),
+    return expr("bitwise", nl.be32(BITWISE_SREG, REG_1), nl.be32(BITWISE_DREG, REG_1),
                  nl.be32(BITWISE_LEN, len(mask)), nl.nest(BITWISE_MASK, nl.attr(DATA_VALUE, mask)),
                  nl.nest(BITWISE_XOR, nl.attr(DATA_VALUE, bytes(len(mask)))))
 
 
-def _verdict(code: int, chain: str = "") -> bytes:
-    verdict = [nl.be32(VERDICT_CODE, code)] + ([nl.string(VERDICT_CHAIN, chain)] if chain else [])
-    return _expr("immediate", nl.be32(IMMEDIATE_DREG, REG_VERDICT),
-                 nl.nest(IMMEDIATE_DATA, nl.nest(DATA_VERDICT, *verdict)))
+def verdict(code: int, chain: str = "") -> bytes:
+    attributes = [nl.be32(VERDICT_CODE, code)] + ([nl.string(VERDICT_CHAIN, chain)] if chain else [])
+    return expr("immediate", nl.be32(IMMEDIATE_DREG, REG_VERDICT),
+                nl.nest(IMMEDIATE_DATA, nl.nest(DATA_VERDICT, *attributes)))
 
 
 def _cidr(cidr: str, family: int) -> tuple[bytes, int]:
@@ -137,7 +137,7 @@ def _address(family: int, offset: int, cidr: str) -> list[bytes]:
     exprs = [_payload(NETWORK_HEADER, offset, length)]
     if prefix < length * 8:
         exprs.append(_bitwise((((1 << prefix) - 1) << (length * 8 - prefix)).to_bytes(length, "big")))
-    exprs.append(_cmp(CMP_EQ, packed))
+    exprs.append(cmp(CMP_EQ, packed))
     return exprs
 
 
@@ -168,36 +168,36 @@ def expressions(rule: Rule, family: int) -> list[bytes]:
         exprs += _address(family, dst_offset, rule.dst)
     for key, name in ((META_IIFNAME, rule.in_iface), (META_OIFNAME, rule.out_iface)):
         if name:
-            exprs += [_meta(key), _cmp(CMP_EQ, name.encode().ljust(IFNAMSIZ, b"\0"))]
+            exprs += [meta(key), cmp(CMP_EQ, name.encode().ljust(IFNAMSIZ, b"\0"))]
     protocol = _protocol(rule)
     if protocol:
-        exprs += [_meta(META_L4PROTO), _cmp(CMP_EQ, bytes([PROTOCOLS[protocol]]))]
+        exprs += [meta(META_L4PROTO), cmp(CMP_EQ, bytes([PROTOCOLS[protocol]]))]
     if rule.dport:
         if protocol not in PORT_PROTOCOLS:
             raise CniError(NETFILTER_FAILURE, f"nftables backend: a port needs tcp, udp or sctp: {rule.render()}")
         low, _, high = rule.dport.partition(":")
         exprs.append(_payload(TRANSPORT_HEADER, DPORT_OFFSET, 2))
         if high:
-            exprs += [_cmp(CMP_GTE, struct.pack(">H", int(low))), _cmp(CMP_LTE, struct.pack(">H", int(high)))]
+            exprs += [cmp(CMP_GTE, struct.pack(">H", int(low))), cmp(CMP_LTE, struct.pack(">H", int(high)))]
         else:
-            exprs.append(_cmp(CMP_EQ, struct.pack(">H", int(low))))
+            exprs.append(cmp(CMP_EQ, struct.pack(">H", int(low))))
     if rule.uid_owner is not None:
-        exprs += [_meta(META_SKUID), _cmp(CMP_EQ, struct.pack("=I", rule.uid_owner))]
+        exprs += [meta(META_SKUID), cmp(CMP_EQ, struct.pack("=I", rule.uid_owner))]
     if rule.ctstate:
         key, bits = _ct_match(rule.ctstate)
-        exprs += [_expr("ct", nl.be32(CT_KEY, key), nl.be32(CT_DREG, REG_1)),
-                  _bitwise(struct.pack("=I", bits)), _cmp(CMP_NEQ, bytes(4))]
+        exprs += [expr("ct", nl.be32(CT_KEY, key), nl.be32(CT_DREG, REG_1)),
+                  _bitwise(struct.pack("=I", bits)), cmp(CMP_NEQ, bytes(4))]
     if rule.target == "REDIRECT":
         if rule.to_port is None:
             raise CniError(NETFILTER_FAILURE, f"nftables backend: REDIRECT without a port: {rule.render()}")
-        exprs += [_expr("immediate", nl.be32(IMMEDIATE_DREG, REG_1),
+        exprs += [expr("immediate", nl.be32(IMMEDIATE_DREG, REG_1),
                         nl.nest(IMMEDIATE_DATA, nl.attr(DATA_VALUE, struct.pack(">H", rule.to_port)))),
-                  _expr("redir", nl.be32(REDIR_REG_PROTO_MIN, REG_1),
+                  expr("redir", nl.be32(REDIR_REG_PROTO_MIN, REG_1),
                         nl.be32(REDIR_FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED))]
     elif rule.target in VERDICTS:
-        exprs.append(_verdict(VERDICTS[rule.target]))
+        exprs.append(verdict(VERDICTS[rule.target]))
     elif is_ours(rule.target):
-        exprs.append(_verdict(JUMP, rule.target))
+        exprs.append(verdict(JUMP, rule.target))
     else:
         raise CniError(NETFILTER_FAILURE, f"nftables backend: target {rule.target!r} is not supported")
     return exprs
@@ -207,7 +207,7 @@ def _table() -> bytes:
     return nl.string(TABLE_NAME, TABLE)
 
 
-def _chain_body(name: str) -> bytes:
+def chain_body(name: str) -> bytes:
     body = nl.string(CHAIN_TABLE, TABLE) + nl.string(CHAIN_NAME, name)
     if name in BASE_CHAINS:
         table, builtin = BASE_CHAINS[name]
@@ -264,7 +264,7 @@ def batch(rulesets: list[RuleSet], present: set[int]) -> list[nl.Command]:
                          f"add IPv{family} table {TABLE}"))
         chains = layout(wanted[family])
         for name, _ in chains:
-            commands.append((nl.NEWCHAIN, nfproto, nl.NLM_F_CREATE, _chain_body(name), f"add IPv{family} chain {name}"))
+            commands.append((nl.NEWCHAIN, nfproto, nl.NLM_F_CREATE, chain_body(name), f"add IPv{family} chain {name}"))
         for _, rules in chains:
             for table, rule in rules:
                 commands.append((nl.NEWRULE, nfproto, nl.NLM_F_CREATE | nl.NLM_F_APPEND,
@@ -273,13 +273,13 @@ def batch(rulesets: list[RuleSet], present: set[int]) -> list[nl.Command]:
 
 
 # -- rendering (nft's own syntax, for logs, CHECK and the golden files) ------------------------------
-def _text_address(packed: bytes) -> str:
+def text_address(packed: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
 
 
 def _prefix(cidr: str, family: int) -> str:
     packed, prefix = _cidr(cidr, family)
-    address = _text_address(packed)
+    address = text_address(packed)
     return address if prefix == len(packed) * 8 else f"{address}/{prefix}"
 
 
@@ -344,7 +344,7 @@ def render_table(rulesets: list[RuleSet]) -> str:
 
 
 # -- reading -------------------------------------------------------------------------------------------
-class _Unexpected(Exception):
+class Unexpected(Exception):
     """An expression sequence no rule of the model produces."""
 
 
@@ -368,12 +368,12 @@ def _u32(data: dict[int, bytes], key: int) -> int | None:
 def _network(value: bytes, mask: bytes | None) -> str:
     """The model's spelling of a matched address: "127.0.0.6/32"."""
     prefix = len(value) * 8 if mask is None else bin(int.from_bytes(mask, "big")).count("1")
-    return f"{_text_address(value)}/{prefix}"
+    return f"{text_address(value)}/{prefix}"
 
 
 def _compare(fields: dict[str, Any], loaded: tuple[Any, ...], mask: bytes | None, op: int | None, value: bytes,
              family: int) -> None:
-    """Fold one cmp into the rule's fields; _Unexpected for a comparison the model has no field for."""
+    """Fold one cmp into the rule's fields; Unexpected for a comparison the model has no field for."""
     src_offset, dst_offset, length = ADDRESS[family]
     if loaded == ("meta", META_L4PROTO) and op == CMP_EQ and len(value) == 1 and value[0] in PROTOCOL_NAMES:
         fields["protocol"] = PROTOCOL_NAMES[value[0]]
@@ -389,7 +389,7 @@ def _compare(fields: dict[str, Any], loaded: tuple[Any, ...], mask: bytes | None
         bits = struct.unpack("=I", mask)[0]
         names = [name for name, bit in table.items() if bits & bit]
         if sum(table[name] for name in names) != bits:
-            raise _Unexpected(f"ct bits {bits:#x}")
+            raise Unexpected(f"ct bits {bits:#x}")
         fields["ctstate"] = ",".join(names)
     elif loaded == ("payload", NETWORK_HEADER, src_offset, length) and op == CMP_EQ:
         fields["src"] = _network(value, mask)
@@ -405,29 +405,29 @@ def _compare(fields: dict[str, Any], loaded: tuple[Any, ...], mask: bytes | None
         elif op == CMP_LTE and str(fields.get("dport", "")).endswith(":"):
             fields["dport"] += str(port)
         else:
-            raise _Unexpected(f"port comparison {op}")
+            raise Unexpected(f"port comparison {op}")
     else:
-        raise _Unexpected(f"comparison {op} of {loaded}")
+        raise Unexpected(f"comparison {op} of {loaded}")
 
 
 def _verdict_target(data: dict[int, bytes]) -> str:
-    verdict = dict(nl.attributes(dict(nl.attributes(data.get(IMMEDIATE_DATA, b""))).get(DATA_VERDICT, b"")))
-    code = _u32(verdict, VERDICT_CODE)
+    attributes = dict(nl.attributes(dict(nl.attributes(data.get(IMMEDIATE_DATA, b""))).get(DATA_VERDICT, b"")))
+    code = _u32(attributes, VERDICT_CODE)
     if code == JUMP:
-        return nl.text(verdict.get(VERDICT_CHAIN, b""))
+        return nl.text(attributes.get(VERDICT_CHAIN, b""))
     if code in VERDICT_NAMES:
         return VERDICT_NAMES[code]
-    raise _Unexpected(f"verdict {code}")
+    raise Unexpected(f"verdict {code}")
 
 
 def decode(chain: str, family: int, payload: bytes) -> Rule:
-    """A live rule back into the model; _Unexpected when it holds anything the model cannot express."""
+    """A live rule back into the model; Unexpected when it holds anything the model cannot express."""
     fields: dict[str, Any] = {"chain": chain, "protocol": None}
     loaded: tuple[Any, ...] = ()
     mask: bytes | None = None
     for name, data in _decode_expressions(payload):
         if "target" in fields:
-            raise _Unexpected(f"{name} after the verdict")
+            raise Unexpected(f"{name} after the verdict")
         if name == "meta" and _u32(data, META_DREG) == REG_1:
             loaded, mask = ("meta", _u32(data, META_KEY)), None
         elif name == "ct" and _u32(data, CT_DREG) == REG_1:
@@ -450,11 +450,11 @@ def decode(chain: str, family: int, payload: bytes) -> Rule:
         elif name == "immediate" and _u32(data, IMMEDIATE_DREG) == REG_VERDICT:
             fields["target"] = _verdict_target(data)
         else:
-            raise _Unexpected(f"expression {name}")
+            raise Unexpected(f"expression {name}")
     if "target" not in fields:
-        raise _Unexpected("no verdict")
+        raise Unexpected("no verdict")
     if str(fields.get("dport", "")).endswith(":"):
-        raise _Unexpected("open port range")
+        raise Unexpected("open port range")
     return Rule(**fields)
 
 
@@ -599,7 +599,7 @@ class NftablesBackend(Backend):
             for chain, payload in raw:
                 try:
                     rules.append((chain, decode(chain, family, payload)))
-                except _Unexpected as exc:
+                except Unexpected as exc:
                     names = " ".join(name for name, _ in _decode_expressions(payload))
                     rules.append((chain, Foreign(chain=chain, text=f"{_where(family, chain)}: [{names}]",
                                                  reason=str(exc))))
