@@ -121,10 +121,12 @@ def from_env(env: Mapping[str, str]) -> Settings:
         _choice(var, values.get(attr) or Settings._field_defaults[attr], allowed)
     if "MGW_EXCLUDE_NAMESPACES" in env:
         values["exclude_namespaces"] = tuple(n.strip() for n in env["MGW_EXCLUDE_NAMESPACES"].split(",") if n.strip())
-    for var, attr in (("MGW_LISTEN_PORT", "listen_port"), ("MGW_REVERT_WARNING_THRESHOLD", "revert_warning_threshold")):
+    for var, attr, limit, expected in (
+            ("MGW_LISTEN_PORT", "listen_port", 65535, "a port 1-65535"),
+            ("MGW_REVERT_WARNING_THRESHOLD", "revert_warning_threshold", 1_000_000, "an integer 1-1000000")):
         if env.get(var):
-            if not (env[var].isascii() and env[var].isdigit()) or not 0 < int(env[var]) < 65536:
-                raise SettingsError(f"{var}={env[var]!r} is invalid; expected a positive integer")
+            if not (env[var].isascii() and env[var].isdigit()) or not 0 < int(env[var]) <= limit:
+                raise SettingsError(f"{var}={env[var]!r} is invalid; expected {expected}")
             values[attr] = int(env[var])
     if "MGW_STARTUP_TAINT" in env:  # present but empty turns the start-up taint gate off
         values["startup_taint"] = env["MGW_STARTUP_TAINT"].strip()

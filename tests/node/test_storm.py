@@ -27,7 +27,7 @@ PODS = 20
 
 def test_pods_created_while_the_primary_rewrites_its_conflist_are_never_unprotected():
     with KubeNode() as kube:
-        kube.install(settings={"MGW_REVERT_WARNING_THRESHOLD": "60000"})
+        kube.install(settings={"MGW_REVERT_WARNING_THRESHOLD": "100000"})
         base = kube.node.dir / "primary-base.conflist"
         base.write_text(kube.primary_text)
         stop = kube.node.dir / "stop-agent"

@@ -84,12 +84,18 @@ def test_settings_from_env():
 @pytest.mark.parametrize(("env", "name"), [
     ({"MGW_MODE": "auto"}, "MGW_MODE"), ({"MGW_REPAIR_MODE": "kill"}, "MGW_REPAIR_MODE"),
     ({"MGW_LOG_LEVEL": "loud"}, "MGW_LOG_LEVEL"), ({"MGW_LISTEN_PORT": "http"}, "MGW_LISTEN_PORT"),
-    ({"MGW_LISTEN_PORT": "\u00b2"}, "MGW_LISTEN_PORT"),
+    ({"MGW_LISTEN_PORT": "\u00b2"}, "MGW_LISTEN_PORT"), ({"MGW_LISTEN_PORT": "65536"}, "a port 1-65535"),
+    ({"MGW_REVERT_WARNING_THRESHOLD": "0"}, "MGW_REVERT_WARNING_THRESHOLD"),
     ({"MGW_NETFILTER_BACKEND": "iptables-nft"}, "MGW_NETFILTER_BACKEND"),
 ])
 def test_invalid_settings_name_the_variable(env, name):
     with pytest.raises(SettingsError, match=name):
         from_env(env)
+
+
+def test_a_revert_threshold_above_any_port_number_is_valid():
+    assert from_env({"MGW_REVERT_WARNING_THRESHOLD": "60000"}).revert_warning_threshold == 60000
+    assert from_env({"MGW_REVERT_WARNING_THRESHOLD": "100000"}).revert_warning_threshold == 100000
 
 
 class RecordingEnv(Mapping[str, str]):
