@@ -6,9 +6,11 @@ Builds print progress on stderr; concurrent callers wait on a lock instead of bu
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import fcntl
 import hashlib
+import re
 import shutil
 import subprocess
 import sys
@@ -24,8 +26,9 @@ PAUSE = "localhost/mgw-pause:test"
 STANDINS = "localhost/mgw-standins:test"
 BUSYBOX = Path("/bin/busybox")
 # PID 1 of a container ignores signals it has no handler for, so a bare `sleep` would outlive SIGTERM
-# until the runtime's kill timeout: the shell's trap makes the sandbox stop at once.
-PAUSE_SCRIPT = "trap 'exit 0' TERM INT; while :; do sleep infinity & wait $!; done"
+# until the runtime's kill timeout: the shell's trap makes the sandbox stop at once. Should the sleep
+# die, the shell exits too: the runtime sees a dead sandbox rather than a spinning one.
+PAUSE_SCRIPT = "trap 'exit 0' TERM INT; sleep infinity & wait"
 SUITE = "bookworm"
 # Documentation is dropped from the Debian trees, the copyright notices stay.
 DPKG_OPTIONS = ["path-exclude=/usr/share/man/*", "path-exclude=/usr/share/locale/*", "path-exclude=/usr/share/info/*",
@@ -46,6 +49,18 @@ PROGRAMS = {
     "cni/records.py": ROOT / "cni" / "records.py",
 }
 ROLES = ("app", "engine", "istio")
+PROJECT = "localhost/microgateway-cni"
+# The Dockerfile's base: made here from Debian's packages (like debian:12-slim: minbase, no documentation).
+BASE = "localhost/debian:12-slim"
+BUILD_INPUTS = ["Dockerfile", "pyproject.toml", "README.md", "cni", "validator", "daemonset", "scripts"]
+BUILDAH = ROOT / "build" / "buildah"
+# The host's package-index settings reach the RUN steps as read-only mounts. The host's CA bundle is
+# mounted beside the builder's own (ca-certificates replaces that file when it installs), and the pip.conf
+# mounted at /etc/pip.conf names it.
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+BUILD_CA = "/run/mgw-host/ca-certificates.crt"
+HOST_PIP_DIRS = [Path("/etc/xdg/pip"), Path("/opt/wheels"), Path("/opt/pypi")]
+HOST_PIP_CONF = Path("/etc/pip.conf")
 STANDIN_OPTIONS = ("name", "ports", "port", "families", "forward", "host4", "host6")
 
 
@@ -82,6 +97,7 @@ def cached(name: str, key: str, build: Callable[[Path], None]) -> Path:
         tmp = archive.with_suffix(".partial")
         try:
             build(tmp)
+            tmp.chmod(0o644)
             tmp.replace(archive)
         finally:
             tmp.unlink(missing_ok=True)
@@ -183,3 +199,108 @@ def standin_command(role: str, **opts: str | int | Iterable[int]) -> list[str]:
 def client_command(*targets: str) -> list[str]:
     """The argv of tests/support/programs/client.py inside the stand-ins image ("host:port" targets)."""
     return [PYTHON, f"{PROGRAMS_DIR}/client.py", *targets]
+
+
+def project_image(version: str = "0.1.0") -> str:
+    return f"{PROJECT}:{version}"
+
+
+def _buildah_command(*args: str) -> list[str]:
+    """buildah on the checkout's own storage (build/buildah, vfs): `rm -rf build` resets it."""
+    return ["buildah", "--root", str(BUILDAH / "root"), "--runroot", str(BUILDAH / "runroot"),
+            "--storage-driver", "vfs", *args]
+
+
+def buildah(*args: str) -> str:
+    command = _buildah_command(*args)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return done.stdout
+
+
+def _debian_base() -> None:
+    """BASE in buildah's storage, made once per recipe (a marker under build/buildah says which)."""
+    config = oci.ImageConfig(cmd=["bash"])
+    marker = BUILDAH / f"base-{input_hash(repr((SUITE, 'minbase', DPKG_OPTIONS, config)), [Path(oci.__file__)])}"
+    if marker.exists():
+        return
+    with scratch_dir("base-") as tmp:
+        progress(f"making {BASE} with mmdebstrap (minbase {SUITE})")
+        debian_tree(tmp / "rootfs", "minbase", [])
+        oci.write_image(tmp / "base.tar", BASE, config, trees=[tmp / "rootfs"])
+        image_id = buildah("pull", "--quiet", f"oci-archive:{tmp / 'base.tar'}").strip()
+        buildah("tag", image_id, BASE)
+    for stale in BUILDAH.glob("base-*"):
+        stale.unlink()
+    marker.touch()
+
+
+def _pip_conf(dest: Path) -> None:
+    """The host's /etc/pip.conf with its CA bundle at the path the build mounts it."""
+    conf = configparser.ConfigParser()
+    if HOST_PIP_CONF.is_file():
+        conf.read(HOST_PIP_CONF)
+    if not conf.has_section("global"):
+        conf.add_section("global")
+    conf["global"]["cert"] = BUILD_CA
+    with dest.open("w") as out:
+        conf.write(out)
+
+
+def _context(dest: Path) -> None:
+    """The build inputs alone (no virtualenvs, build output or bytecode): the context is what is hashed."""
+    dest.mkdir()
+    for name in BUILD_INPUTS:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, dest / name)
+
+
+def _build(version: str, context: Path, pip_conf: Path) -> None:
+    mounts = [f"{pip_conf}:/etc/pip.conf:ro", f"{HOST_CA}:{BUILD_CA}:ro"]
+    mounts += [f"{path}:{path}:ro" for path in HOST_PIP_DIRS if path.exists()]
+    command = _buildah_command(
+        "build", "--isolation", "chroot", "--pull=never", "--layers", "--force-rm", "-f", str(context / "Dockerfile"),
+        "-t", project_image(version), "--build-arg", f"VERSION={version}", *(f"--volume={mount}" for mount in mounts),
+        str(context))
+    log = CACHE / f"microgateway-cni-{version}.log"
+    with log.open("w", buffering=1) as out, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                text=True) as build:
+        assert build.stdout is not None
+        for line in build.stdout:
+            out.write(line)
+            if step := re.match(r"(?:\[(\d+/\d+)\] )?STEP (\d+/\d+): (.*)", line):
+                stage = f"stage {step[1]} " if step[1] else ""
+                progress(f"building {project_image(version)} {stage}step {step[2]}: {step[3][:100]}")
+    if build.returncode != 0:
+        raise RuntimeError(f"buildah build failed ({build.returncode}), log in {log}:\n"
+                           f"{log.read_text()[-4000:]}")
+
+
+def project_archive(version: str = "0.1.0") -> Path:
+    """The project's image built from the Dockerfile with buildah, exported as an OCI archive.
+
+    Another version (e.g. 0.1.1 for an upgrade) is built from the same Dockerfile with another VERSION:
+    buildah's layer cache gives it every layer of the first build, so it has the same binaries and
+    differs only in its version label and name.
+    """
+    inputs = [ROOT / name for name in BUILD_INPUTS]
+    key = input_hash(repr((version, SUITE, DPKG_OPTIONS)), [*inputs, Path(oci.__file__)])
+
+    def build(dest: Path) -> None:
+        BUILDAH.mkdir(parents=True, exist_ok=True)
+        _debian_base()
+        with scratch_dir("context-") as tmp:
+            _context(tmp / "context")
+            _pip_conf(tmp / "pip.conf")
+            try:
+                _build(version, tmp / "context", tmp / "pip.conf")
+            finally:
+                buildah("rm", "--all")
+        buildah("push", "--quiet", project_image(version), f"oci-archive:{dest}:{project_image(version)}")
+        oci.set_name(dest, project_image(version))
+
+    return cached(f"microgateway-cni-{version}", key, build)
