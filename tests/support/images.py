@@ -34,8 +34,9 @@ SUITE = "bookworm"
 DPKG_OPTIONS = ["path-exclude=/usr/share/man/*", "path-exclude=/usr/share/locale/*", "path-exclude=/usr/share/info/*",
                 "path-exclude=/usr/share/doc/*", "path-include=/usr/share/doc/*/copyright"]
 # The stand-ins and the client need the full standard library (json, concurrent.futures), not only
-# python3-minimal's; busybox gives the pods nc and a shell. No apt: nothing is installed in a pod.
-STANDINS_PACKAGES = ["python3-minimal", "libpython3.11-stdlib", "busybox-static"]
+# python3-minimal's; busybox gives the pods nc and a shell; iptables is istio-init's (it writes Istio's
+# rules in the Istio-mode pods). No apt: nothing is installed in a pod.
+STANDINS_PACKAGES = ["python3-minimal", "libpython3.11-stdlib", "busybox-static", "iptables"]
 PROGRAMS_DIR = "/opt/mgw"
 PYTHON = "/usr/bin/python3"
 # Exactly what the programs import from the project (tests/node/test_images.py runs them in the image).
@@ -206,9 +207,17 @@ def project_image(version: str = "0.1.0") -> str:
 
 
 def _buildah_command(*args: str) -> list[str]:
-    """buildah on the checkout's own storage (build/buildah, vfs): `rm -rf build` resets it."""
-    return ["buildah", "--root", str(BUILDAH / "root"), "--runroot", str(BUILDAH / "runroot"),
-            "--storage-driver", "vfs", *args]
+    """buildah on the checkout's own storage (build/buildah, vfs): `rm -rf build` resets it.
+
+    Its containers.conf points the network configuration (which buildah sets up even for a build that
+    needs no network) under build/ too: by default it creates /etc/cni/net.d on the host.
+    """
+    conf = BUILDAH / "containers.conf"
+    if not conf.exists():
+        BUILDAH.mkdir(parents=True, exist_ok=True)
+        conf.write_text(f'[network]\nnetwork_config_dir = "{BUILDAH / "net.d"}"\n')
+    return ["env", f"CONTAINERS_CONF={conf}", "buildah", "--root", str(BUILDAH / "root"), "--runroot",
+            str(BUILDAH / "runroot"), "--storage-driver", "vfs", *args]
 
 
 def buildah(*args: str) -> str:
