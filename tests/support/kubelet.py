@@ -202,6 +202,7 @@ class Kubelet:
             raise UnsupportedSpec(f"container {c['name']}: fields {sorted(unknown)}")
         termination_log = pod_dir / f"termination-{c['name']}"
         termination_log.touch()
+        termination_log.chmod(0o666)  # as the kubelet makes it: any uid the container runs as may write it
         mounts = [{"container_path": m["mountPath"], "host_path": str(volumes[m["name"]]),
                    "readonly": bool(m.get("readOnly"))} for m in c.get("volumeMounts", [])]
         if any("subPath" in m for m in c.get("volumeMounts", [])):

@@ -187,8 +187,9 @@ class KubeNode:
 
     def report_init_failure(self, manifest: dict[str, Any], failed: PodFailed) -> None:
         """The kubelet's status update for a pod held at a failed init container (what repair acts on)."""
+        image = next(c["image"] for c in manifest["spec"]["initContainers"] if c["name"] == failed.container)
         manifest["status"] = {"phase": "Pending", "initContainerStatuses": [{
-            "name": failed.container, "ready": False, "restartCount": 1,
+            "name": failed.container, "image": image, "imageID": "", "ready": False, "restartCount": 1,
             "state": {"waiting": {"reason": "CrashLoopBackOff"}},
             "lastState": {"terminated": {"exitCode": failed.code, "reason": "Error", "message": failed.message}}}]}
         self.node.add_pod_fixture(manifest)

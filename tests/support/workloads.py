@@ -8,6 +8,7 @@ proxy and the application are stand-ins (tests/support/programs/standins.py) fro
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from cni.contract import ENGINE_PORT, EXCLUDE_INBOUND_PORTS, INJECT, ISTIO_PROXY_UID, SERVICE_MESH, VALIDATOR_CONTAINER
@@ -15,8 +16,9 @@ from tests.support import images
 from tests.support.istio import istio_rules
 
 APP_PORTS = (8080, 8081)
-# A container that only waits: the client pod's, from which the tests send requests with ExecSync.
-IDLE = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
+# A container that only waits (saying "ready" like the stand-ins): the client pod's, from which the tests
+# send requests with ExecSync.
+IDLE = ["/bin/sh", "-c", "trap 'exit 0' TERM; echo ready; while :; do sleep 3600 & wait $!; done"]
 APP_UID, ENGINE_UID = 1000, 1001
 UNPRIVILEGED = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                 "capabilities": {"drop": ["ALL"]}}
@@ -45,7 +47,7 @@ def pod(name: str, containers: list[dict[str, Any]], init: list[dict[str, Any]] 
         labels: dict[str, str] | None = None, annotations: dict[str, str] | None = None,
         namespace: str = "default") -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace, "uid": f"{name}-uid",
+            "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4()),
                          "labels": {"app": name, **(labels or {})}, "annotations": dict(annotations or {})},
             "spec": {"initContainers": init or [], "containers": containers}}
 
@@ -62,11 +64,12 @@ def annotated(name: str, image: str) -> dict[str, Any]:
 
 
 def istio(name: str, image: str) -> dict[str, Any]:
-    """Istio mode: istio-init writes Istio's rules (NET_ADMIN, as Istio's init container has), the proxy
-    runs as 1337, and the plugin puts the Engine behind it."""
+    """Istio mode: istio-init writes Istio's rules with the securityContext Istio gives it (root, NET_ADMIN
+    and NET_RAW, a writable root: iptables takes its lock under /run), the proxy runs as 1337, and the
+    plugin puts the Engine behind it."""
     command = ["/bin/sh", "-c", 'printf "%s" "$0" | iptables-legacy-restore', istio_rules(4)]
     init = {"name": "istio-init", "image": images.STANDINS, "command": command,
-            "securityContext": {"runAsUser": 0, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "securityContext": {"runAsUser": 0, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": False,
                                 "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}}}
     proxy = standin("istio-proxy", ISTIO_PROXY_UID, images.standin_command("istio", name=name, port=15006))
     return pod(name, [proxy, engine(name), app(name)], init=[init, validator(image)], labels={INJECT: "true"},
