@@ -304,6 +304,6 @@ def project_archive(version: str = "0.1.0") -> Path:
             finally:
                 buildah("rm", "--all")
         buildah("push", "--quiet", project_image(version), f"oci-archive:{dest}:{project_image(version)}")
-        oci.set_name(dest, project_image(version))
+        oci.set_name(dest, project_image(version))  # buildah writes only the OCI ref name
 
     return cached(f"microgateway-cni-{version}", key, build)
