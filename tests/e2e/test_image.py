@@ -31,6 +31,7 @@ LINKS = {
 }
 DIRECTORIES = {"usr", "usr/local", "usr/local/bin", "usr/local/lib", "usr/share", "usr/share/doc"}
 VERSION = "0.1.0"
+NEWER = "0.1.1"
 # Mount /proc as a runtime would (the launcher finds its bundle through it), then run as the image's user.
 IN_ROOTFS = 'mkdir -p "$0/proc" && mount -t proc proc "$0/proc" && exec chroot --userspec="$1" "$0" "${@:2}"'
 
@@ -132,3 +133,13 @@ def test_each_binary_of_the_image_runs_from_its_layers_alone(image):
     # The plugin takes no options: the runtime talks to it through CNI_COMMAND and stdin.
     done = run_in_image(rootfs, config, [image_env(config)["MGW_PLUGIN_BINARY"]], env={"CNI_COMMAND": "VERSION"})
     assert done.returncode == 0 and "1.0.0" in json.loads(done.stdout)["supportedVersions"], done.stdout + done.stderr
+
+
+def test_a_newer_version_shares_every_layer_and_carries_its_own_version(image):
+    """The upgrade tests' newer image: same binaries from the layer cache, another name and label."""
+    _archive, config, _rootfs = image
+    newer = images.project_archive(NEWER)
+    _manifest, newer_config = oci.read_image(newer)
+    assert newer_config["rootfs"] == config["rootfs"]
+    assert newer_config["config"]["Labels"]["org.opencontainers.image.version"] == NEWER
+    assert oci.read_index(newer)["manifests"][0]["annotations"][oci.NAME_ANNOTATION] == images.project_image(NEWER)

@@ -62,6 +62,7 @@ HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 BUILD_CA = "/run/mgw-host/ca-certificates.crt"
 HOST_PIP_DIRS = [Path("/etc/xdg/pip"), Path("/opt/wheels"), Path("/opt/pypi")]
 HOST_PIP_CONF = Path("/etc/pip.conf")
+BUILD_FLAGS = ["--isolation", "chroot", "--pull=never", "--layers", "--force-rm"]
 STANDIN_OPTIONS = ("name", "ports", "port", "families", "forward", "host4", "host6")
 
 
@@ -272,8 +273,9 @@ def _build(version: str, context: Path, pip_conf: Path) -> None:
     mounts = [f"{pip_conf}:/etc/pip.conf:ro", f"{HOST_CA}:{BUILD_CA}:ro"]
     mounts += [f"{path}:{path}:ro" for path in HOST_PIP_DIRS if path.exists()]
     command = _buildah_command(
-        "build", "--isolation", "chroot", "--pull=never", "--layers", "--force-rm", "-f", str(context / "Dockerfile"),
-        "-t", project_image(version), "--build-arg", f"VERSION={version}", *(f"--volume={mount}" for mount in mounts),
+        "build", *BUILD_FLAGS, "-f", str(context / "Dockerfile"),
+        "-t", project_image(version), "--build-arg", f"VERSION={version}",
+        "--label", f"org.opencontainers.image.version={version}", *(f"--volume={mount}" for mount in mounts),
         str(context))
     log = CACHE / f"microgateway-cni-{version}.log"
     with log.open("w", buffering=1) as out, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -294,10 +296,11 @@ def project_archive(version: str = "0.1.0") -> Path:
 
     Another version (e.g. 0.1.1 for an upgrade) is built from the same Dockerfile with another VERSION:
     buildah's layer cache gives it every layer of the first build, so it has the same binaries and
-    differs only in its version label and name.
+    differs only in its version label and name. That cache does not key the LABEL step on the build
+    argument (buildah 1.28), so the version label is also given on the command line.
     """
     inputs = [ROOT / name for name in BUILD_INPUTS]
-    key = input_hash(repr((version, SUITE, DPKG_OPTIONS)), [*inputs, Path(oci.__file__)])
+    key = input_hash(repr((version, SUITE, DPKG_OPTIONS, BUILD_FLAGS, "version label")), [*inputs, Path(oci.__file__)])
 
     def build(dest: Path) -> None:
         BUILDAH.mkdir(parents=True, exist_ok=True)
@@ -310,6 +313,6 @@ def project_archive(version: str = "0.1.0") -> Path:
             finally:
                 buildah("rm", "--all")
         buildah("push", "--quiet", project_image(version), f"oci-archive:{dest}:{project_image(version)}")
-        oci.set_name(dest, project_image(version))
+        oci.set_name(dest, project_image(version))  # buildah writes only the OCI ref name
 
     return cached(f"microgateway-cni-{version}", key, build)

@@ -273,6 +273,8 @@ def unpack(archive: Path, rootfs: Path) -> None:
 
 def _apply(layer: tarfile.TarFile, member: tarfile.TarInfo, rootfs: Path) -> None:
     path = rootfs / member.name
+    if not path.parent.resolve().is_relative_to(rootfs.resolve()):
+        raise ValueError(f"layer entry {member.name} leads out of the root through a link")
     base = path.name
     if base == OPAQUE:
         for child in path.parent.iterdir():
