@@ -11,9 +11,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import images
+from tests.support import images, report
 from tests.support.containerd import Containerd
 from tests.support.node import Node
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The node tier's report (pods, paths, storm, latency: tests/support/report.py) at the end of the run."""
+    if report.LINES:
+        terminalreporter.section("node tier report")
+        for line in report.LINES:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import images, workloads
+from tests.support import images, report, workloads
 from tests.support.demo import path_of
 from tests.support.kubelet import PodFailed, RunningPod
 from tests.support.kubenode import KubeNode
@@ -32,6 +32,8 @@ RUN: dict[str, Any] = {}  # what one test leaves to a later one on the shared no
 @pytest.fixture(scope="module")
 def kube() -> Iterator[KubeNode]:
     with KubeNode() as node:
+        archive = images.project_archive()
+        report.add(f"image {images.project_image()}: archive {archive.stat().st_size / 2**20:.1f} MiB")
         yield node
 
 
@@ -42,7 +44,8 @@ def installer(kube: KubeNode) -> Iterator[RunningPod]:
     pod = kube.start_installer()
     assert wait_for(lambda: kube.taints() == [], timeout=30), kube.runtime.container_logs(
         pod.container_ids["installer"])
-    print(f"installer container: taint lifted {time.monotonic() - started:.2f} s after RunPodSandbox")
+    report.add(f"installer container ({images.project_image()}): plugin chained and taint lifted "
+                  f"{time.monotonic() - started:.2f} s after its RunPodSandbox")
     yield pod
 
 
@@ -81,7 +84,7 @@ def test_protected_pod_validator_passes_and_traffic_goes_through_the_engine(kube
     kube.wait_started(shop)
     replies = kube.request(client, [f"{shop.ip}:8080", f"{shop.ip}:8081", f"{shop.ip}:5555"])
     paths = {target.rsplit(":", 1)[1]: path_of(reply) for target, reply in replies.items()}
-    print(f"shop {shop.ip}: {paths}")
+    report.add(f"protected pod shop {shop.ip}: validator exit 0; " + "; ".join(f":{p} {h}" for p, h in paths.items()))
     assert paths == {"8080": "client -> engine -> app", "8081": "client -> app", "5555": "client -> engine"}
 
 
@@ -91,6 +94,7 @@ def test_pod_protected_by_the_runtimes_annotations_alone(kube, client):
     kube.wait_started(pod)
     reply = kube.request(client, [f"{pod.ip}:8080"])[f"{pod.ip}:8080"]
     assert path_of(reply) == "client -> engine -> app"
+    report.add(f"annotated pod (not in the API) {pod.ip}: validator exit 0; :8080 {path_of(reply)}")
     configured = [e for e in kube.plugin_log() if e.get("pod") == "default/annotated"
                   and e["msg"] == "redirection configured"]
     assert [e["source"] for e in configured] == ["runtime"], "decided from the annotations containerd passed"
@@ -102,6 +106,7 @@ def test_istio_pod_engine_behind_the_proxy(kube, client):
     kube.wait_started(mesh)
     reply = kube.request(client, [f"{mesh.ip}:8080"])[f"{mesh.ip}:8080"]
     assert path_of(reply) == "client -> istio -> engine -> app"
+    report.add(f"Istio-mode pod mesh {mesh.ip}: istio-init and validator exit 0; :8080 {path_of(reply)}")
 
 
 def test_ordinary_pod_is_untouched(kube, client):
@@ -110,6 +115,7 @@ def test_ordinary_pod_is_untouched(kube, client):
     assert kube.our_rules(plain) == []
     reply = kube.request(client, [f"{plain.ip}:8080"])[f"{plain.ip}:8080"]
     assert path_of(reply) == "client -> app"
+    report.add(f"ordinary pod plain {plain.ip}: no rule of ours; :8080 {path_of(reply)}")
 
 
 def test_stop_and_remove_tear_down_through_the_plugin_and_leave_nothing_of_ours(kube, client):
@@ -120,6 +126,7 @@ def test_stop_and_remove_tear_down_through_the_plugin_and_leave_nothing_of_ours(
     assert [e["msg"] for e in entries if e["command"] == "DEL"] == ["redirection removed"]
     assert [e for e in entries if e["level"] == "error"] == []
     assert kube.runtime.list_pod_sandbox(id=sandbox) == []
+    report.add("StopPodSandbox + RemovePodSandbox: DEL removed our rules, no plugin error, sandbox gone")
 
 
 def test_upgrade_pods_started_between_installers_are_protected(kube, installer, client):
@@ -138,6 +145,8 @@ def test_upgrade_pods_started_between_installers_are_protected(kube, installer, 
     kube.wait_started(after)
     reply = kube.request(client, [f"{after.ip}:8080"])[f"{after.ip}:8080"]
     assert path_of(reply) == "client -> engine -> app"
+    report.add(f"upgrade to {NEWER}: installer SIGTERM kept the plugin chained; 3 pods created in between: validator "
+               f"exit 0; after the new installer: :8080 {path_of(reply)}")
     RUN["installer"] = newer
 
 
@@ -177,12 +186,13 @@ def test_uninstall_restores_the_primarys_conflist(kube, client):
     with pytest.raises(PodFailed) as failed:
         kube.create(workloads.protected("unprotected", images.project_image()))
     assert failed.value.container == workloads.VALIDATOR_CONTAINER and failed.value.code == 3
+    report.add("uninstall: conflist is the primary's again, binary kept; a protected pod now: validator exit 3")
 
 
 def test_runpodsandbox_without_the_plugin(kube, client):
     """After the uninstall: the same pods on the primary's chain alone; prints the plugin's added latency."""
     without = sandbox_medians(kube, "without")
     for kind, seconds in without.items():
-        print(f"RunPodSandbox median, {kind:9}: {RUN['with'][kind] * 1000:5.0f} ms with the plugin, "
+        report.add(f"RunPodSandbox median, {kind:9}: {RUN['with'][kind] * 1000:5.0f} ms with the plugin, "
               f"{seconds * 1000:5.0f} ms without (+{(RUN['with'][kind] - seconds) * 1000:.0f} ms)")
     assert all(RUN["with"][kind] - without[kind] < 1.0 for kind in without)

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from tests.support import images, workloads
+from tests.support import images, report, workloads
 from tests.support.cri import CriError
 from tests.support.kubelet import PodFailed
 from tests.support.kubenode import KubeNode
@@ -74,16 +74,16 @@ def test_pods_created_while_the_primary_rewrites_its_conflist_are_never_unprotec
         seconds = time.monotonic() - started
         figures = json.loads(out.splitlines()[-1]) if out.strip() else {"agent error": err}
         logged = [line for line in kube.containerd.errors() if "cni" in line.lower()]  # type: ignore[union-attr]
-        print(f"\nstorm: {PODS} protected pods in {seconds:.1f} s while the agent rewrote its conflist "
+        report.add(f"storm: {PODS} protected pods in {seconds:.1f} s while the agent rewrote its conflist "
               f"{figures.get('writes by the agent')} times ({figures.get('bursts re-chained')} re-chained by the "
               f"installer, {figures.get('lost')} updates lost, file absent on {figures.get('absent')} reads)")
         for outcome, count in sorted(outcomes.items()):
-            print(f"storm: {count:3} {outcome}")
+            report.add(f"storm: {count:3} {outcome}")
         for reason, count in collections.Counter(failures).most_common(5):
-            print(f"storm: creation failed x{count}: {reason}")
+            report.add(f"storm: creation failed x{count}: {reason}")
         for reason, count in collections.Counter(teardown).most_common(5):
-            print(f"storm: teardown failed x{count} (retried after the storm: removed): {reason}")
-        print(f"storm: containerd logged {len(logged)} CNI errors" + "".join(f"\n  {line}" for line in logged[:5]))
+            report.add(f"storm: teardown failed x{count} (retried after the storm: removed): {reason}")
+        report.add(f"storm: containerd logged {len(logged)} CNI errors" + "".join(f"\n  {line}" for line in logged[:5]))
         assert not [o for o in outcomes if o.startswith("UNPROTECTED")], outcomes
         assert sum(outcomes.values()) == PODS
         assert figures.get("lost") == 0, figures
