@@ -14,6 +14,10 @@ from cni.contract import PLUGIN_TYPE
 
 CONF_EXTENSIONS = (".conf", ".conflist", ".json")
 STANDALONE_NAME = "05-microgateway-cni.conflist"
+# Ahead mode's copy of the primary with our entry: libcni loads the lexically first file, so it must sort
+# before the primary's name (docs/design.md, "Ahead mode").
+AHEAD_NAME = "00-microgateway-cni.conflist"
+OWN_NAMES = (AHEAD_NAME, STANDALONE_NAME)
 
 
 class Primary(NamedTuple):
@@ -47,9 +51,10 @@ def parse(name: str, raw: bytes) -> Primary | None:
     return Primary(name, conflist, was_single=True, raw=raw)
 
 
-def choose_primary(files: dict[str, bytes], own_standalone: str = STANDALONE_NAME) -> Primary | None:
+def choose_primary(files: dict[str, bytes]) -> Primary | None:
+    """The file libcni would load if none of ours were there."""
     for name in sorted(files):
-        if not name.endswith(CONF_EXTENSIONS) or name == own_standalone:
+        if not name.endswith(CONF_EXTENSIONS) or name in OWN_NAMES:
             continue
         primary = parse(name, files[name])
         if primary is not None:
@@ -77,6 +82,14 @@ def without_entry(document: dict[str, Any]) -> dict[str, Any]:
 def is_chained(document: dict[str, Any], entry: dict[str, Any]) -> bool:
     ours = [p for p in document.get("plugins", []) if p.get("type") == PLUGIN_TYPE]
     return len(ours) == 1 and document["plugins"][-1] == entry
+
+
+def ahead(primary: Primary, entry: dict[str, Any]) -> dict[str, Any] | None:
+    """Ahead mode's document: the primary's conflist with our entry last. None when the primary's name
+    sorts before ours, so that libcni would never load the copy."""
+    if primary.name < AHEAD_NAME:
+        return None
+    return with_entry(primary.document, entry)
 
 
 def render(document: dict[str, Any]) -> bytes:

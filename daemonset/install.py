@@ -73,6 +73,7 @@ class Installer:
         self.chained_paths: set[str] = set()  # conflists we wrote our entry into: a later loss of it is a revert
         self._bundle_digest: str | None = None
         self.bundle_error: str | None = None  # why the image's plugin bundle cannot run here, while it cannot
+        self.blocked: str | None = None  # why ahead mode cannot put its copy first, while it cannot
         self.reverts: deque[float] = deque()
         self._lock = threading.RLock()  # the watch thread's reconcile and SIGTERM's uninstall never interleave
         self._uninstalled = False
@@ -89,6 +90,10 @@ class Installer:
     @property
     def standalone_path(self) -> str:
         return os.path.join(self.settings.cni_net_dir, conflist.STANDALONE_NAME)
+
+    @property
+    def ahead_path(self) -> str:
+        return os.path.join(self.settings.cni_net_dir, conflist.AHEAD_NAME)
 
     def _conf_files(self) -> dict[str, bytes]:
         directory = self.settings.cni_net_dir
@@ -165,7 +170,8 @@ class Installer:
         return True
 
     def chain(self) -> str:
-        """Make the configuration contain our entry; returns 'unchanged', 'written', 'waiting' or 'contended'.
+        """Make the configuration contain our entry; returns 'unchanged', 'written', 'waiting', 'blocked' or
+        'contended'.
 
         Every write is derived from a read made just before it and committed only if the file still
         holds what was read (files.replace_if_unchanged); the revert back-off comes first, so nothing
@@ -177,9 +183,14 @@ class Installer:
             files.restore_set_aside(self.settings.cni_net_dir)
             if self.settings.mode == "standalone":
                 result = self._until_committed(self._chain_standalone)
+            elif self.settings.mode == "ahead":
+                self._back_off_if_reverted()
+                return self._chain_ahead()
             else:
                 self._back_off_if_reverted()
                 result = self._until_committed(self._chain_primary)
+            if result is not None and result != "waiting":
+                self._remove_ahead("another mode is configured")
             if result is None:
                 self.log("warn", "the CNI configuration kept changing while we chained it; retrying on the next "
                          "change", dir=self.settings.cni_net_dir, attempts=COMMIT_ATTEMPTS)
@@ -206,6 +217,39 @@ class Installer:
         if current == data:
             return "unchanged"
         return "written" if _write_if_unchanged(self.standalone_path, current, data) else None
+
+    def _chain_ahead(self) -> str:
+        """Our own copy of the primary's conflist with our entry, under a name libcni loads first.
+
+        The copy is ours, so it is replaced by rename and is never absent while the primary exists; the
+        primary's file is never written. A primary that is gone takes our copy with it.
+        """
+        primary = conflist.choose_primary(self._conf_files())
+        if primary is None:
+            self._remove_ahead("no primary CNI configuration left")
+            return "waiting"
+        document = conflist.ahead(primary, self.settings.plugin_entry())
+        if document is None:
+            self._remove_ahead("the primary's file sorts before it")
+            reason = (f"the primary CNI configuration {primary.name} sorts before {conflist.AHEAD_NAME}, so the "
+                      "runtime would never load our copy; use MGW_MODE=chained")
+            if reason != self.blocked:
+                self.log("error", "cannot chain ahead of the primary", error=reason)
+            self.blocked = reason
+            return "blocked"
+        self.blocked = None
+        data = conflist.render(document)
+        if files.read(self.ahead_path) == data:
+            return "unchanged"
+        files.write_atomic(self.ahead_path, data)
+        self.chained_paths.add(self.ahead_path)
+        self.log("info", "plugin chained ahead of the primary", conflist=self.ahead_path, primary=primary.name)
+        return "written"
+
+    def _remove_ahead(self, why: str) -> None:
+        if files.remove(self.ahead_path):
+            self.chained_paths.discard(self.ahead_path)
+            self.log("info", f"ahead copy removed: {why}", conflist=self.ahead_path)
 
     def _chain_primary(self) -> str | None:
         """One round: 'waiting', 'unchanged' or 'written'; None when a file changed under us."""
@@ -246,11 +290,8 @@ class Installer:
 
         Once per chain(), before its rounds: what is read here only decides the pause and is never written.
         """
-        primary = conflist.choose_primary(self._conf_files())
-        if primary is None or self._holds_entry(primary):
-            return
-        path = os.path.join(self.settings.cni_net_dir, conflist.target_name(primary))
-        if path not in self.chained_paths:
+        path = self._lost_entry()
+        if path is None or path not in self.chained_paths:
             return
         now = self.clock.monotonic()
         self.reverts.append(now)
@@ -266,6 +307,18 @@ class Installer:
                  "owns the file); configure it to allow chaining or use MGW_MODE=standalone",
                  reverts=count)
         self.clock.sleep(min(0.5 * (count - self.settings.revert_warning_threshold + 1), 10.0))
+
+    def _lost_entry(self) -> str | None:
+        """The file that should hold our entry if it does not, else None."""
+        if self.settings.mode == "ahead":
+            ahead = conflist.parse(conflist.AHEAD_NAME, files.read(self.ahead_path) or b"")
+            if ahead is not None and conflist.is_chained(ahead.document, self.settings.plugin_entry()):
+                return None
+            return self.ahead_path
+        primary = conflist.choose_primary(self._conf_files())
+        if primary is None or self._holds_entry(primary):
+            return None
+        return os.path.join(self.settings.cni_net_dir, conflist.target_name(primary))
 
     def reconcile(self) -> str:
         with self._lock:
@@ -287,10 +340,13 @@ class Installer:
         if self.settings.mode == "manual":
             return True
         primary = conflist.choose_primary(self._conf_files())
+        if self.settings.mode == "ahead":
+            document = None if primary is None else conflist.ahead(primary, self.settings.plugin_entry())
+            return document is not None and files.read(self.ahead_path) == conflist.render(document)
         return primary is not None and self._holds_entry(primary)
 
     def uninstall(self) -> bool:
-        """Remove our entry (or standalone file) and the kubeconfig; keep the binary for later DELs.
+        """Remove our entry (or our own conflist) and the kubeconfig; keep the binary for later DELs.
 
         Files are changed conditionally, like in chain(). False when an entry of ours could not be
         removed: then the kubeconfig stays, since the plugin it configures is still being called.
@@ -298,6 +354,8 @@ class Installer:
         with self._lock:
             self._uninstalled = True
             files.restore_set_aside(self.settings.cni_net_dir)
+            if self.settings.mode == "ahead":
+                self._remove_ahead("uninstalled")
             if self.settings.mode != "manual":
                 unchain = self._unchain_standalone if self.settings.mode == "standalone" else self._unchain
                 if self._until_committed(unchain) is None:
@@ -323,6 +381,8 @@ class Installer:
         unchained: list[str] = []
         complete = True
         for name, data in self._conf_files().items():
+            if name in conflist.OWN_NAMES:
+                continue
             path = os.path.join(directory, name)
             parsed = conflist.parse(name, data)
             if parsed is None or not any(p.get("type") == PLUGIN_TYPE for p in parsed.document["plugins"]):

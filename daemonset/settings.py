@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 from cni.contract import LOG_LEVELS, NETFILTER_BACKENDS, PLUGIN_TYPE
 
-MODES = ("chained", "standalone", "manual")
+MODES = ("chained", "ahead", "standalone", "manual")
 REPAIR_MODES = ("deletePods", "labelPods", "none")
 STARTUP_TAINT = "microgateway-cni.airlock.com/not-ready"
 # A taint key is a qualified name: optional DNS-subdomain prefix and "/", then a name of at most 63 characters.
@@ -71,7 +71,9 @@ def _default(attr: str) -> str:
 
 # Every variable from_env reads, with what it sets and its default: the installer's --help.
 VARIABLES: tuple[tuple[str, str, str], ...] = (
-    ("MGW_MODE", "chained | standalone (own conflist, for Multus/OpenShift) | manual", _default("mode")),
+    ("MGW_MODE", "chained (our entry in the primary's conflist) | ahead (a copy of it with our entry, loaded "
+     "first: never a moment without us while the primary rewrites its file) | standalone (own conflist, for "
+     "Multus/OpenShift) | manual", _default("mode")),
     ("MGW_CNI_NET_DIR", "the node's CNI config dir, as mounted in this container", _default("cni_net_dir")),
     ("MGW_CNI_BIN_DIR", "the node's CNI bin dir, as mounted in this container", _default("cni_bin_dir")),
     ("MGW_HOST_CNI_NET_DIR", "the CNI config dir as the node sees it (paths in our entry)",
