@@ -125,3 +125,39 @@ def test_help_lists_every_setting_the_installer_reads_with_its_default():
     assert listed["MGW_LISTEN_PORT"] == "8000" and listed["MGW_EXCLUDE_NAMESPACES"] == "kube-system"
     for name, attr in ENV.items():
         assert listed[name] == (str(getattr(defaults, attr)) or "unset"), name
+
+
+@pytest.mark.parametrize(("name", "loaded_first"), [
+    ("10-calico.conflist", True),
+    ("05-cilium.conflist", True),
+    ("00-multus.conf", True),
+    ("00-calico.conflist", False),  # sorts before 00-microgateway-cni.conflist: libcni would load it first
+    ("00-microgateway-a.conflist", False),
+    ("000-first.conflist", True),  # "-" sorts before "0"
+    ("00-0-first.conflist", False),
+])
+def test_ahead_copy_only_where_libcni_loads_it_first(name, loaded_first):
+    primary = conflist.parse(name, (FIXTURES / "10-calico.conflist").read_bytes())
+    document = conflist.ahead(primary, ENTRY)
+    assert (document is not None) == loaded_first
+    assert sorted([name, conflist.AHEAD_NAME])[0] == (conflist.AHEAD_NAME if loaded_first else name)
+    if document is not None:
+        assert document == conflist.with_entry(primary.document, ENTRY)
+
+
+def test_ahead_copy_of_a_single_plugin_conf_and_of_a_chained_primary():
+    single = conflist.choose_primary(load("10-bridge.conf"))
+    document = conflist.ahead(single, ENTRY)
+    original = json.loads((FIXTURES / "10-bridge.conf").read_bytes())
+    assert document["name"] == "bridge" and document["cniVersion"] == "0.4.0"
+    assert document["plugins"] == [{k: v for k, v in original.items() if k not in ("name", "cniVersion")}, ENTRY]
+    stale = {**ENTRY, "logLevel": "debug"}  # left in the primary by chained mode, with an older entry
+    chained = conflist.parse("10-calico.conflist", conflist.render(conflist.with_entry(
+        conflist.choose_primary(load("10-calico.conflist")).document, stale)))
+    assert conflist.is_chained(conflist.ahead(chained, ENTRY), ENTRY)
+
+
+def test_own_files_are_never_the_primary():
+    files = {conflist.AHEAD_NAME: conflist.render(conflist.standalone(ENTRY)),
+             conflist.STANDALONE_NAME: conflist.render(conflist.standalone(ENTRY)), **load("10-calico.conflist")}
+    assert conflist.choose_primary(files).name == "10-calico.conflist"

@@ -187,3 +187,71 @@ def test_a_plugin_bundle_that_cannot_run_is_not_chained_on_a_fresh_node(host, tm
         installer.reconcile()
     assert not (host.bin_dir / "microgateway-cni").exists() and not installer.ready()
     assert "microgateway-cni" not in (host.net_dir / "10-flannel.conflist").read_text()
+
+
+def test_ahead_mode_keeps_a_copy_first_and_never_writes_the_primary(host):
+    primary = host.net_dir / "10-calico.conflist"
+    shutil.copy(FIXTURES / "10-calico.conflist", primary)
+    original = primary.read_bytes()
+    installer = installer_for(host, MGW_MODE="ahead")
+    assert installer.reconcile() == "written" and installer.ready()
+    copy = host.conf(conflist.AHEAD_NAME)
+    assert copy == conflist.with_entry(json.loads(original), installer.settings.plugin_entry())
+    assert sorted(p.name for p in host.net_dir.iterdir() if p.name.endswith(".conflist"))[0] == conflist.AHEAD_NAME
+    assert installer_for(host, MGW_MODE="ahead").reconcile() == "unchanged"
+    changed = json.loads(original)
+    changed["plugins"][0]["mtu"] = 1234  # the primary rewrites its file: the copy follows on the next reconcile
+    primary.write_text(json.dumps(changed))
+    assert not installer.ready()
+    assert installer.reconcile() == "written" and installer.ready()
+    assert host.conf(conflist.AHEAD_NAME)["plugins"][0]["mtu"] == 1234
+    assert json.loads(primary.read_bytes()) == changed  # only ever written by its agent
+    primary.unlink()  # the primary's agent withdrew its configuration: ours must not keep the node going
+    assert installer.reconcile() == "waiting" and not installer.ready()
+    assert not (host.net_dir / conflist.AHEAD_NAME).exists()
+    primary.write_bytes(original)
+    assert installer.reconcile() == "written"
+    installer.uninstall()
+    assert primary.read_bytes() == original
+    assert not (host.net_dir / conflist.AHEAD_NAME).exists()
+    assert not (host.net_dir / "microgateway-cni-kubeconfig").exists()
+
+
+def test_ahead_mode_refuses_a_primary_that_sorts_first(host):
+    shutil.copy(FIXTURES / "10-calico.conflist", host.net_dir / "00-calico.conflist")
+    logged: list[tuple[str, str, dict]] = []
+    installer = Installer(host.settings(MGW_MODE="ahead"), lambda level, msg, **f: logged.append((level, msg, f)))
+    assert installer.reconcile() == "blocked" and installer.reconcile() == "blocked"
+    assert not installer.ready() and not (host.net_dir / conflist.AHEAD_NAME).exists()
+    errors = [f["error"] for level, _, f in logged if level == "error"]
+    assert len(errors) == 1 and "00-calico.conflist" in errors[0] and "MGW_MODE=chained" in errors[0]
+    assert host.conf("00-calico.conflist") == json.loads((FIXTURES / "10-calico.conflist").read_text())
+
+
+def test_switching_modes_leaves_one_configuration_of_ours(host):
+    shutil.copy(FIXTURES / "10-flannel.conflist", host.net_dir / "10-flannel.conflist")
+    original = host.conf("10-flannel.conflist")
+    assert installer_for(host).reconcile() == "written"  # chained: our entry in the primary
+    ahead = installer_for(host, MGW_MODE="ahead")
+    assert ahead.reconcile() == "written" and ahead.ready()
+    assert conflist.is_chained(host.conf(conflist.AHEAD_NAME), ahead.settings.plugin_entry())
+    ahead.uninstall()  # also takes out the entry chained mode left in the primary
+    assert host.conf("10-flannel.conflist") == original and not (host.net_dir / conflist.AHEAD_NAME).exists()
+    assert ahead.reconcile() == "unchanged"  # uninstalled: a late change event must not reinstall
+    assert installer_for(host, MGW_MODE="ahead").reconcile() == "written"
+    chained = installer_for(host)
+    assert chained.reconcile() == "written" and chained.ready()  # chained in place, then the copy goes
+    assert not (host.net_dir / conflist.AHEAD_NAME).exists()
+
+
+def test_ahead_copy_removed_by_another_agent_counts_as_a_revert(host):
+    shutil.copy(FIXTURES / "05-cilium.conflist", host.net_dir / "05-cilium.conflist")
+    reverts: list[int] = []
+    clock = FakeClock()
+    installer = Installer(host.settings(MGW_MODE="ahead", MGW_REVERT_WARNING_THRESHOLD="2"),
+                          lambda *a, **k: None, on_revert=lambda: reverts.append(1), clock=clock)
+    assert installer.reconcile() == "written"
+    for _ in range(3):  # Cilium with cni.exclusive=true moves every other conflist away
+        (host.net_dir / conflist.AHEAD_NAME).rename(host.net_dir / f"{conflist.AHEAD_NAME}.cilium_bak")
+        assert installer.reconcile() == "written"
+    assert len(reverts) == 3 and clock.sleeps == [0.5, 1.0]
