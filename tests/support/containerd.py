@@ -22,6 +22,7 @@ import grpc
 
 from tests.support.cri import CriError, RuntimeClient
 from tests.support.images import PAUSE
+from tests.support.lifetime import Started
 from tests.support.node import Node
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -100,7 +101,7 @@ oom_score = 0
 """
 
 
-class Containerd:
+class Containerd(Started):
     """containerd + runc for node, started by the context manager.
 
     keep_plugin=False removes the link to our plugin that Node.start puts in node.bin_dir, for tests in
@@ -125,17 +126,6 @@ class Containerd:
         self.start_seconds = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------------
-    def __enter__(self) -> Containerd:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def start(self) -> None:
         """Start containerd and wait until its CRI plugin answers."""
         if not self.keep_plugin:

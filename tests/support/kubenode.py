@@ -29,6 +29,7 @@ from tests.support.kubelet import (
     run_pod,
     stop_pod,
 )
+from tests.support.lifetime import Started
 from tests.support.node import API_PORT, STARTUP_TAINT, Node, node_fixture, wait_for
 
 PRIMARY_CONFLIST = "10-bridge.conflist"
@@ -36,7 +37,7 @@ NODE_NAME = "node-1"
 NAMESPACE = "kube-system"
 
 
-class KubeNode:
+class KubeNode(Started):
     """The node, its runtime, the images it has and the pods it runs; close() removes all of it."""
 
     def __init__(self, version: str = "0.1.0") -> None:
@@ -44,17 +45,6 @@ class KubeNode:
         self.node = Node()
         self.containerd: Containerd | None = None
         self.pods: list[RunningPod] = []
-
-    def __enter__(self) -> KubeNode:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     @property
     def cgroup_parent(self) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 from cni.contract import INJECT
 from cni.netfilter.backend import NAMES as BACKENDS
 from tests.support import bundles
+from tests.support.lifetime import Started
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ROOT / "tests" / "support" / "libcni-driver" / "libcni-driver"
@@ -156,7 +157,7 @@ class Pod:
         raise LookupError(f"pod {self.name} has no IPv{family} address")
 
 
-class Node:
+class Node(Started):
     """One simulated node: node netns, bridge network, kube-API stand-in, pods."""
 
     def __init__(self, families: tuple[int, ...] = (4,), backend: str = BACKENDS[0]) -> None:
@@ -179,17 +180,6 @@ class Node:
         self.api: subprocess.Popen[str] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def __enter__(self) -> Node:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def start(self) -> None:
         for sub in (self.bin_dir, self.conf_dir, self.dir / "cache", self.dir / "ipam", self.dir / "checkout"):
             sub.mkdir(parents=True)
