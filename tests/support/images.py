@@ -314,5 +314,9 @@ def project_archive(version: str = "0.1.0") -> Path:
                 buildah("rm", "--all")
         buildah("push", "--quiet", project_image(version), f"oci-archive:{dest}:{project_image(version)}")
         oci.set_name(dest, project_image(version))  # buildah writes only the OCI ref name
+        # The image this tag named before and the layers only it used: vfs keeps a full tree per layer,
+        # so every change of the inputs would otherwise leave about a gigabyte behind.
+        progress("removing images no tag uses any more from build/buildah")
+        buildah("rmi", "--prune")
 
     return cached(f"microgateway-cni-{version}", key, build)
