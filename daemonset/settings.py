@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -71,9 +72,9 @@ def _default(attr: str) -> str:
 
 # Every variable from_env reads, with what it sets and its default: the installer's --help.
 VARIABLES: tuple[tuple[str, str, str], ...] = (
-    ("MGW_MODE", "chained (our entry in the primary's conflist) | ahead (a copy of it with our entry, loaded "
-     "first: never a moment without us while the primary rewrites its file) | standalone (own conflist, for "
-     "Multus/OpenShift) | manual", _default("mode")),
+    ("MGW_MODE", "chained (our entry in the primary's conflist) | ahead (our own copy of it with our entry, "
+     "which the runtime loads first: for a primary that rewrites its file often) | standalone (own conflist, "
+     "for Multus/OpenShift) | manual (writes no conflist)", _default("mode")),
     ("MGW_CNI_NET_DIR", "the node's CNI config dir, as mounted in this container", _default("cni_net_dir")),
     ("MGW_CNI_BIN_DIR", "the node's CNI bin dir, as mounted in this container", _default("cni_bin_dir")),
     ("MGW_HOST_CNI_NET_DIR", "the CNI config dir as the node sees it (paths in our entry)",
@@ -106,7 +107,9 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
 
 def help_table() -> str:
     """One entry per variable, for a click help paragraph that is printed as it is."""
-    return "\n".join(f"{name} (default: {default or 'unset'})\n    {what}" for name, what, default in VARIABLES)
+    return "\n".join(f"{name} (default: {default or 'unset'})\n" + textwrap.fill(what, 76, initial_indent="    ",
+                                                                                 subsequent_indent="    ")
+                     for name, what, default in VARIABLES)
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
