@@ -79,6 +79,10 @@ def without_entry(document: dict[str, Any]) -> dict[str, Any]:
     return {**document, "plugins": [p for p in document["plugins"] if p.get("type") != PLUGIN_TYPE]}
 
 
+def has_entry(document: dict[str, Any]) -> bool:
+    return any(p.get("type") == PLUGIN_TYPE for p in document["plugins"])
+
+
 def is_chained(document: dict[str, Any], entry: dict[str, Any]) -> bool:
     ours = [p for p in document.get("plugins", []) if p.get("type") == PLUGIN_TYPE]
     return len(ours) == 1 and document["plugins"][-1] == entry

@@ -22,6 +22,7 @@ REVERT_WINDOW_SECONDS = 60.0
 COMMIT_ATTEMPTS = 10  # read-derive-commit rounds of one chain() or uninstall() while others keep changing files
 VERIFY_TIMEOUT_SECONDS = 30.0
 T = TypeVar("T")
+OWN_FILE = {"ahead": conflist.AHEAD_NAME, "standalone": conflist.STANDALONE_NAME}  # the conflist a mode keeps
 
 
 def kubeconfig_document(server: str, ca_pem: bytes, token: str) -> dict[str, Any]:
@@ -74,6 +75,8 @@ class Installer:
         self._bundle_digest: str | None = None
         self.bundle_error: str | None = None  # why the image's plugin bundle cannot run here, while it cannot
         self.blocked: str | None = None  # why ahead mode cannot put its copy first, while it cannot
+        self._ahead_source: str | None = None  # the primary's file name our ahead copy was made from
+        self._unparsable: str | None = None  # that file, while it does not parse
         self.reverts: deque[float] = deque()
         self._lock = threading.RLock()  # the watch thread's reconcile and SIGTERM's uninstall never interleave
         self._uninstalled = False
@@ -178,19 +181,24 @@ class Installer:
         read before it is ever written after it.
         """
         with self._lock:
-            if self.settings.mode == "manual" or self._uninstalled:
+            mode = self.settings.mode
+            if self._uninstalled:
+                return "unchanged"
+            if mode == "manual":
+                self._remove_own((conflist.AHEAD_NAME,), "MGW_MODE=manual")  # a stale copy would shadow the primary
                 return "unchanged"
             files.restore_set_aside(self.settings.cni_net_dir)
-            if self.settings.mode == "standalone":
+            if mode == "standalone":
                 result = self._until_committed(self._chain_standalone)
-            elif self.settings.mode == "ahead":
+            elif mode == "ahead":
                 self._back_off_if_reverted()
-                return self._chain_ahead()
+                result = self._chain_ahead()
             else:
                 self._back_off_if_reverted()
                 result = self._until_committed(self._chain_primary)
-            if result is not None and result != "waiting":
-                self._remove_ahead("another mode is configured")
+            if result in ("written", "unchanged"):
+                # Files of ours from another mode: the runtime would load them before (or instead of) this one.
+                self._remove_own(tuple(n for n in conflist.OWN_NAMES if n != OWN_FILE.get(mode)), f"MGW_MODE={mode}")
             if result is None:
                 self.log("warn", "the CNI configuration kept changing while we chained it; retrying on the next "
                          "change", dir=self.settings.cni_net_dir, attempts=COMMIT_ATTEMPTS)
@@ -221,16 +229,27 @@ class Installer:
     def _chain_ahead(self) -> str:
         """Our own copy of the primary's conflist with our entry, under a name libcni loads first.
 
-        The copy is ours, so it is replaced by rename and is never absent while the primary exists; the
-        primary's file is never written. A primary that is gone takes our copy with it.
+        The copy is ours, so it is replaced by rename and is never absent while the primary exists. A
+        primary that is gone takes our copy with it; one that does not parse for a moment (its agent
+        writes it in place) leaves the copy of its last complete version until it parses again.
         """
-        primary = conflist.choose_primary(self._conf_files())
+        snapshot = self._conf_files()
+        primary = conflist.choose_primary(snapshot)
+        source = self._ahead_source
+        if (source is not None and source in snapshot and conflist.parse(source, snapshot[source]) is None
+                and os.path.exists(self.ahead_path)):
+            if source != self._unparsable:
+                self.log("warn", "the primary CNI configuration does not parse; keeping the copy of its last "
+                         "complete version until it does", primary=source, conflist=self.ahead_path)
+            self._unparsable = source
+            return "unchanged"
+        self._unparsable = None
         if primary is None:
-            self._remove_ahead("no primary CNI configuration left")
+            self._remove_own((conflist.AHEAD_NAME,), "no primary CNI configuration left")
             return "waiting"
         document = conflist.ahead(primary, self.settings.plugin_entry())
         if document is None:
-            self._remove_ahead("the primary's file sorts before it")
+            self._remove_own((conflist.AHEAD_NAME,), "the primary's file sorts before it")
             reason = (f"the primary CNI configuration {primary.name} sorts before {conflist.AHEAD_NAME}, so the "
                       "runtime would never load our copy; use MGW_MODE=chained")
             if reason != self.blocked:
@@ -238,18 +257,28 @@ class Installer:
             self.blocked = reason
             return "blocked"
         self.blocked = None
+        self._ahead_source = primary.name
         data = conflist.render(document)
-        if files.read(self.ahead_path) == data:
-            return "unchanged"
-        files.write_atomic(self.ahead_path, data)
-        self.chained_paths.add(self.ahead_path)
-        self.log("info", "plugin chained ahead of the primary", conflist=self.ahead_path, primary=primary.name)
-        return "written"
+        result = "unchanged"
+        if files.read(self.ahead_path) != data:
+            files.write_atomic(self.ahead_path, data)
+            self.chained_paths.add(self.ahead_path)
+            self.log("info", "plugin chained ahead of the primary", conflist=self.ahead_path, primary=primary.name)
+            result = "written"
+        if any(conflist.has_entry(p.document) for name, data in snapshot.items()
+               if name not in conflist.OWN_NAMES and (p := conflist.parse(name, data)) is not None):
+            # An entry chained mode left in a primary: with the copy in place, the primary goes back to its
+            # agent's document (conditionally, as every write of a file we do not own).
+            self._until_committed(self._unchain)
+        return result
 
-    def _remove_ahead(self, why: str) -> None:
-        if files.remove(self.ahead_path):
-            self.chained_paths.discard(self.ahead_path)
-            self.log("info", f"ahead copy removed: {why}", conflist=self.ahead_path)
+    def _remove_own(self, names: tuple[str, ...], why: str) -> None:
+        """Remove conflists of ours by name (they are ours: unconditionally)."""
+        for name in names:
+            path = os.path.join(self.settings.cni_net_dir, name)
+            if files.remove(path):
+                self.chained_paths.discard(path)
+                self.log("info", f"removed our {name}: {why}", conflist=path)
 
     def _chain_primary(self) -> str | None:
         """One round: 'waiting', 'unchanged' or 'written'; None when a file changed under us."""
@@ -354,11 +383,10 @@ class Installer:
         with self._lock:
             self._uninstalled = True
             files.restore_set_aside(self.settings.cni_net_dir)
-            if self.settings.mode == "ahead":
-                self._remove_ahead("uninstalled")
             if self.settings.mode != "manual":
-                unchain = self._unchain_standalone if self.settings.mode == "standalone" else self._unchain
-                if self._until_committed(unchain) is None:
+                self._remove_own((conflist.AHEAD_NAME,), "uninstalled")
+                rounds = [self._unchain_standalone] + ([] if self.settings.mode == "standalone" else [self._unchain])
+                if any(self._until_committed(unchain) is None for unchain in rounds):
                     self.log("error", "the CNI configuration kept changing; our entry may still be in it, so the "
                              "kubeconfig stays", dir=self.settings.cni_net_dir, attempts=COMMIT_ATTEMPTS)
                     return False
@@ -381,12 +409,10 @@ class Installer:
         unchained: list[str] = []
         complete = True
         for name, data in self._conf_files().items():
-            if name in conflist.OWN_NAMES:
+            parsed = None if name in conflist.OWN_NAMES else conflist.parse(name, data)
+            if parsed is None or not conflist.has_entry(parsed.document):
                 continue
             path = os.path.join(directory, name)
-            parsed = conflist.parse(name, data)
-            if parsed is None or not any(p.get("type") == PLUGIN_TYPE for p in parsed.document["plugins"]):
-                continue
             stem = path.rsplit(".", 1)[0]
             parked = [stem + ext + PARKED_SUFFIX for ext in (".conf", ".json")
                       if os.path.exists(stem + ext + PARKED_SUFFIX)]

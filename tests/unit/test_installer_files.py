@@ -14,6 +14,8 @@ from daemonset.install import Installer
 from tests.support.fake_clock import FakeClock
 from tests.support.installer import PLUGIN, Host
 
+ENTRY = {"type": "microgateway-cni"}
+
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cni"
 PRIMARIES = ["10-calico.conflist", "10-flannel.conflist", "05-cilium.conflist", "10-kindnet.conflist",
              "10-weave.conflist", "10-bridge.conf"]
@@ -242,6 +244,56 @@ def test_switching_modes_leaves_one_configuration_of_ours(host):
     chained = installer_for(host)
     assert chained.reconcile() == "written" and chained.ready()  # chained in place, then the copy goes
     assert not (host.net_dir / conflist.AHEAD_NAME).exists()
+    assert installer_for(host, MGW_MODE="ahead").reconcile() == "written"  # and the entry left in the primary goes
+    assert host.conf("10-flannel.conflist") == original
+
+
+@pytest.mark.parametrize(("before", "after", "left"), [
+    ("standalone", "chained", []),  # 05-microgateway-cni.conflist alone would be loaded before the primary
+    ("standalone", "ahead", [conflist.AHEAD_NAME]),
+    ("ahead", "standalone", [conflist.STANDALONE_NAME]),
+    ("ahead", "manual", []),  # a copy nobody keeps up to date would shadow the primary
+    ("standalone", "manual", [conflist.STANDALONE_NAME]),  # manual: the operator's own file may have that name
+])
+def test_a_new_mode_removes_the_files_of_the_old_one(host, before, after, left):
+    shutil.copy(FIXTURES / "10-calico.conflist", host.net_dir / "10-calico.conflist")
+    assert installer_for(host, MGW_MODE=before).reconcile() == "written"
+    installer_for(host, MGW_MODE=after).reconcile()
+    assert sorted(name for name in conflist.OWN_NAMES if (host.net_dir / name).exists()) == left
+
+
+@pytest.mark.parametrize("mode", ["chained", "ahead", "standalone"])
+def test_uninstall_removes_every_conflist_of_ours_whatever_wrote_it(host, mode):
+    shutil.copy(FIXTURES / "10-calico.conflist", host.net_dir / "10-calico.conflist")
+    original = host.conf("10-calico.conflist")
+    for earlier in ("chained", "standalone", "ahead"):
+        installer_for(host, MGW_MODE=earlier).chain()
+    (host.net_dir / conflist.STANDALONE_NAME).write_bytes(conflist.render(conflist.standalone(ENTRY)))
+    assert installer_for(host, MGW_MODE=mode).uninstall()
+    assert not [name for name in conflist.OWN_NAMES if (host.net_dir / name).exists()]
+    assert host.conf("10-calico.conflist") == original
+
+
+@pytest.mark.parametrize("torn", [b"", b'{"cniVersion": "0.3.1", "name": "k8s-pod-netw'])
+def test_ahead_copy_outlives_a_primary_written_in_place(host, torn):
+    primary = host.net_dir / "10-calico.conflist"
+    shutil.copy(FIXTURES / "10-calico.conflist", primary)
+    shutil.copy(FIXTURES / "10-flannel.conflist", host.net_dir / "20-flannel.conflist")
+    logged: list[tuple[str, str]] = []
+    installer = Installer(host.settings(MGW_MODE="ahead"), lambda level, msg, **f: logged.append((level, msg)))
+    assert installer.reconcile() == "written"
+    copy = (host.net_dir / conflist.AHEAD_NAME).read_bytes()
+    complete = primary.read_bytes()
+    primary.write_bytes(torn)  # its agent truncated it and has not written the rest yet
+    assert installer.reconcile() == "unchanged" and installer.reconcile() == "unchanged"
+    assert (host.net_dir / conflist.AHEAD_NAME).read_bytes() == copy  # not removed, not made from 20-flannel
+    assert [msg for level, msg in logged if level == "warn"] == [
+        "the primary CNI configuration does not parse; keeping the copy of its last complete version until it does"]
+    primary.write_bytes(complete.replace(b'"mtu": 0', b'"mtu": 1450'))
+    assert installer.reconcile() == "written" and installer.ready()
+    assert host.conf(conflist.AHEAD_NAME)["plugins"][0]["mtu"] == 1450
+    primary.unlink()  # removed, not rewritten: the next primary is the one the runtime would load now
+    assert installer.reconcile() == "written" and host.conf(conflist.AHEAD_NAME)["name"] == "cbr0"
 
 
 def test_ahead_copy_removed_by_another_agent_counts_as_a_revert(host):
