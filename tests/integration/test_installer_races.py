@@ -160,3 +160,61 @@ def test_uninstall_racing_an_agent_never_loses_its_write(tmp_path, capsys):
     assert final == agent_part(generation_doc(figures["last generation"], entry)), final
     assert not (host.net_dir / "microgateway-cni-kubeconfig").exists()
     assert not [p.name for p in host.net_dir.iterdir() if p.name.startswith(".")], "temp or set-aside files left"
+
+
+def ahead_daemon(node, host: Host, **extra: str) -> tuple[Path, Path, Daemon, dict[str, Any]]:
+    """The agent's first document, then the installer daemon in ahead mode, ready (its copy is in place):
+    the primary, the copy, the daemon and our entry."""
+    path = host.net_dir / "10-calico.conflist"
+    agent(path, "--start", "1", "--writes", "1")
+    daemon = Daemon(node, host, MGW_MODE="ahead", MGW_REPAIR_MODE="none", **extra)
+    assert wait_for(daemon.ready, timeout=15), daemon.log()
+    copy = host.net_dir / conflist.AHEAD_NAME
+    entry = host.settings().plugin_entry()
+    assert host.conf(conflist.AHEAD_NAME) == conflist.with_entry(generation_doc(1), entry)
+    return path, copy, daemon, entry
+
+
+def as_agent_wrote(gen: int) -> str:
+    """The agent's file, byte for byte, after its write of generation `gen`."""
+    return json.dumps(generation_doc(gen), indent=2)
+
+
+def metric(daemon: Daemon, name: str) -> float:
+    """One sample of the daemon's /metrics; 0 when the sample is not exported yet."""
+    for line in daemon.metrics().splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_ahead_copy_is_never_absent_or_behind_while_a_tight_loop_agent_rewrites_the_primary(node_host, tmp_path,
+                                                                                           capsys):
+    """The agent rewrites its file as fast as it can while the daemon keeps the copy; one reader watches the
+    copy (what libcni loads), another the primary. The installer never writes the primary, so the agent
+    loses nothing, and the copy holds our entry on every read."""
+    node, host = node_host
+    path, copy, daemon, entry = ahead_daemon(node, host)
+    copy_reader = Reader(copy, tmp_path / "stop-copy-reader")
+    primary_reader = Reader(path, tmp_path / "stop-primary-reader")
+    figures = agent(path, "--start", "2", "--writes", "3000")
+    last = figures["last generation"]
+    caught_up = wait_for(lambda: host.conf(conflist.AHEAD_NAME) == conflist.with_entry(generation_doc(last), entry),
+                         timeout=2, interval=0.01)
+    seen, primary_seen = copy_reader.figures(), primary_reader.figures()
+    reverts = metric(daemon, "microgateway_cni_reverts_seen_total")
+    log = daemon.log()
+    assert daemon.stop() == 0
+    installer = {"copies written": sum(e["message"] == "plugin chained ahead of the primary" for e in log),
+                 "reverts seen": reverts}
+    report(capsys, "ahead mode, tight loop", agent=figures, copy_reader=seen, primary_reader=primary_seen,
+           installer=installer)
+    assert caught_up, (last, host.conf(conflist.AHEAD_NAME)["plugins"][0]["mtu"])
+    assert figures["writes by the agent"] == 3000 and figures["lost"] == figures["foreign"] == 0, figures
+    assert figures["chained seen"] == primary_seen["chained seen"] == 0, (figures, primary_seen)
+    assert path.read_text() == as_agent_wrote(last)
+    assert seen["absent"] == seen["torn"] == seen["regressions"] == seen["duplicate entries"] == 0, seen
+    assert seen["chained seen"] == seen["reads"] > 0, seen
+    assert primary_seen["regressions"] == primary_seen["absent"] == 0, primary_seen
+    assert installer["copies written"] > 1 and reverts == 0, installer
+    assert not [p.name for p in host.net_dir.iterdir() if p.name.startswith(".")], "temp files left"
