@@ -198,6 +198,7 @@ def test_ahead_copy_is_never_absent_or_behind_while_a_tight_loop_agent_rewrites_
     path, copy, daemon, entry = ahead_daemon(node, host)
     copy_reader = Reader(copy, tmp_path / "stop-copy-reader")
     primary_reader = Reader(path, tmp_path / "stop-primary-reader")
+    node.processes += [copy_reader.proc, primary_reader.proc]  # stopped with the node if the test fails
     started = time.monotonic()
     figures = agent(path, "--start", "2", "--writes", "3000")
     agent_seconds = round(time.monotonic() - started, 2)
