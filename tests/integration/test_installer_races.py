@@ -11,13 +11,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from daemonset import conflist
 from daemonset.install import Installer
 from tests.support.installer import INSTALLER, Daemon, Host
-from tests.support.node import ROOT, wait_for
+from tests.support.node import ROOT, deleted_daemonset_fixture, wait_for
 from tests.support.programs.conf_agent import agent_part, generation, with_generation
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cni"
@@ -160,3 +161,173 @@ def test_uninstall_racing_an_agent_never_loses_its_write(tmp_path, capsys):
     assert final == agent_part(generation_doc(figures["last generation"], entry)), final
     assert not (host.net_dir / "microgateway-cni-kubeconfig").exists()
     assert not [p.name for p in host.net_dir.iterdir() if p.name.startswith(".")], "temp or set-aside files left"
+
+
+def ahead_daemon(node, host: Host, **extra: str) -> tuple[Path, Path, Daemon, dict[str, Any]]:
+    """The agent's first document, then the installer daemon in ahead mode, ready (its copy is in place):
+    the primary, the copy, the daemon and our entry."""
+    path = host.net_dir / "10-calico.conflist"
+    agent(path, "--start", "1", "--writes", "1")
+    daemon = Daemon(node, host, MGW_MODE="ahead", MGW_REPAIR_MODE="none", **extra)
+    assert wait_for(daemon.ready, timeout=15), daemon.log()
+    copy = host.net_dir / conflist.AHEAD_NAME
+    entry = host.settings().plugin_entry()
+    assert host.conf(conflist.AHEAD_NAME) == conflist.with_entry(generation_doc(1), entry)
+    return path, copy, daemon, entry
+
+
+def as_agent_wrote(gen: int) -> str:
+    """The agent's file, byte for byte, after its write of generation `gen`."""
+    return json.dumps(generation_doc(gen), indent=2)
+
+
+def metric(daemon: Daemon, name: str) -> float:
+    """One sample of the daemon's /metrics; 0 when the sample is not exported yet."""
+    for line in daemon.metrics().splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_ahead_copy_is_never_absent_or_behind_while_a_tight_loop_agent_rewrites_the_primary(node_host, tmp_path,
+                                                                                           capsys):
+    """The agent rewrites its file as fast as it can while the daemon keeps the copy; one reader watches the
+    copy (what libcni loads), another the primary. The installer never writes the primary, so the agent
+    loses nothing, and the copy holds our entry on every read."""
+    node, host = node_host
+    path, copy, daemon, entry = ahead_daemon(node, host)
+    copy_reader = Reader(copy, tmp_path / "stop-copy-reader")
+    primary_reader = Reader(path, tmp_path / "stop-primary-reader")
+    node.processes += [copy_reader.proc, primary_reader.proc]  # stopped with the node if the test fails
+    started = time.monotonic()
+    figures = agent(path, "--start", "2", "--writes", "3000")
+    agent_seconds = round(time.monotonic() - started, 2)
+    last = figures["last generation"]
+    started = time.monotonic()
+    caught_up = wait_for(lambda: host.conf(conflist.AHEAD_NAME) == conflist.with_entry(generation_doc(last), entry),
+                         timeout=2, interval=0.005)
+    catch_up_ms = round((time.monotonic() - started) * 1000)
+    copy_generation = generation(host.conf(conflist.AHEAD_NAME))
+    seen, primary_seen = copy_reader.figures(), primary_reader.figures()
+    reverts = metric(daemon, "microgateway_cni_reverts_seen_total")
+    log = daemon.log()
+    assert daemon.stop() == 0
+    installer = {"copies written": sum(e["message"] == "plugin chained ahead of the primary" for e in log),
+                 "reverts seen": reverts, "agent's run in s": agent_seconds,
+                 "ms from the agent's exit to the copy of its last write": catch_up_ms}
+    report(capsys, "ahead mode, tight loop", agent=figures, copy_reader=seen, primary_reader=primary_seen,
+           installer=installer)
+    assert caught_up, f"the copy stayed at generation {copy_generation}, the agent's last is {last}"
+    assert figures["writes by the agent"] == 3000 and figures["lost"] == figures["foreign"] == 0, figures
+    assert figures["chained seen"] == primary_seen["chained seen"] == 0, (figures, primary_seen)
+    assert path.read_text() == as_agent_wrote(last)
+    assert seen["absent"] == seen["torn"] == seen["regressions"] == seen["duplicate entries"] == 0, seen
+    assert seen["chained seen"] == seen["reads"] > 0, seen
+    assert primary_seen["regressions"] == primary_seen["absent"] == 0, primary_seen
+    assert installer["copies written"] > 1 and reverts == 0, installer
+    assert not [p.name for p in host.net_dir.iterdir() if p.name.startswith(".")], "temp files left"
+
+
+def live_daemonset() -> dict[str, dict[str, Any]]:
+    """The installer's DaemonSet, not being deleted: a SIGTERM is a restart and keeps everything installed."""
+    return {key: {**ds, "metadata": {k: v for k, v in ds["metadata"].items() if k != "deletionTimestamp"}}
+            for key, ds in deleted_daemonset_fixture().items()}
+
+
+def test_sigterm_uninstall_in_ahead_mode_removes_the_copy_while_the_agent_writes(node_host, tmp_path, capsys):
+    """The DaemonSet is deleted while the primary agent keeps rewriting its file: SIGTERM's uninstall removes
+    the copy, and no change event the agent causes afterwards brings it back; the agent's file is its own."""
+    node, host = node_host
+    node.write_daemonsets(deleted_daemonset_fixture())
+    path, copy, daemon, _ = ahead_daemon(node, host)
+    stop_agent = tmp_path / "stop-agent"
+    writer = subprocess.Popen([*AGENT, "agent", "--path", str(path), "--base", str(CALICO), "--start", "2",
+                               "--until", str(stop_agent)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    node.processes.append(writer)
+    assert wait_for(lambda: generation(host.conf(conflist.AHEAD_NAME)) > 100, timeout=15), daemon.log()
+    assert daemon.stop() == 0, daemon.log()
+    at_stop = generation(host.conf("10-calico.conflist"))
+    assert wait_for(lambda: generation(host.conf("10-calico.conflist")) > at_stop + 500, timeout=15)
+    copy_after_uninstall = copy.exists()
+    stop_agent.touch()
+    out, err = writer.communicate(timeout=60)
+    assert writer.returncode == 0, err
+    figures = json.loads(out.splitlines()[-1])
+    messages = [e["message"] for e in daemon.log()]
+    report(capsys, "ahead mode, uninstall while the agent writes", agent=figures)
+    assert "ahead copy removed: uninstalled" in messages and messages[-1].startswith("uninstalled"), messages
+    assert not copy_after_uninstall and not copy.exists()
+    assert figures["lost"] == figures["foreign"] == figures["chained seen"] == 0, figures
+    assert path.read_text() == as_agent_wrote(figures["last generation"])
+    assert not (host.net_dir / "microgateway-cni-kubeconfig").exists()
+    assert (host.bin_dir / "microgateway-cni").exists()
+    assert not [p.name for p in host.net_dir.iterdir() if p.name.startswith(".")], "temp files left"
+
+
+def test_ahead_copy_deleted_again_and_again_counts_reverts_and_backs_off(node_host):
+    """Another agent deleting our copy is a revert, as it is for our entry in chained mode: counted in
+    /metrics, logged, and past the threshold warned about and backed off. The primary is never written."""
+    node, host = node_host
+    path, copy, daemon, entry = ahead_daemon(node, host, MGW_REVERT_WARNING_THRESHOLD="3")
+    for _ in range(6):
+        copy.unlink()
+        assert wait_for(lambda: copy.exists() and conflist.is_chained(host.conf(conflist.AHEAD_NAME), entry),
+                        timeout=15), daemon.log()
+    reverts = metric(daemon, "microgateway_cni_reverts_seen_total")
+    log = daemon.log()
+    assert daemon.stop() == 0
+    removed = [e for e in log if e["message"].startswith("chained entry was removed by another agent")]
+    warned = [e for e in log if e["level"] == "WARNING" and e["message"].startswith(f"{copy} was reverted")]
+    assert reverts == 6, [e["message"] for e in log]
+    assert len(removed) == 6 and {e["conflist"] for e in removed} == {str(copy)}, removed
+    assert [e["reverts"] for e in warned] == [3, 4, 5, 6], warned
+    assert path.read_text() == as_agent_wrote(1)
+
+
+def test_blocked_by_a_primary_that_sorts_first_then_chained_then_gone(node_host):
+    """What the daemon shows for the copy's lifecycle: a primary libcni would load before our copy blocks
+    ahead mode (error log naming it, not ready, 'blocked' in /metrics, no copy); renamed to sort after,
+    the copy follows; removed, the copy goes with it and the node is not ready."""
+    node, host = node_host
+    early = host.net_dir / "00-calico.conflist"
+    agent(early, "--start", "1", "--writes", "1")
+    daemon = Daemon(node, host, MGW_MODE="ahead", MGW_REPAIR_MODE="none")
+    copy = host.net_dir / conflist.AHEAD_NAME
+    entry = host.settings().plugin_entry()
+
+    def blocked_errors() -> list[dict[str, Any]]:
+        return [e for e in daemon.log() if e["message"] == "cannot chain ahead of the primary"]
+
+    assert wait_for(lambda: blocked_errors(), timeout=15), daemon.log()
+    assert "00-calico.conflist" in blocked_errors()[0]["error"] and blocked_errors()[0]["level"] == "ERROR"
+    assert metric(daemon, 'microgateway_cni_installs_total{result="blocked"}') >= 1
+    assert not daemon.ready() and not copy.exists()
+    path = host.net_dir / "10-calico.conflist"
+    os.rename(early, path)
+    assert wait_for(daemon.ready, timeout=15), daemon.log()
+    assert host.conf(conflist.AHEAD_NAME) == conflist.with_entry(generation_doc(1), entry)
+    path.unlink()
+    assert wait_for(lambda: not copy.exists(), timeout=15), daemon.log()
+    assert not daemon.ready()
+    messages = [e["message"] for e in daemon.log()]
+    assert daemon.stop() == 0
+    assert "ahead copy removed: no primary CNI configuration left" in messages, messages
+    assert len(blocked_errors()) == 1, "the same reason is logged once"
+
+
+def test_switching_from_ahead_to_chained_chains_the_primary_in_place_and_removes_the_copy(node_host):
+    """A restart with MGW_MODE=chained (the DaemonSet stays, so the old installer leaves its copy): the new
+    one writes our entry into the primary before it removes the copy."""
+    node, host = node_host
+    node.write_daemonsets(live_daemonset())
+    path, copy, daemon, entry = ahead_daemon(node, host)
+    assert daemon.stop() == 0
+    assert copy.exists() and path.read_text() == as_agent_wrote(1)
+    daemon = Daemon(node, host, MGW_MODE="chained", MGW_REPAIR_MODE="none")
+    assert wait_for(daemon.ready, timeout=15), daemon.log()
+    assert wait_for(lambda: not copy.exists(), timeout=5), daemon.log()
+    messages = [e["message"] for e in daemon.log()]
+    assert daemon.stop() == 0
+    assert host.conf("10-calico.conflist") == conflist.with_entry(generation_doc(1), entry)
+    assert messages.index("plugin chained") < messages.index("ahead copy removed: another mode is configured")
