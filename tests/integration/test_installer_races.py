@@ -256,7 +256,8 @@ def test_sigterm_uninstall_in_ahead_mode_removes_the_copy_while_the_agent_writes
     figures = json.loads(out.splitlines()[-1])
     messages = [e["message"] for e in daemon.log()]
     report(capsys, "ahead mode, uninstall while the agent writes", agent=figures)
-    assert "ahead copy removed: uninstalled" in messages and messages[-1].startswith("uninstalled"), messages
+    assert f"removed our {conflist.AHEAD_NAME}: uninstalled" in messages, messages
+    assert messages[-1].startswith("uninstalled"), messages
     assert not copy_after_uninstall and not copy.exists()
     assert figures["lost"] == figures["foreign"] == figures["chained seen"] == 0, figures
     assert path.read_text() == as_agent_wrote(figures["last generation"])
@@ -312,7 +313,7 @@ def test_blocked_by_a_primary_that_sorts_first_then_chained_then_gone(node_host)
     assert not daemon.ready()
     messages = [e["message"] for e in daemon.log()]
     assert daemon.stop() == 0
-    assert "ahead copy removed: no primary CNI configuration left" in messages, messages
+    assert f"removed our {conflist.AHEAD_NAME}: no primary CNI configuration left" in messages, messages
     assert len(blocked_errors()) == 1, "the same reason is logged once"
 
 
@@ -330,4 +331,4 @@ def test_switching_from_ahead_to_chained_chains_the_primary_in_place_and_removes
     messages = [e["message"] for e in daemon.log()]
     assert daemon.stop() == 0
     assert host.conf("10-calico.conflist") == conflist.with_entry(generation_doc(1), entry)
-    assert messages.index("plugin chained") < messages.index("ahead copy removed: another mode is configured")
+    assert messages.index("plugin chained") < messages.index(f"removed our {conflist.AHEAD_NAME}: MGW_MODE=chained")
