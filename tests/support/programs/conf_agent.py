@@ -7,6 +7,10 @@ entry added; an older generation means the installer wrote back a document the a
 replaced - a lost update. The reader checks the same from outside, on every document it sees: the
 generation never goes back.
 
+With --burst, the agent pauses after every that many writes until the installer has followed: by our
+entry in the agent's own file (chained mode), or with --copy by the installer's own copy holding the
+agent's latest generation with our entry (ahead mode, which never writes the agent's file).
+
 Both print one JSON line of figures when they finish.
 """
 
@@ -43,6 +47,11 @@ def ours(document: dict[str, Any]) -> int:
     return sum(p.get("type") == PLUGIN_TYPE for p in document["plugins"])
 
 
+def chained(document: dict[str, Any]) -> bool:
+    """Our entry once, and last."""
+    return ours(document) == 1 and document["plugins"][-1].get("type") == PLUGIN_TYPE
+
+
 def write_atomic(path: Path, document: dict[str, Any]) -> None:
     temp = path.with_name(f".{path.name}.agent.tmp")
     temp.write_text(json.dumps(document, indent=2))
@@ -74,18 +83,34 @@ class Reading:
                 if time.monotonic() > deadline:
                     raise
                 continue
-            count = ours(document)
-            self.chained += count == 1 and document["plugins"][-1].get("type") == PLUGIN_TYPE
-            self.duplicates += count > 1
+            self.chained += chained(document)
+            self.duplicates += ours(document) > 1
             return document
+
+
+def followed(reading: Reading, path: Path, gen: int, copy: Path | None) -> bool:
+    """Whether the installer followed generation `gen` within the deadline: our entry in the agent's file,
+    or with `copy`, that generation with our entry in the installer's copy."""
+    deadline = time.monotonic() + READ_DEADLINE_SECONDS
+    while True:
+        if copy is None:
+            done = ours(reading.read(path)) == 1
+        else:
+            document = reading.read(copy)  # the installer's first copy, of the base document, has no generation
+            done = "mtu" in document["plugins"][0] and generation(document) == gen and chained(document)
+        if done or time.monotonic() >= deadline:
+            return done
+        time.sleep(0.001)
 
 
 def run_agent(args: argparse.Namespace) -> dict[str, Any]:
     """Write generations 1..; before each write, check the previous one was not lost."""
     path = Path(args.path)
+    copy = Path(args.copy) if args.copy else None
     base = json.loads(Path(args.base).read_text())
     entry = json.loads(args.entry) if args.entry else None
     reading = Reading()
+    copy_reading = Reading()
     lost: list[str] = []
     foreign = rechained = not_rechained = writes = 0
     written: dict[str, Any] | None = None
@@ -104,17 +129,16 @@ def run_agent(args: argparse.Namespace) -> dict[str, Any]:
         writes += 1
         if args.burst and writes % args.burst == 0:
             # Let the installer re-chain this document before the next burst races it.
-            deadline = time.monotonic() + READ_DEADLINE_SECONDS
-            while ours(reading.read(path)) != 1 and time.monotonic() < deadline:
-                time.sleep(0.001)
-            if ours(reading.read(path)) == 1:
+            if followed(copy_reading if copy else reading, path, gen, copy):
                 rechained += 1
             else:
                 not_rechained += 1
+    copy_figures = {"copy reads": copy_reading.reads, "copy absent": copy_reading.absent,
+                    "copy torn": copy_reading.torn} if copy else {}
     return {"writes by the agent": writes, "last generation": gen, "lost": len(lost), "lost examples": lost[:5],
             "foreign": foreign, "bursts re-chained": rechained, "bursts not re-chained": not_rechained,
             "reads": reading.reads, "absent": reading.absent, "torn": reading.torn, "chained seen": reading.chained,
-            "duplicate entries": reading.duplicates}
+            "duplicate entries": reading.duplicates, **copy_figures}
 
 
 def run_reader(args: argparse.Namespace) -> dict[str, Any]:
@@ -144,6 +168,8 @@ def main() -> None:
     agent.add_argument("--until", help="stop when this file exists")
     agent.add_argument("--burst", type=int, default=0, help="wait for the installer's entry after this many writes")
     agent.add_argument("--entry", help="JSON of our entry, for an agent whose template includes it")
+    agent.add_argument("--copy", help="after a burst, wait for the installer's copy of the agent's file here "
+                       "(ahead mode) instead of our entry in the agent's file")
     reader = sub.add_parser("reader")
     reader.add_argument("--path", required=True)
     reader.add_argument("--until", required=True)
