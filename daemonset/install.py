@@ -265,8 +265,8 @@ class Installer:
             self.chained_paths.add(self.ahead_path)
             self.log("info", "plugin chained ahead of the primary", conflist=self.ahead_path, primary=primary.name)
             result = "written"
-        if any(conflist.has_entry(p.document) for name, data in snapshot.items()
-               if name not in conflist.OWN_NAMES and (p := conflist.parse(name, data)) is not None):
+        if any(conflist.has_entry(parsed.document) for name, raw in snapshot.items()
+               if name not in conflist.OWN_NAMES and (parsed := conflist.parse(name, raw)) is not None):
             # An entry chained mode left in a primary: with the copy in place, the primary goes back to its
             # agent's document (conditionally, as every write of a file we do not own).
             self._until_committed(self._unchain)
