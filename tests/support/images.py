@@ -291,6 +291,26 @@ def _build(version: str, context: Path, pip_conf: Path) -> None:
                            f"{log.read_text()[-4000:]}")
 
 
+def _forget_other_inputs(inputs_key: str) -> None:
+    """Remove every project image (and the layers only they use) built from other inputs than these.
+
+    vfs keeps a full tree per layer, so each change of the inputs would leave about a gigabyte behind.
+    Images of these inputs stay: another version is built from their layer cache, its builder stage too.
+    """
+    marker = BUILDAH / f"inputs-{inputs_key}"
+    if marker.exists():
+        return
+    stale = buildah("images", "--format", "{{.Name}}:{{.Tag}}", "--filter",
+                    f"reference={PROJECT}").split()
+    progress(f"removing {len(stale)} project image(s) of earlier inputs and their layers from build/buildah")
+    if stale:
+        buildah("rmi", *stale)
+    buildah("rmi", "--prune")
+    for old in BUILDAH.glob("inputs-*"):
+        old.unlink()
+    marker.touch()
+
+
 def project_archive(version: str = "0.1.0") -> Path:
     """The project's image built from the Dockerfile with buildah, exported as an OCI archive.
 
@@ -299,12 +319,13 @@ def project_archive(version: str = "0.1.0") -> Path:
     differs only in its version label and name. That cache does not key the LABEL step on the build
     argument (buildah 1.28), so the version label is also given on the command line.
     """
-    inputs = [ROOT / name for name in BUILD_INPUTS]
-    key = input_hash(repr((version, SUITE, DPKG_OPTIONS, BUILD_FLAGS, "version label")), [*inputs, Path(oci.__file__)])
+    inputs = [*(ROOT / name for name in BUILD_INPUTS), Path(oci.__file__)]
+    key = input_hash(repr((version, SUITE, DPKG_OPTIONS, BUILD_FLAGS, "version label")), inputs)
 
     def build(dest: Path) -> None:
         BUILDAH.mkdir(parents=True, exist_ok=True)
         _debian_base()
+        _forget_other_inputs(input_hash(repr((SUITE, DPKG_OPTIONS, BUILD_FLAGS)), inputs))
         with scratch_dir("context-") as tmp:
             _context(tmp / "context")
             _pip_conf(tmp / "pip.conf")
@@ -314,9 +335,5 @@ def project_archive(version: str = "0.1.0") -> Path:
                 buildah("rm", "--all")
         buildah("push", "--quiet", project_image(version), f"oci-archive:{dest}:{project_image(version)}")
         oci.set_name(dest, project_image(version))  # buildah writes only the OCI ref name
-        # The image this tag named before and the layers only it used: vfs keeps a full tree per layer,
-        # so every change of the inputs would otherwise leave about a gigabyte behind.
-        progress("removing images no tag uses any more from build/buildah")
-        buildah("rmi", "--prune")
 
     return cached(f"microgateway-cni-{version}", key, build)
