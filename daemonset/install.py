@@ -22,7 +22,6 @@ REVERT_WINDOW_SECONDS = 60.0
 COMMIT_ATTEMPTS = 10  # read-derive-commit rounds of one chain() or uninstall() while others keep changing files
 VERIFY_TIMEOUT_SECONDS = 30.0
 T = TypeVar("T")
-OWN_FILE = {"ahead": conflist.AHEAD_NAME, "standalone": conflist.STANDALONE_NAME}  # the conflist a mode keeps
 
 
 def kubeconfig_document(server: str, ca_pem: bytes, token: str) -> dict[str, Any]:
@@ -185,7 +184,7 @@ class Installer:
             if self._uninstalled:
                 return "unchanged"
             if mode == "manual":
-                self._remove_own((conflist.AHEAD_NAME,), "MGW_MODE=manual")  # a stale copy would shadow the primary
+                self._remove_copy("MGW_MODE=manual")  # a stale copy would shadow the primary
                 return "unchanged"
             files.restore_set_aside(self.settings.cni_net_dir)
             if mode == "standalone":
@@ -197,8 +196,7 @@ class Installer:
                 self._back_off_if_reverted()
                 result = self._until_committed(self._chain_primary)
             if result in ("written", "unchanged"):
-                # Files of ours from another mode: the runtime would load them before (or instead of) this one.
-                self._remove_own(tuple(n for n in conflist.OWN_NAMES if n != OWN_FILE.get(mode)), f"MGW_MODE={mode}")
+                self._remove_other_modes_files(mode)
             if result is None:
                 self.log("warn", "the CNI configuration kept changing while we chained it; retrying on the next "
                          "change", dir=self.settings.cni_net_dir, attempts=COMMIT_ATTEMPTS)
@@ -245,11 +243,11 @@ class Installer:
             return "unchanged"
         self._unparsable = None
         if primary is None:
-            self._remove_own((conflist.AHEAD_NAME,), "no primary CNI configuration left")
+            self._remove_copy("no primary CNI configuration left")
             return "waiting"
         document = conflist.ahead(primary, self.settings.plugin_entry())
         if document is None:
-            self._remove_own((conflist.AHEAD_NAME,), "the primary's file sorts before it")
+            self._remove_copy("the primary's file sorts before it")
             reason = (f"the primary CNI configuration {primary.name} sorts before {conflist.AHEAD_NAME}, so the "
                       "runtime would never load our copy; use MGW_MODE=chained")
             if reason != self.blocked:
@@ -272,13 +270,19 @@ class Installer:
             self._until_committed(self._unchain)
         return result
 
-    def _remove_own(self, names: tuple[str, ...], why: str) -> None:
-        """Remove conflists of ours by name (they are ours: unconditionally)."""
-        for name in names:
-            path = os.path.join(self.settings.cni_net_dir, name)
-            if files.remove(path):
-                self.chained_paths.discard(path)
-                self.log("info", f"removed our {name}: {why}", conflist=path)
+    def _remove_copy(self, why: str) -> None:
+        """Remove ahead mode's copy: ours alone, so unconditionally."""
+        if files.remove(self.ahead_path):
+            self.chained_paths.discard(self.ahead_path)
+            self.log("info", f"removed our {conflist.AHEAD_NAME}: {why}", conflist=self.ahead_path)
+
+    def _remove_other_modes_files(self, mode: str) -> None:
+        """Conflists another mode left: the runtime would load them before (or instead of) this mode's."""
+        if mode != "ahead":
+            self._remove_copy(f"MGW_MODE={mode}")
+        removed = [] if mode == "standalone" else self._until_committed(self._unchain_standalone)
+        if removed:
+            self.log("info", f"removed our {conflist.STANDALONE_NAME}: MGW_MODE={mode}", conflist=self.standalone_path)
 
     def _chain_primary(self) -> str | None:
         """One round: 'waiting', 'unchanged' or 'written'; None when a file changed under us."""
@@ -384,7 +388,7 @@ class Installer:
             self._uninstalled = True
             files.restore_set_aside(self.settings.cni_net_dir)
             if self.settings.mode != "manual":
-                self._remove_own((conflist.AHEAD_NAME,), "uninstalled")
+                self._remove_copy("uninstalled")
                 rounds = [self._unchain_standalone] + ([] if self.settings.mode == "standalone" else [self._unchain])
                 if any(self._until_committed(unchain) is None for unchain in rounds):
                     self.log("error", "the CNI configuration kept changing; our entry may still be in it, so the "
