@@ -11,7 +11,7 @@ from pathlib import Path
 
 from daemonset import conflist
 from tests.support.installer import Daemon
-from tests.support.node import deleted_daemonset_fixture, pod_fixture, wait_for
+from tests.support.node import daemonset_fixture, pod_fixture, wait_for
 from tests.support.pods import client_pod, target
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cni"
@@ -66,7 +66,7 @@ def test_reinserts_after_rewrites_and_renames_and_follows_token_rotation(node_ho
 def test_sigterm_uninstalls_when_the_daemonset_is_deleted(node_host):
     node, host = node_host
     shutil.copy(FIXTURES / "10-calico.conflist", host.net_dir / "10-calico.conflist")
-    node.write_daemonsets(deleted_daemonset_fixture())
+    node.write_daemonsets(daemonset_fixture())
     daemon = Daemon(node, host, MGW_REPAIR_MODE="none")
     assert wait_for(daemon.ready, timeout=15)
     assert daemon.stop() == 0, daemon.log()

@@ -18,7 +18,7 @@ from typing import Any
 from daemonset import conflist
 from daemonset.install import Installer
 from tests.support.installer import INSTALLER, Daemon, Host
-from tests.support.node import ROOT, deleted_daemonset_fixture, wait_for
+from tests.support.node import ROOT, daemonset_fixture, wait_for
 from tests.support.programs.conf_agent import agent_part, generation, with_generation
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cni"
@@ -181,14 +181,6 @@ def as_agent_wrote(gen: int) -> str:
     return json.dumps(generation_doc(gen), indent=2)
 
 
-def metric(daemon: Daemon, name: str) -> float:
-    """One sample of the daemon's /metrics; 0 when the sample is not exported yet."""
-    for line in daemon.metrics().splitlines():
-        if line.startswith(f"{name} "):
-            return float(line.split()[1])
-    return 0.0
-
-
 def test_ahead_copy_is_never_absent_or_behind_while_a_tight_loop_agent_rewrites_the_primary(node_host, tmp_path,
                                                                                            capsys):
     """The agent rewrites its file as fast as it can while the daemon keeps the copy; one reader watches the
@@ -209,7 +201,7 @@ def test_ahead_copy_is_never_absent_or_behind_while_a_tight_loop_agent_rewrites_
     catch_up_ms = round((time.monotonic() - started) * 1000)
     copy_generation = generation(host.conf(conflist.AHEAD_NAME))
     seen, primary_seen = copy_reader.figures(), primary_reader.figures()
-    reverts = metric(daemon, "microgateway_cni_reverts_seen_total")
+    reverts = daemon.sample("microgateway_cni_reverts_seen_total")
     log = daemon.log()
     assert daemon.stop() == 0
     installer = {"copies written": sum(e["message"] == "plugin chained ahead of the primary" for e in log),
@@ -228,17 +220,11 @@ def test_ahead_copy_is_never_absent_or_behind_while_a_tight_loop_agent_rewrites_
     assert not [p.name for p in host.net_dir.iterdir() if p.name.startswith(".")], "temp files left"
 
 
-def live_daemonset() -> dict[str, dict[str, Any]]:
-    """The installer's DaemonSet, not being deleted: a SIGTERM is a restart and keeps everything installed."""
-    return {key: {**ds, "metadata": {k: v for k, v in ds["metadata"].items() if k != "deletionTimestamp"}}
-            for key, ds in deleted_daemonset_fixture().items()}
-
-
 def test_sigterm_uninstall_in_ahead_mode_removes_the_copy_while_the_agent_writes(node_host, tmp_path, capsys):
     """The DaemonSet is deleted while the primary agent keeps rewriting its file: SIGTERM's uninstall removes
     the copy, and no change event the agent causes afterwards brings it back; the agent's file is its own."""
     node, host = node_host
-    node.write_daemonsets(deleted_daemonset_fixture())
+    node.write_daemonsets(daemonset_fixture())
     path, copy, daemon, _ = ahead_daemon(node, host)
     stop_agent = tmp_path / "stop-agent"
     writer = subprocess.Popen([*AGENT, "agent", "--path", str(path), "--base", str(CALICO), "--start", "2",
@@ -275,7 +261,7 @@ def test_ahead_copy_deleted_again_and_again_counts_reverts_and_backs_off(node_ho
         copy.unlink()
         assert wait_for(lambda: copy.exists() and conflist.is_chained(host.conf(conflist.AHEAD_NAME), entry),
                         timeout=15), daemon.log()
-    reverts = metric(daemon, "microgateway_cni_reverts_seen_total")
+    reverts = daemon.sample("microgateway_cni_reverts_seen_total")
     log = daemon.log()
     assert daemon.stop() == 0
     removed = [e for e in log if e["message"].startswith("chained entry was removed by another agent")]
@@ -302,7 +288,7 @@ def test_blocked_by_a_primary_that_sorts_first_then_chained_then_gone(node_host)
 
     assert wait_for(lambda: blocked_errors(), timeout=15), daemon.log()
     assert "00-calico.conflist" in blocked_errors()[0]["error"] and blocked_errors()[0]["level"] == "ERROR"
-    assert metric(daemon, 'microgateway_cni_installs_total{result="blocked"}') >= 1
+    assert daemon.sample('microgateway_cni_installs_total{result="blocked"}') >= 1
     assert not daemon.ready() and not copy.exists()
     path = host.net_dir / "10-calico.conflist"
     os.rename(early, path)
@@ -321,7 +307,7 @@ def test_switching_from_ahead_to_chained_chains_the_primary_in_place_and_removes
     """A restart with MGW_MODE=chained (the DaemonSet stays, so the old installer leaves its copy): the new
     one writes our entry into the primary before it removes the copy."""
     node, host = node_host
-    node.write_daemonsets(live_daemonset())
+    node.write_daemonsets(daemonset_fixture(deleted=False))
     path, copy, daemon, entry = ahead_daemon(node, host)
     assert daemon.stop() == 0
     assert copy.exists() and path.read_text() == as_agent_wrote(1)

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from tests.support.installer import Daemon, Host
-from tests.support.node import deleted_daemonset_fixture, wait_for
+from tests.support.node import daemonset_fixture, wait_for
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cni"
 OTHER_API_PORT = "6444"
@@ -37,7 +37,7 @@ def certificate_from_another_ca(directory: Path) -> tuple[Path, Path]:
 
 def test_refuses_an_api_server_whose_certificate_another_ca_signed_and_says_why(node, capsys):
     cert, key = certificate_from_another_ca(node.dir)
-    node.write_daemonsets(deleted_daemonset_fixture())
+    node.write_daemonsets(daemonset_fixture())
     node.spawn(node.netns, [sys.executable, "-m", "tests.support.kubeapi", "--port", OTHER_API_PORT,
                             "--cert", str(cert), "--key", str(key), "--token", node.token,
                             "--fixtures", str(node.fixtures), "--journal", str(node.journal)])

@@ -85,6 +85,13 @@ class Daemon:
                               check=check)
         return done.stdout if done.returncode == 0 else ""
 
+    def sample(self, name: str) -> float:
+        """One sample of /metrics, e.g. 'microgateway_cni_installs_total{result="blocked"}'; 0 while not exported."""
+        for line in self.metrics().splitlines():
+            if line.startswith(f"{name} "):
+                return float(line.split()[1])
+        return 0.0
+
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout=20)

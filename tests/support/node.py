@@ -92,12 +92,12 @@ def pod_fixture(name: str, namespace: str = "default", protected: bool = True,
             "status": {"phase": "Pending"}}
 
 
-def deleted_daemonset_fixture() -> dict[str, Any]:
-    """The installer's own DaemonSet, being deleted: its SIGTERM then uninstalls."""
+def daemonset_fixture(deleted: bool = True) -> dict[str, Any]:
+    """The installer's own DaemonSet: being deleted, its SIGTERM uninstalls; else SIGTERM is a restart."""
+    deleting = {"deletionTimestamp": "2026-11-22T00:00:00Z"} if deleted else {}
     return {"kube-system/microgateway-cni": {
         "apiVersion": "apps/v1", "kind": "DaemonSet",
-        "metadata": {"name": "microgateway-cni", "namespace": "kube-system", "uid": "ds-uid",
-                     "deletionTimestamp": "2026-11-22T00:00:00Z"},
+        "metadata": {"name": "microgateway-cni", "namespace": "kube-system", "uid": "ds-uid", **deleting},
         "spec": {"selector": {"matchLabels": {"app": "microgateway-cni"}},
                  "template": {"metadata": {"labels": {"app": "microgateway-cni"}},
                               "spec": {"containers": [{"name": "installer", "image": "microgateway-cni"}]}}}}}
