@@ -229,21 +229,31 @@ def buildah(*args: str) -> str:
     return done.stdout
 
 
-def _debian_base() -> None:
-    """BASE in buildah's storage, made once per recipe (a marker under build/buildah says which)."""
-    config = oci.ImageConfig(cmd=["bash"])
-    marker = BUILDAH / f"base-{input_hash(repr((SUITE, 'minbase', DPKG_OPTIONS, config)), [Path(oci.__file__)])}"
+def _once(kind: str, key: str, work: Callable[[], None]) -> None:
+    """Run work once per key of its kind in buildah's storage; a marker under build/buildah says which key."""
+    marker = BUILDAH / f"{kind}-{key}"
     if marker.exists():
         return
+    work()
+    for stale in BUILDAH.glob(f"{kind}-*"):
+        stale.unlink()
+    marker.touch()
+
+
+def _debian_base() -> None:
+    """BASE in buildah's storage, made once per recipe."""
+    config = oci.ImageConfig(cmd=["bash"])
+    _once("base", input_hash(repr((SUITE, "minbase", DPKG_OPTIONS, config)), [Path(oci.__file__)]),
+          lambda: _make_debian_base(config))
+
+
+def _make_debian_base(config: oci.ImageConfig) -> None:
     with scratch_dir("base-") as tmp:
         progress(f"making {BASE} with mmdebstrap (minbase {SUITE})")
         debian_tree(tmp / "rootfs", "minbase", [])
         oci.write_image(tmp / "base.tar", BASE, config, trees=[tmp / "rootfs"])
         image_id = buildah("pull", "--quiet", f"oci-archive:{tmp / 'base.tar'}").strip()
         buildah("tag", image_id, BASE)
-    for stale in BUILDAH.glob("base-*"):
-        stale.unlink()
-    marker.touch()
 
 
 def _pip_conf(dest: Path) -> None:
@@ -291,24 +301,17 @@ def _build(version: str, context: Path, pip_conf: Path) -> None:
                            f"{log.read_text()[-4000:]}")
 
 
-def _forget_other_inputs(inputs_key: str) -> None:
-    """Remove every project image (and the layers only they use) built from other inputs than these.
+def _forget_project_images() -> None:
+    """Remove every project image and the layers only they use; run once per set of inputs (_once).
 
     vfs keeps a full tree per layer, so each change of the inputs would leave about a gigabyte behind.
-    Images of these inputs stay: another version is built from their layer cache, its builder stage too.
+    Images of the current inputs stay: another version is built from their layer cache, its builder stage too.
     """
-    marker = BUILDAH / f"inputs-{inputs_key}"
-    if marker.exists():
-        return
-    stale = buildah("images", "--format", "{{.Name}}:{{.Tag}}", "--filter",
-                    f"reference={PROJECT}").split()
+    stale = buildah("images", "--format", "{{.Name}}:{{.Tag}}", "--filter", f"reference={PROJECT}").split()
     progress(f"removing {len(stale)} project image(s) of earlier inputs and their layers from build/buildah")
     if stale:
         buildah("rmi", *stale)
     buildah("rmi", "--prune")
-    for old in BUILDAH.glob("inputs-*"):
-        old.unlink()
-    marker.touch()
 
 
 def project_archive(version: str = "0.1.0") -> Path:
@@ -325,7 +328,7 @@ def project_archive(version: str = "0.1.0") -> Path:
     def build(dest: Path) -> None:
         BUILDAH.mkdir(parents=True, exist_ok=True)
         _debian_base()
-        _forget_other_inputs(input_hash(repr((SUITE, DPKG_OPTIONS, BUILD_FLAGS)), inputs))
+        _once("inputs", input_hash(repr((SUITE, DPKG_OPTIONS, BUILD_FLAGS)), inputs), _forget_project_images)
         with scratch_dir("context-") as tmp:
             _context(tmp / "context")
             _pip_conf(tmp / "pip.conf")
