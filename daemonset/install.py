@@ -79,6 +79,7 @@ class Installer:
         self.reverts: deque[float] = deque()
         self._lock = threading.RLock()  # the watch thread's reconcile and SIGTERM's uninstall never interleave
         self._uninstalled = False
+        self._warned_fallback = False
 
     # -- paths -------------------------------------------------------------------------------------
     @property
@@ -186,7 +187,7 @@ class Installer:
             if mode == "manual":
                 self._remove_copy("MGW_MODE=manual")  # a stale copy would shadow the primary
                 return "unchanged"
-            files.restore_set_aside(self.settings.cni_net_dir)
+            self._recover()
             if mode == "standalone":
                 result = self._until_committed(self._chain_standalone)
             elif mode == "ahead":
@@ -197,6 +198,7 @@ class Installer:
                 result = self._until_committed(self._chain_primary)
             if result in ("written", "unchanged"):
                 self._remove_other_modes_files(mode)
+            self._warn_once_if_exchange_refused()
             if result is None:
                 self.log("warn", "the CNI configuration kept changing while we chained it; retrying on the next "
                          "change", dir=self.settings.cni_net_dir, attempts=COMMIT_ATTEMPTS)
@@ -216,6 +218,19 @@ class Installer:
             self.log("debug", "the CNI configuration changed between our read and our commit; re-reading",
                      dir=self.settings.cni_net_dir)
         return None
+
+    def _recover(self) -> None:
+        """Finish what a killed installer left half done in the conf dir."""
+        for name in files.recover(self.settings.cni_net_dir):
+            self.log("info", "put back a CNI configuration an interrupted write had displaced", conflist=name)
+
+    def _warn_once_if_exchange_refused(self) -> None:
+        fallback = files.exchange_fallback()
+        if fallback is not None and not self._warned_fallback:
+            self._warned_fallback = True
+            self.log("warn", "the filesystem of the CNI conf dir refuses RENAME_EXCHANGE; files of other agents "
+                     "are replaced by moving them aside, which leaves the runtime without a configuration for an "
+                     "instant", error=fallback)
 
     def _chain_standalone(self) -> str | None:
         data = conflist.render(conflist.standalone(self.settings.plugin_entry()))
@@ -296,20 +311,18 @@ class Installer:
         directory = self.settings.cni_net_dir
         target = os.path.join(directory, conflist.target_name(primary))
         data = conflist.render(conflist.with_entry(primary.document, entry))
-        source = os.path.join(directory, primary.name)
         if not primary.was_single:
             if not files.replace_if_unchanged(target, primary.raw, data):
                 return None
         else:
-            # Park the single-plugin file, then link the .conflist in: meanwhile a reader finds no primary
-            # at most, never our .conflist beside a newer single-plugin file.
-            parked = source + PARKED_SUFFIX
-            if not files.move_if_unchanged(source, primary.raw, parked):
-                return None
-            # The .conflist beside it (ours from before, or absent) must also still be what we read.
+            # Our .conflist first (the .conf sorts before it and is still the one loaded), then the .conf
+            # parked: one of the two is always there. The .conflist beside it (ours from before, or absent)
+            # must also still be what we read.
             if not _write_if_unchanged(target, snapshot.get(conflist.target_name(primary)), data):
-                files.put_back(parked, source)
                 return None
+            if not files.move_if_unchanged(os.path.join(directory, primary.name), primary.raw,
+                                           os.path.join(directory, primary.name + PARKED_SUFFIX)):
+                return None  # the agent rewrote its .conf: it still wins; the next round derives from it
         self.chained_paths.add(target)
         self.log("info", "plugin chained", conflist=target, primary=primary.name)
         return "written"
@@ -386,11 +399,13 @@ class Installer:
         """
         with self._lock:
             self._uninstalled = True
-            files.restore_set_aside(self.settings.cni_net_dir)
+            self._recover()
             if self.settings.mode != "manual":
                 self._remove_copy("uninstalled")
                 rounds = [self._unchain_standalone] + ([] if self.settings.mode == "standalone" else [self._unchain])
-                if any(self._until_committed(unchain) is None for unchain in rounds):
+                unfinished = any(self._until_committed(unchain) is None for unchain in rounds)
+                self._warn_once_if_exchange_refused()
+                if unfinished:
                     self.log("error", "the CNI configuration kept changing; our entry may still be in it, so the "
                              "kubeconfig stays", dir=self.settings.cni_net_dir, attempts=COMMIT_ATTEMPTS)
                     return False

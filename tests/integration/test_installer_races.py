@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from daemonset import conflist
+import pytest
+
+from daemonset import conflist, files
 from daemonset.install import Installer
 from tests.support.installer import INSTALLER, Daemon, Host
 from tests.support.node import ROOT, daemonset_fixture, wait_for
@@ -38,10 +41,12 @@ def agent(path: Path, *args: str) -> dict[str, Any]:
 class Reader:
     """A process reading the file in a loop until stopped; its figures."""
 
-    def __init__(self, path: Path, stop: Path) -> None:
+    def __init__(self, path: Path, stop: Path, entry: dict[str, Any] | None = None) -> None:
         self.stop = stop
-        self.proc = subprocess.Popen([*AGENT, "reader", "--path", str(path), "--until", str(stop)], cwd=ROOT, env=ENV,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        template = ["--entry", json.dumps(entry)] if entry else []
+        self.proc = subprocess.Popen([*AGENT, "reader", "--path", str(path), "--base", str(CALICO), "--until",
+                                      str(stop), *template], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
 
     def figures(self) -> dict[str, Any]:
@@ -122,10 +127,37 @@ def test_tight_loop_agent_never_loses_a_write_to_rechaining(node_host, tmp_path,
                  "re-reads after a change": sum(e["message"].startswith("the CNI configuration changed") for e in log)}
     report(capsys, "tight loop", agent=figures, reader=seen, installer=installer)
     assert figures["writes by the agent"] == 2000 and figures["lost"] == 0, figures
-    assert figures["foreign"] == figures["torn"] == figures["duplicate entries"] == 0, figures
+    assert figures["foreign"] == figures["torn"] == figures["duplicate entries"] == figures["absent"] == 0, figures
     assert figures["bursts re-chained"] == 40, figures
     assert seen["regressions"] == 0 and seen["torn"] == 0 and seen["duplicate entries"] == 0, seen
+    assert seen["absent"] == 0, "the primary's name was free for a moment: containerd would have loaded nothing"
     assert final == conflist.with_entry(generation_doc(2001), entry)
+
+
+@pytest.mark.parametrize("agent_wrote", [False, True], ids=["quiet", "agent-wrote-before-the-swap"])
+def test_an_installer_killed_between_its_swap_and_its_check_is_finished_by_the_next(tmp_path, agent_wrote):
+    """SIGKILL right after the swap leaves the displaced document under a name the next installer knows:
+    the agent's newer document goes back in place and is chained; the one ours was built from is dropped."""
+    host = Host(tmp_path, "token", b"ca")
+    path = host.net_dir / "10-calico.conflist"
+    entry = host.settings().plugin_entry()
+    agent(path, "--start", "1", "--writes", "1")
+    writes = ["--agent-writes", as_agent_wrote(2)] if agent_wrote else []
+    killed = subprocess.run([sys.executable, "-m", "tests.support.programs.killed_installer", "--agent-file",
+                             str(path), *writes], cwd=ROOT, env={**host.env(), "PYTHONPATH": str(ROOT)},
+                            capture_output=True, text=True, timeout=60)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    left = [p.name for p in host.net_dir.iterdir() if files.SWAP_MARK in p.name]
+    assert len(left) == 1, "the displaced document must survive the kill under a name the restart knows"
+    assert host.conf("10-calico.conflist") == conflist.with_entry(generation_doc(1), entry)
+    logged: list[str] = []
+    assert Installer(host.settings(), lambda level, msg, **f: logged.append(msg)).chain() == (
+        "written" if agent_wrote else "unchanged")
+    newest = 2 if agent_wrote else 1
+    assert host.conf("10-calico.conflist") == conflist.with_entry(generation_doc(newest), entry)
+    put_back = "put back a CNI configuration an interrupted write had displaced"
+    assert (put_back in logged) is agent_wrote, logged
+    assert not [p.name for p in host.net_dir.iterdir() if p.name.startswith(".")], "temp files left"
 
 
 def test_uninstall_racing_an_agent_never_loses_its_write(tmp_path, capsys):
@@ -136,7 +168,7 @@ def test_uninstall_racing_an_agent_never_loses_its_write(tmp_path, capsys):
     stop_agent = tmp_path / "stop-agent"
     (host.net_dir / "microgateway-cni-kubeconfig").write_text("{}")
     agent(path, "--start", "1", "--writes", "1", "--entry", json.dumps(entry))
-    reader = Reader(path, tmp_path / "stop-reader")
+    reader = Reader(path, tmp_path / "stop-reader", entry)
     writer = subprocess.Popen([*AGENT, "agent", "--path", str(path), "--base", str(CALICO), "--start", "2",
                                "--until", str(stop_agent), "--entry", json.dumps(entry)], cwd=ROOT, env=ENV,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -155,8 +187,8 @@ def test_uninstall_racing_an_agent_never_loses_its_write(tmp_path, capsys):
     report(capsys, "uninstall race", agent=figures, reader=seen, uninstall=uninstall)
     assert last.returncode == 0, last.stdout + last.stderr
     assert all(r.returncode in (0, 1) for r in runs), [r.stderr for r in runs]
-    assert figures["lost"] == 0 and figures["foreign"] == figures["torn"] == 0, figures
-    assert seen["regressions"] == 0 and seen["torn"] == 0 and seen["duplicate entries"] == 0, seen
+    assert figures["lost"] == 0 and figures["foreign"] == figures["torn"] == figures["absent"] == 0, figures
+    assert seen["regressions"] == seen["torn"] == seen["duplicate entries"] == seen["absent"] == 0, seen
     final = host.conf("10-calico.conflist")
     assert final == agent_part(generation_doc(figures["last generation"], entry)), final
     assert not (host.net_dir / "microgateway-cni-kubeconfig").exists()

@@ -11,6 +11,7 @@ import pytest
 
 from daemonset import conflist
 from daemonset.install import Installer
+from tests.support.conf_dir import ConfDirWatch, loadable, write_as_agent
 from tests.support.fake_clock import FakeClock
 from tests.support.installer import PLUGIN, Host
 
@@ -307,3 +308,34 @@ def test_ahead_copy_removed_by_another_agent_counts_as_a_revert(host):
         (host.net_dir / conflist.AHEAD_NAME).rename(host.net_dir / f"{conflist.AHEAD_NAME}.cilium_bak")
         assert installer.reconcile() == "written"
     assert len(reverts) == 3 and clock.sleeps == [0.5, 1.0]
+
+
+@pytest.mark.parametrize("primary", PRIMARIES)
+def test_the_node_is_never_without_a_configuration_while_the_installer_writes(host, monkeypatch, primary):
+    """After every file operation of chaining, re-chaining after the agent's rewrite, switching modes and
+    uninstalling, the conf dir holds a file the runtime can load (containerd reloads at each event)."""
+    path = host.net_dir / primary
+    shutil.copy(FIXTURES / primary, path)
+    original = path.read_bytes()
+    watch = ConfDirWatch(monkeypatch, lambda: loadable(host.net_dir))
+    assert installer_for(host).reconcile() == "written"
+    write_as_agent(path, original)  # the agent rewrites its file: our entry is out, or its .conf is back first
+    assert installer_for(host).reconcile() == "written"
+    assert installer_for(host, MGW_MODE="ahead").reconcile() == "written"
+    assert installer_for(host, MGW_MODE="standalone").reconcile() == "written"
+    assert installer_for(host).reconcile() == "written"
+    assert installer_for(host).uninstall()
+    assert watch.missing == 0, "a runtime reloading then would have found no configuration"
+    assert (host.net_dir / primary).read_bytes() == original or host.conf(primary) == json.loads(original)
+
+
+def test_chaining_races_an_agent_writing_at_the_swap_and_keeps_its_newest_document(host, monkeypatch):
+    path = host.net_dir / "10-calico.conflist"
+    shutil.copy(FIXTURES / "10-calico.conflist", path)
+    newer = [json.dumps({**host.conf("10-calico.conflist"), "name": f"k8s-pod-network-{n}"}).encode() for n in (2, 3)]
+    watch = ConfDirWatch(monkeypatch, lambda: loadable(host.net_dir), path, before_exchange=list(newer))
+    installer = installer_for(host)
+    assert installer.reconcile() == "written"
+    assert watch.missing == 0
+    entry = installer.settings.plugin_entry()
+    assert host.conf("10-calico.conflist") == conflist.with_entry(json.loads(newer[-1]), entry)

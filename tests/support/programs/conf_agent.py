@@ -3,9 +3,13 @@
 The agent stands in for a primary CNI (Calico, Cilium) that rewrites its whole conflist atomically
 (temp file + rename). Each of its writes carries a generation in the first plugin's `mtu`. Before every
 write it reads the file back: its previous document must still be there, alone or with the installer's
-entry added; an older generation means the installer wrote back a document the agent had already
-replaced - a lost update. The reader checks the same from outside, on every document it sees: the
-generation never goes back.
+entry added; an older generation that stays means the installer wrote back a document the agent had
+already replaced - a lost update. The reader checks the same from outside, on every document it sees:
+the generation never goes back.
+
+One step back is allowed, and counted apart: the installer's document (ours) built from the agent's
+previous document, swapped in just after the agent's newest write and swapped back at once
+(docs/design.md, "Writing files we do not own"). The agent then waits for its newest to come back.
 
 With --burst, the agent pauses after every that many writes until the installer has followed: by our
 entry in the agent's own file (chained mode), or with --copy by the installer's own copy holding the
@@ -65,7 +69,7 @@ class Reading:
         self.reads = self.absent = self.torn = self.chained = self.duplicates = 0
 
     def read(self, path: Path) -> dict[str, Any]:
-        """The next complete document; an absent file (the installer's set-aside step) is read again."""
+        """The next complete document; an absent file is counted and read again."""
         deadline = time.monotonic() + READ_DEADLINE_SECONDS
         while True:
             try:
@@ -103,6 +107,12 @@ def followed(reading: Reading, path: Path, gen: int, copy: Path | None) -> bool:
         time.sleep(0.001)
 
 
+def ours_over_the_previous(document: dict[str, Any], newest: int, own: dict[str, Any]) -> bool:
+    """The one regression allowed: a document of generation `newest` - 1 that is not the agent's own
+    (`own`, what the agent wrote for that generation), so the installer's, swapped in for an instant."""
+    return generation(document) == newest - 1 and document != own
+
+
 def run_agent(args: argparse.Namespace) -> dict[str, Any]:
     """Write generations 1..; before each write, check the previous one was not lost."""
     path = Path(args.path)
@@ -112,12 +122,17 @@ def run_agent(args: argparse.Namespace) -> dict[str, Any]:
     reading = Reading()
     copy_reading = Reading()
     lost: list[str] = []
-    foreign = rechained = not_rechained = writes = 0
+    foreign = rechained = not_rechained = writes = ours_back = 0
     written: dict[str, Any] | None = None
     gen = args.start - 1
     while writes < args.writes and not (args.until and Path(args.until).exists()):
         if written is not None:
             seen = reading.read(path)
+            if ours_over_the_previous(seen, gen, with_generation(base, gen - 1, entry)):
+                ours_back += 1
+                deadline = time.monotonic() + READ_DEADLINE_SECONDS
+                while generation(seen) < gen and time.monotonic() < deadline:
+                    seen = reading.read(path)
             if agent_part(seen) != agent_part(written):
                 if generation(seen) < gen:
                     lost.append(f"wrote generation {gen}, found {generation(seen)}")
@@ -136,23 +151,31 @@ def run_agent(args: argparse.Namespace) -> dict[str, Any]:
     copy_figures = {"copy reads": copy_reading.reads, "copy absent": copy_reading.absent,
                     "copy torn": copy_reading.torn} if copy else {}
     return {"writes by the agent": writes, "last generation": gen, "lost": len(lost), "lost examples": lost[:5],
-            "foreign": foreign, "bursts re-chained": rechained, "bursts not re-chained": not_rechained,
+            "ours over the previous": ours_back, "foreign": foreign, "bursts re-chained": rechained,
+            "bursts not re-chained": not_rechained,
             "reads": reading.reads, "absent": reading.absent, "torn": reading.torn, "chained seen": reading.chained,
             "duplicate entries": reading.duplicates, **copy_figures}
 
 
 def run_reader(args: argparse.Namespace) -> dict[str, Any]:
-    """Read until the stop file appears; the generation of what we read must never go back."""
+    """Read until the stop file appears; the generation of what we read must never go back, but for
+    ours over the previous document."""
     path = Path(args.path)
+    base = json.loads(Path(args.base).read_text())
+    entry = json.loads(args.entry) if args.entry else None
     reading = Reading()
     regressions: list[str] = []
-    newest = 0
+    newest = ours_back = 0
     while not Path(args.until).exists():
-        gen = generation(reading.read(path))
-        if gen < newest:
+        document = reading.read(path)
+        gen = generation(document)
+        if ours_over_the_previous(document, newest, with_generation(base, gen, entry)):
+            ours_back += 1
+        elif gen < newest:
             regressions.append(f"saw generation {newest}, then {gen}")
         newest = max(newest, gen)
     return {"reads": reading.reads, "regressions": len(regressions), "regression examples": regressions[:5],
+            "ours over the previous": ours_back,
             "newest generation seen": newest, "absent": reading.absent, "torn": reading.torn,
             "chained seen": reading.chained, "duplicate entries": reading.duplicates}
 
@@ -172,6 +195,8 @@ def main() -> None:
                        "(ahead mode) instead of our entry in the agent's file")
     reader = sub.add_parser("reader")
     reader.add_argument("--path", required=True)
+    reader.add_argument("--base", required=True, help="the agent's base document, to tell its documents from ours")
+    reader.add_argument("--entry", help="JSON of our entry, if the agent's template includes it")
     reader.add_argument("--until", required=True)
     args = parser.parse_args()
     if args.role == "reader":
