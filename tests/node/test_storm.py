@@ -1,10 +1,13 @@
 """containerd reloading the configuration under a storm: a primary agent rewrites its conflist in a loop
 (tests/support/programs/conf_agent.py: atomically, each write waiting for the installer to follow it), the
-installer container follows every write, and protected pods are created meanwhile. Once per installer mode:
-chained (our entry written into the agent's file) and ahead (our own copy of it, which libcni loads first).
+installer container follows every write, and protected and ordinary pods are created meanwhile. Once per
+installer mode: chained (our entry written into the agent's file) and ahead (our own copy of it, which
+libcni loads first). In neither mode may containerd ever reload into no configuration: that would fail
+every pod of the node, ordinary ones too.
 
-For every pod the test looks into its netns for our rules (a sandbox set up while containerd held the
-agent's document alone has none), then runs its validator. Mocked: the kube-apiserver (stand-in) and the
+For every protected pod the test looks into its netns for our rules (a sandbox set up while containerd held
+the agent's document alone has none), then runs its validator. The calm test re-chains 100 times, one
+agent write at a time, and asks containerd's CRI Status after each. Mocked: the kube-apiserver (stand-in) and the
 kubelet's part (the harness's CRI calls). The installer's revert back-off (it stops fighting an agent that
 keeps reverting it) is raised out of the way through the ConfigMap, so the installer re-chains every write.
 """
@@ -16,6 +19,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from daemonset.conflist import AHEAD_NAME
@@ -24,16 +28,22 @@ from tests.support.cri import CriError
 from tests.support.kubelet import PodFailed, RunningPod
 from tests.support.kubenode import KubeNode
 from tests.support.node import ROOT
+from tests.support.programs import conf_agent
 
 PODS = 20
 UNPROTECTED = "UNPROTECTED: validator passed without our rules"
 NOT_IN_CHAIN = "not in its chain"
 CREATION_FAILED = "creation failed"
+ORDINARY_STARTED = "ordinary pod started"
+NO_CONFIG = "no network config found"
+RECHAINS = 100
 
 
 class Storm(NamedTuple):
     outcomes: collections.Counter[str]
     figures: dict[str, Any]
+    logged: list[str]  # containerd's CNI errors
+    teardown: list[str]  # teardowns that failed during the storm
 
 
 def storm(mode: str) -> Storm:
@@ -68,20 +78,8 @@ def storm(mode: str) -> Storm:
         started = time.monotonic()
         try:
             for i in range(PODS):
-                try:
-                    pod = kube.create(workloads.protected(f"storm-{i}", images.project_image()))
-                except PodFailed as refused:
-                    chained = bool(kube.our_rules(refused.pod))
-                    outcomes[f"refused by its validator (exit {refused.code}), our plugin "
-                             f"{'ran' if chained else NOT_IN_CHAIN}"] += 1
-                    delete(refused.pod)
-                    continue
-                except CriError as error:
-                    outcomes[CREATION_FAILED] += 1
-                    failures.append(error.details)
-                    continue
-                outcomes["protected" if kube.our_rules(pod) else UNPROTECTED] += 1
-                delete(pod)
+                outcomes[create_protected(kube, i, delete, failures)] += 1
+                outcomes[create_ordinary(kube, i, delete, failures)] += 1
         finally:
             stop.touch()
             out, err = agent.communicate(timeout=60)
@@ -92,8 +90,8 @@ def storm(mode: str) -> Storm:
         logged = [line for line in kube.containerd.errors() if "cni" in line.lower()]  # type: ignore[union-attr]
     follower = "the installer's copy" if mode == "ahead" else "the installer"
     name = f"storm ({mode})"
-    report.add(f"{name}: {PODS} protected pods in {seconds:.1f} s while the agent rewrote its conflist "
-               f"{figures.get('writes by the agent')} times ({figures.get('bursts re-chained')} followed by "
+    report.add(f"{name}: {PODS} protected and {PODS} ordinary pods in {seconds:.1f} s while the agent rewrote its "
+               f"conflist {figures.get('writes by the agent')} times ({figures.get('bursts re-chained')} followed by "
                f"{follower}, {figures.get('bursts not re-chained')} not; {figures.get('lost')} updates lost; "
                f"agent's file absent on {figures.get('absent')} reads"
                + (f", copy absent on {figures.get('copy absent')} reads" if mode == "ahead" else "") + ")")
@@ -104,8 +102,52 @@ def storm(mode: str) -> Storm:
         report.add(f"{name}: creation failed x{count}: {reason}")
     for reason, count in collections.Counter(teardown).most_common(5):
         report.add(f"{name}: teardown failed x{count} (retried after the storm: removed): {reason}")
-    report.add(f"{name}: containerd logged {len(logged)} CNI errors" + "".join(f"\n  {line}" for line in logged[:5]))
-    return Storm(outcomes, figures)
+    report.add(f"{name}: containerd logged {len(logged)} CNI errors, {no_config(logged)} of them \"{NO_CONFIG}\""
+               + "".join(f"\n  {line}" for line in logged[:5]))
+    return Storm(outcomes, figures, logged, teardown)
+
+
+def create_protected(kube: KubeNode, i: int, delete: Callable[[RunningPod], None], failures: list[str]) -> str:
+    """Create protected pod `i`, look for our rules in it, delete it: its outcome."""
+    try:
+        pod = kube.create(workloads.protected(f"storm-{i}", images.project_image()))
+    except PodFailed as refused:
+        chained = bool(kube.our_rules(refused.pod))
+        delete(refused.pod)
+        return f"refused by its validator (exit {refused.code}), our plugin {'ran' if chained else NOT_IN_CHAIN}"
+    except CriError as error:
+        failures.append(error.details)
+        return CREATION_FAILED
+    outcome = "protected" if kube.our_rules(pod) else UNPROTECTED
+    delete(pod)
+    return outcome
+
+
+def create_ordinary(kube: KubeNode, i: int, delete: Callable[[RunningPod], None], failures: list[str]) -> str:
+    """Create ordinary pod `i` and delete it: whether it started."""
+    try:
+        pod = kube.create(workloads.ordinary(f"storm-ordinary-{i}"))
+    except CriError as error:
+        failures.append(error.details)
+        return f"ordinary {CREATION_FAILED}"
+    except PodFailed as failed:
+        failures.append(f"{failed.container} exited {failed.code}")
+        delete(failed.pod)
+        return f"ordinary {CREATION_FAILED}"
+    delete(pod)
+    return ORDINARY_STARTED
+
+
+def no_config(logged: list[str]) -> int:
+    return sum(NO_CONFIG in line for line in logged)
+
+
+def assert_the_node_kept_its_configuration(result: Storm) -> None:
+    """No reload into nothing, so no creation or teardown failed and every ordinary pod started."""
+    assert no_config(result.logged) == 0, result.logged[:5]
+    assert result.teardown == [], result.teardown
+    assert not [o for o in result.outcomes if CREATION_FAILED in o], result.outcomes
+    assert result.outcomes[ORDINARY_STARTED] == PODS, result.outcomes
 
 
 def without_plugin(outcomes: collections.Counter[str]) -> int:
@@ -117,8 +159,9 @@ def test_chained_mode_pods_created_while_the_primary_rewrites_its_conflist_are_n
     must refuse such a pod."""
     result = storm("chained")
     assert UNPROTECTED not in result.outcomes, result.outcomes
-    assert sum(result.outcomes.values()) == PODS
-    assert result.figures.get("lost") == 0, result.figures
+    assert sum(result.outcomes.values()) == 2 * PODS
+    assert result.figures.get("lost") == 0 and result.figures.get("absent") == 0, result.figures
+    assert_the_node_kept_its_configuration(result)
 
 
 def test_ahead_mode_pods_created_while_the_primary_rewrites_its_conflist_all_have_our_plugin() -> None:
@@ -126,9 +169,42 @@ def test_ahead_mode_pods_created_while_the_primary_rewrites_its_conflist_all_hav
     pod is set up without our plugin, and no creation fails for want of a configuration."""
     result = storm("ahead")
     assert without_plugin(result.outcomes) == 0, result.outcomes
-    assert result.outcomes[CREATION_FAILED] == 0, result.outcomes
-    assert sum(result.outcomes.values()) == PODS
+    assert sum(result.outcomes.values()) == 2 * PODS
+    assert_the_node_kept_its_configuration(result)
     assert result.figures.get("lost") == 0, result.figures
     writes = result.figures.get("writes by the agent")
     assert result.figures.get("bursts re-chained") == writes and result.figures.get("bursts not re-chained") == 0, \
         result.figures
+
+
+def test_chained_mode_calm_rechains_never_leave_containerd_without_a_configuration() -> None:
+    """RECHAINS times: the agent rewrites its conflist (our entry out), the installer puts our entry back;
+    then containerd's CRI Status must say NetworkReady, and its log must hold no failed reload."""
+    with KubeNode() as kube:
+        kube.install(settings={"MGW_REVERT_WARNING_THRESHOLD": "100000"})
+        base = json.loads(kube.primary_text)
+        not_ready: list[int] = []
+        started = time.monotonic()
+        for gen in range(1, RECHAINS + 1):
+            conf_agent.write_atomic(kube.primary, conf_agent.with_generation(base, gen))
+            deadline = time.monotonic() + 10
+            while not rechained(kube, gen):
+                assert time.monotonic() < deadline, f"the installer did not re-chain generation {gen}"
+                time.sleep(0.005)
+            if not kube.runtime.status().get("NetworkReady"):
+                not_ready.append(gen)
+        seconds = time.monotonic() - started
+        assert kube.containerd is not None
+        reloads = [line for line in kube.containerd.errors() if "reload cni configuration" in line]
+    report.add(f"calm (chained): {RECHAINS} re-chains, each after an agent write, in {seconds:.1f} s: containerd "
+               f"logged {len(reloads)} failed reloads; CRI Status NetworkReady=false after {len(not_ready)}")
+    assert reloads == [] and not_ready == [], (reloads[:5], not_ready)
+
+
+def rechained(kube: KubeNode, gen: int) -> bool:
+    """The agent's document of generation `gen` with our entry back in it."""
+    try:
+        document = json.loads(kube.primary.read_text())
+    except (FileNotFoundError, ValueError):
+        return False
+    return conf_agent.generation(document) == gen and conf_agent.chained(document)
