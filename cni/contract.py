@@ -29,7 +29,8 @@ ISTIO_PORTS = (15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 15053, 15
 PORT_RANGE = (1, 65535)
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
-# The conflist key `netfilterBackend`: "auto" decides per node (cni/backend.py, docs/design.md).
+# The conflist key `netfilterBackend`: "auto" decides per node (cni/netfilter/choice.py, docs/design.md,
+# "Choosing the backend").
 NETFILTER_BACKENDS = ("auto", "iptables-legacy", "nftables")
 # Loopback addresses per address family: what the validator dials, and (as /32, /128) what rules match.
 LOOPBACK = {4: "127.0.0.1", 6: "::1"}

@@ -31,17 +31,18 @@ from cni.model import Rule, RuleSet
 from cni.policy import Plan
 
 NAT = "nat"
-# Our chains; the built-in chains they hang from are plain strings ("PREROUTING").
-INBOUND = "MGW_INBOUND"
+# Our chains, each constant named as the chain; the built-in chains they hang from are plain strings
+# ("PREROUTING").
+MGW_INBOUND = "MGW_INBOUND"
 MGW_PREROUTING = "MGW_PREROUTING"
 MGW_OUTPUT = "MGW_OUTPUT"
-NAT_CHAINS = (INBOUND, MGW_OUTPUT, MGW_PREROUTING)
+NAT_CHAINS = (MGW_INBOUND, MGW_OUTPUT, MGW_PREROUTING)
 NAT_JUMPS = (("PREROUTING", MGW_PREROUTING), ("OUTPUT", MGW_OUTPUT))
 
 FILTER = "filter"
-GUARD = "MGW_INPUT"
-FILTER_CHAINS = (GUARD,)
-FILTER_JUMPS = (("INPUT", GUARD),)
+MGW_INPUT = "MGW_INPUT"
+FILTER_CHAINS = (MGW_INPUT,)
+FILTER_JUMPS = (("INPUT", MGW_INPUT),)
 ICMP = {4: "icmp", 6: "ipv6-icmp"}  # iptables-save's names
 REPLIES = "RELATED,ESTABLISHED"  # in the order libxt_conntrack prints states
 REDIRECTED = "DNAT"  # conntrack's mark on a connection that a REDIRECT (a destination NAT) took
@@ -76,43 +77,43 @@ def build_nat(plan: Plan, config: PluginConfig, family: int) -> RuleSet:
     """The nat-table rule set of one family."""
     loopback = LOOPBACK[family] + HOST_PREFIX[family]
     exempt = exempt_ports(plan, config)
-    rules = [Rule(INBOUND, "RETURN", dport=dport) for dport in port_ranges(exempt)]
-    rules.append(Rule(INBOUND, "REDIRECT", to_port=config.engine_port))
+    rules = [Rule(MGW_INBOUND, "RETURN", dport=dport) for dport in port_ranges(exempt)]
+    rules.append(Rule(MGW_INBOUND, "REDIRECT", to_port=config.engine_port))
 
     if plan.mesh == "none":
-        rules.append(Rule(MGW_PREROUTING, INBOUND))
+        rules.append(Rule(MGW_PREROUTING, MGW_INBOUND))
     elif plan.istio_include is None:
         uncaptured = set(plan.istio_exclude) - exempt
-        rules.extend(Rule(MGW_PREROUTING, INBOUND, dport=dport) for dport in port_ranges(uncaptured))
+        rules.extend(Rule(MGW_PREROUTING, MGW_INBOUND, dport=dport) for dport in port_ranges(uncaptured))
     else:
         captured = set(plan.istio_include) - set(plan.istio_exclude)
         rules.extend(Rule(MGW_PREROUTING, "RETURN", dport=dport) for dport in port_ranges(captured))
-        rules.append(Rule(MGW_PREROUTING, INBOUND))
+        rules.append(Rule(MGW_PREROUTING, MGW_INBOUND))
 
-    rules.append(Rule(MGW_OUTPUT, INBOUND, dst=loopback, out_iface="lo", dport=str(config.validation_port)))
+    rules.append(Rule(MGW_OUTPUT, MGW_INBOUND, dst=loopback, out_iface="lo", dport=str(config.validation_port)))
     if plan.mesh == "istio":
         uid = config.istio_proxy_uid
-        rules.append(Rule(MGW_OUTPUT, INBOUND, src=ISTIO_PASSTHROUGH_SOURCE[family], out_iface="lo", uid_owner=uid))
-        rules.append(Rule(MGW_OUTPUT, INBOUND, dst=loopback, out_iface="lo", uid_owner=uid))
+        rules.append(Rule(MGW_OUTPUT, MGW_INBOUND, src=ISTIO_PASSTHROUGH_SOURCE[family], out_iface="lo", uid_owner=uid))
+        rules.append(Rule(MGW_OUTPUT, MGW_INBOUND, dst=loopback, out_iface="lo", uid_owner=uid))
 
     jumps = tuple(Rule(builtin, own) for builtin, own in NAT_JUMPS)
     return RuleSet(family=family, table=NAT, chains=NAT_CHAINS, rules=tuple(rules), jumps=jumps)
 
 
 # The guard's last rule when non-TCP inbound is dropped (I7): what diagnose looks for.
-CATCH_ALL_DROP = Rule(GUARD, "DROP", protocol=None)
+CATCH_ALL_DROP = Rule(MGW_INPUT, "DROP", protocol=None)
 
 
 def build_guard(plan: Plan, config: PluginConfig, family: int) -> RuleSet:
     """The filter-table rule set of one family: what may come in at all."""
-    rules = [Rule(GUARD, "RETURN", protocol=None, in_iface="lo"),
-             Rule(GUARD, "RETURN", protocol=None, ctstate=REPLIES),
-             Rule(GUARD, "RETURN", ctstate=REDIRECTED)]
-    rules.extend(Rule(GUARD, "RETURN", dport=dport) for dport in port_ranges(exempt_ports(plan, config)))
-    rules.append(Rule(GUARD, "DROP"))
+    rules = [Rule(MGW_INPUT, "RETURN", protocol=None, in_iface="lo"),
+             Rule(MGW_INPUT, "RETURN", protocol=None, ctstate=REPLIES),
+             Rule(MGW_INPUT, "RETURN", ctstate=REDIRECTED)]
+    rules.extend(Rule(MGW_INPUT, "RETURN", dport=dport) for dport in port_ranges(exempt_ports(plan, config)))
+    rules.append(Rule(MGW_INPUT, "DROP"))
     if plan.non_tcp_inbound == "drop":
-        rules.append(Rule(GUARD, "RETURN", protocol=ICMP[family]))
-        rules.extend(Rule(GUARD, "RETURN", protocol="udp", dport=dport)
+        rules.append(Rule(MGW_INPUT, "RETURN", protocol=ICMP[family]))
+        rules.extend(Rule(MGW_INPUT, "RETURN", protocol="udp", dport=dport)
                      for dport in port_ranges(set(plan.allowed_udp_ports)))
         rules.append(CATCH_ALL_DROP)
     jumps = tuple(Rule(builtin, own, protocol=None) for builtin, own in FILTER_JUMPS)

@@ -1,9 +1,11 @@
-"""The installer's edge to the kube-apiserver: an authenticated client, and errors worth a clear word."""
+"""The installer's edge to the kube-apiserver: an authenticated client, whether our DaemonSet is being
+deleted, and errors worth a clear word."""
 
 from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from daemonset.settings import Settings
@@ -58,3 +60,19 @@ def describe_api_error(exc: BaseException, ca_path: str) -> str:
     if rejection is not None:
         return f"API server certificate rejected: {rejection} (verified against {ca_path})"
     return f"{type(exc).__name__}: {exc}"
+
+
+def daemonset_deleted(api: Any, settings: Settings, log: Callable[..., None]) -> bool:
+    """True only when the API says our DaemonSet is gone or going; any doubt keeps the plugin installed."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        ds = client.AppsV1Api(api).read_namespaced_daemon_set(settings.daemonset_name, settings.namespace)
+    except Exception as exc:
+        if isinstance(exc, ApiException) and exc.status == 404:
+            return True
+        log("warn", "cannot tell whether the DaemonSet is being deleted; leaving the plugin installed",
+            error=describe_api_error(exc, api.configuration.ssl_ca_cert))
+        return False
+    return ds.metadata.deletion_timestamp is not None

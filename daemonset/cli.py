@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from daemonset.api import api_client, describe_api_error
+from daemonset.api import api_client, daemonset_deleted
 from daemonset.clock import Clock, SystemClock
 from daemonset.settings import Settings, SettingsError, from_env, help_table
 
@@ -42,22 +42,6 @@ def _settings() -> Settings:
         return from_env(os.environ)
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
-
-
-def daemonset_deleted(api: Any, settings: Settings) -> bool:
-    """True only when the API says our DaemonSet is gone or going; any doubt keeps the plugin installed."""
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        ds = client.AppsV1Api(api).read_namespaced_daemon_set(settings.daemonset_name, settings.namespace)
-    except Exception as exc:
-        if isinstance(exc, ApiException) and exc.status == 404:
-            return True
-        log("warn", "cannot tell whether the DaemonSet is being deleted; leaving the plugin installed",
-            error=describe_api_error(exc, api.configuration.ssl_ca_cert))
-        return False
-    return ds.metadata.deletion_timestamp is not None
 
 
 @click.group(invoke_without_command=True, help=f"""Install microgateway-cni on this node and keep it chained; serve
@@ -138,7 +122,7 @@ def run() -> None:
     log("info", "installer running", mode=settings.mode, node=settings.node_name, port=settings.listen_port)
     stop.wait()
     gate.close()
-    if api is not None and daemonset_deleted(api, settings):
+    if api is not None and daemonset_deleted(api, settings, log):
         installer.uninstall()
     else:
         log("info", "stopping without uninstall (restart or upgrade): pods stay protected")

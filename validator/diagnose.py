@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from cni.contract import LOOPBACK
 from cni.model import Live
-from cni.rules import CATCH_ALL_DROP, FILTER, GUARD, INBOUND, MGW_OUTPUT, MGW_PREROUTING, NAT
+from cni.rules import CATCH_ALL_DROP, FILTER, MGW_INBOUND, MGW_INPUT, MGW_OUTPUT, MGW_PREROUTING, NAT
 
 if TYPE_CHECKING:
     from cni.netfilter.backend import Backend
@@ -28,8 +28,8 @@ def guard_report(lives: Found) -> dict[str, Any]:
     """Our filter-table guard of one family, in whichever backends hold it, and what non-TCP inbound
     meets (I7)."""
     rules = [rule for _, live in lives for rule in live.rules]
-    jumped = any(j.target == GUARD for _, live in lives for j in live.jumps)
-    if not jumped or not any(GUARD in live.chains for _, live in lives):
+    jumped = any(j.target == MGW_INPUT for _, live in lives for j in live.jumps)
+    if not jumped or not any(MGW_INPUT in live.chains for _, live in lives):
         non_tcp = "missing"
     else:
         non_tcp = "drop" if rules and rules[-1] == CATCH_ALL_DROP else "allow"
@@ -61,7 +61,7 @@ def chain_report(families: list[int], engine_port: int) -> dict[int, dict[str, A
             "rules": shown(lives, NAT, with_jumps=False),
             "prerouting_jump": any(j.target == MGW_PREROUTING for j in jumps),
             "output_jump": any(j.target == MGW_OUTPUT for j in jumps),
-            "redirects_to_engine": any(r.chain == INBOUND and r.target == "REDIRECT" and r.to_port == engine_port
+            "redirects_to_engine": any(r.chain == MGW_INBOUND and r.target == "REDIRECT" and r.to_port == engine_port
                                        for r in rules),
             "unrestricted_output": unrestricted_output,
             "istio_mode": any(r.uid_owner is not None for r in rules),
@@ -133,7 +133,7 @@ def invariants(chains: dict[int, dict[str, Any]], traces: dict[int, dict[str, An
                                 + "; ".join(info["unrestricted_output"]))
         non_tcp = info["guard"]["non_tcp"]
         if non_tcp == "missing":
-            findings.setdefault("I7", f"{where}: no {GUARD} guard in the filter table: UDP, SCTP and every other "
+            findings.setdefault("I7", f"{where}: no {MGW_INPUT} guard in the filter table: UDP, SCTP and every other "
                                       "non-TCP protocol reach the application unfiltered")
         elif non_tcp == "allow":
             findings.setdefault("I7", f"ok ({where}: nonTCPInbound allow - non-TCP inbound reaches the "

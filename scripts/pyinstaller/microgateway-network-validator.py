@@ -1,6 +1,6 @@
 """PyInstaller entry point for microgateway-network-validator."""
 
-from cni.frozen import prepare
+from frozen import prepare
 
 prepare()
 

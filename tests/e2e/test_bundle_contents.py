@@ -19,7 +19,9 @@ import pytest
 
 from tests.support.bundles import NAMES, ROOT, binary
 
-PROJECT = ("cni", "validator", "daemonset")
+PROJECT = ("cni", "validator", "daemonset", "frozen")
+# The entry points and the bundles' run-time set-up they import (frozen.py).
+ENTRY_POINTS = ROOT / "scripts" / "pyinstaller"
 EXTENSION = ".cpython-311-x86_64-linux-gnu.so"
 # Run by the build's Python (Debian's, whose libpython the bundles carry): its built-in modules and the
 # modules in the bootloader's PYZ archive.
@@ -61,17 +63,18 @@ def _imports(path: Path) -> set[str]:
 
 
 def _source(module: str) -> Path | None:
-    path = ROOT.joinpath(*module.split("."))
-    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
-        if candidate.is_file():
-            return candidate
+    for base in (ROOT, ENTRY_POINTS):
+        path = base.joinpath(*module.split("."))
+        for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+            if candidate.is_file():
+                return candidate
     return None
 
 
 def required_modules(name: str) -> dict[str, str]:
     """Outside modules reachable from a bundle's entry point: {module: the project file importing it}."""
     required: dict[str, str] = {}
-    queue, seen = [ROOT / "scripts" / "pyinstaller" / f"{name}.py"], set()
+    queue, seen = [ENTRY_POINTS / f"{name}.py"], set()
     while queue:
         path = queue.pop()
         if path in seen:

@@ -9,7 +9,8 @@ import pytest
 
 from cni.config import PluginConfig
 from cni.model import Rule, RuleSet, drift
-from cni.netfilter.nftables.backend import NftablesBackend, render_table
+from cni.netfilter.nftables.backend import NftablesBackend
+from cni.netfilter.nftables.syntax import render_table
 from cni.pod.runner import Worker
 from cni.policy import plan_for
 from cni.rules import build_nat

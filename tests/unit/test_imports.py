@@ -88,6 +88,13 @@ def test_the_interface_imports_no_backend():
     assert not {target for target in graph["cni.netfilter.backend"] if target.startswith("cni.netfilter.")}
 
 
+def test_the_nftables_encoder_and_decoder_do_not_import_each_other():
+    """ADD and DEL encode, only CHECK decodes (the backend imports the decoder when it reads)."""
+    graph = module_graph()
+    encoder, decoder = "cni.netfilter.nftables.encoder", "cni.netfilter.nftables.decoder"
+    assert decoder not in graph[encoder] and encoder not in graph[decoder]
+
+
 def test_the_check_finds_a_circle():
     assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
     assert cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []

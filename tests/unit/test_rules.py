@@ -2,7 +2,7 @@ import pytest
 
 from cni.config import PluginConfig
 from cni.policy import Plan
-from cni.rules import INBOUND, MGW_OUTPUT, MGW_PREROUTING, Rule, build_guard, build_nat, build_rulesets, port_ranges
+from cni.rules import MGW_INBOUND, MGW_OUTPUT, MGW_PREROUTING, Rule, build_guard, build_nat, build_rulesets, port_ranges
 
 CONFIG = PluginConfig()
 
@@ -21,47 +21,48 @@ def rules_of(ruleset, chain):
 @pytest.mark.parametrize("family", [4, 6])
 def test_no_mesh_redirects_everything_but_exempt_ports(family):
     rs = build_nat(Plan(excluded_ports=(8081, 9090)), CONFIG, family)
-    assert [r.dport for r in rules_of(rs, INBOUND)] == ["8081", "9090", "13378", "19000:19002", None]
-    assert rules_of(rs, INBOUND)[-1] == Rule(INBOUND, "REDIRECT", to_port=13378)
-    assert rules_of(rs, MGW_PREROUTING) == [Rule(MGW_PREROUTING, INBOUND)]
+    assert [r.dport for r in rules_of(rs, MGW_INBOUND)] == ["8081", "9090", "13378", "19000:19002", None]
+    assert rules_of(rs, MGW_INBOUND)[-1] == Rule(MGW_INBOUND, "REDIRECT", to_port=13378)
+    assert rules_of(rs, MGW_PREROUTING) == [Rule(MGW_PREROUTING, MGW_INBOUND)]
     loopback = "127.0.0.1/32" if family == 4 else "::1/128"
-    assert rules_of(rs, MGW_OUTPUT) == [Rule(MGW_OUTPUT, INBOUND, dst=loopback, out_iface="lo", dport="19003")]
+    assert rules_of(rs, MGW_OUTPUT) == [Rule(MGW_OUTPUT, MGW_INBOUND, dst=loopback, out_iface="lo", dport="19003")]
     assert [(j.chain, j.target) for j in rs.jumps] == [("PREROUTING", MGW_PREROUTING), ("OUTPUT", MGW_OUTPUT)]
 
 
 def test_istio_all_captured_only_uncaptured_ports_in_prerouting():
     rs = build_nat(Plan(mesh="istio", istio_exclude=(7070, 7071, 15020, 8081), excluded_ports=(8081,)),
                        CONFIG, 4)
-    assert rules_of(rs, MGW_PREROUTING) == [Rule(MGW_PREROUTING, INBOUND, dport="7070:7071")]
-    inbound_exempt = [r.dport for r in rules_of(rs, INBOUND) if r.target == "RETURN"]
+    assert rules_of(rs, MGW_PREROUTING) == [Rule(MGW_PREROUTING, MGW_INBOUND, dport="7070:7071")]
+    inbound_exempt = [r.dport for r in rules_of(rs, MGW_INBOUND) if r.target == "RETURN"]
     assert "15006" in inbound_exempt and "15020:15021" in inbound_exempt and "8081" in inbound_exempt
     assert rules_of(rs, MGW_OUTPUT)[1:] == [
-        Rule(MGW_OUTPUT, INBOUND, src="127.0.0.6/32", out_iface="lo", uid_owner=1337),
-        Rule(MGW_OUTPUT, INBOUND, dst="127.0.0.1/32", out_iface="lo", uid_owner=1337),
+        Rule(MGW_OUTPUT, MGW_INBOUND, src="127.0.0.6/32", out_iface="lo", uid_owner=1337),
+        Rule(MGW_OUTPUT, MGW_INBOUND, dst="127.0.0.1/32", out_iface="lo", uid_owner=1337),
     ]
 
 
 def test_istio_include_list_returns_captured_then_redirects_rest():
     rs = build_nat(Plan(mesh="istio", istio_include=(8080, 9090), istio_exclude=(9090,)), CONFIG, 6)
-    assert rules_of(rs, MGW_PREROUTING) == [Rule(MGW_PREROUTING, "RETURN", dport="8080"), Rule(MGW_PREROUTING, INBOUND)]
-    assert Rule(MGW_OUTPUT, INBOUND, src="::6/128", out_iface="lo", uid_owner=1337) in rs.rules
+    assert rules_of(rs, MGW_PREROUTING) == [Rule(MGW_PREROUTING, "RETURN", dport="8080"),
+                                            Rule(MGW_PREROUTING, MGW_INBOUND)]
+    assert Rule(MGW_OUTPUT, MGW_INBOUND, src="::6/128", out_iface="lo", uid_owner=1337) in rs.rules
 
 
 def test_istio_captures_nothing():
     rs = build_nat(Plan(mesh="istio", istio_include=()), CONFIG, 4)
-    assert rules_of(rs, MGW_PREROUTING) == [Rule(MGW_PREROUTING, INBOUND)]
+    assert rules_of(rs, MGW_PREROUTING) == [Rule(MGW_PREROUTING, MGW_INBOUND)]
 
 
 def test_config_overrides_ports_and_uid():
     config = PluginConfig(engine_port=14000, engine_own_ports=(14001,), validation_port=14003, istio_proxy_uid=4242)
     rs = build_nat(Plan(mesh="istio"), config, 4)
-    assert rules_of(rs, INBOUND)[-1].to_port == 14000
+    assert rules_of(rs, MGW_INBOUND)[-1].to_port == 14000
     assert rules_of(rs, MGW_OUTPUT)[0].dport == "14003"
     assert {r.uid_owner for r in rules_of(rs, MGW_OUTPUT)} == {None, 4242}
 
 
 def test_render_is_iptables_save_syntax():
-    rule = Rule(MGW_OUTPUT, INBOUND, src="127.0.0.6/32", out_iface="lo", dport="80", uid_owner=1337)
+    rule = Rule(MGW_OUTPUT, MGW_INBOUND, src="127.0.0.6/32", out_iface="lo", dport="80", uid_owner=1337)
     assert rule.render() == ("-A MGW_OUTPUT -s 127.0.0.6/32 -o lo -p tcp -m tcp --dport 80 "
                              "-m owner --uid-owner 1337 -j MGW_INBOUND")
 

@@ -1,5 +1,5 @@
 """Where iptables' C libraries and extension modules are: the bundle's copies in the built binaries
-(cni/frozen.py sets the variables), else the distribution's."""
+(scripts/pyinstaller/frozen.py sets the variables), else the distribution's."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Why not pyroute2 on this path (docs/design.md, "nftables backend"): its nf_table
 whole package, which does not fit the ADD budget; the plugin needs a handful of message and
 expression types whose layout is the kernel's UAPI (linux/netfilter/nf_tables.h, nfnetlink.h), so
 they are built here with struct. pyroute2 decodes the same tables independently in the tests
-(tests/integration/test_nftables.py), which keeps this encoder honest.
+(tests/integration/test_nftables.py), which keeps this module and encoder.py honest.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Run-time set-up of the self-contained binaries (PyInstaller): a node has no Python and no iptables.
 
+Each bundle's entry point (<name>.py, beside it) runs `prepare` first. Outside a bundle it does
+nothing, so it lives with the bundles' build, not in one of the three packages it serves.
+
 The bundle carries libxtables, libip4tc/libip6tc and every xtables extension module; python-iptables
 finds them through XTABLES_LIBDIR/IPTABLES_LIBDIR, set here and not by the caller.
 
