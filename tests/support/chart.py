@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
+import shlex
 import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -119,3 +121,23 @@ def find(docs: Iterable[Mapping[str, Any]], kind: str) -> Mapping[str, Any]:
         raise LookupError(f"expected one {kind}, the chart rendered {len(matches)}")
     return matches[0]
 
+
+def readme_commands(program: str, section: str = "Deploy to a cluster") -> list[list[str]]:
+    """The argv of every `program ...` command in the README section's code blocks (continuations joined,
+    comments dropped), for a test to run them as the README shows them."""
+    text = (ROOT / "README.md").read_text()
+    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", body, re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words[:1] == [program]:
+                commands.append(words)
+    return commands
+
+
+
+def readme_kustomization(section: str = "Deploy to a cluster") -> str:
+    """The kustomization.yaml the README's section writes with a heredoc."""
+    body = (ROOT / "README.md").read_text().split(f"## {section}\n", 1)[1]
+    return body.split("<<'YAML'\n", 1)[1].split("\nYAML\n", 1)[0] + "\n"
