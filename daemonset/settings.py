@@ -7,7 +7,7 @@ import textwrap
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from cni.contract import LOG_LEVELS, NETFILTER_BACKENDS, PLUGIN_TYPE
+from cni.contract import LOG_LEVELS, NETFILTER_BACKENDS, NON_TCP_INBOUND_MODES, PLUGIN_TYPE
 
 MODES = ("chained", "ahead", "standalone", "manual")
 REPAIR_MODES = ("deletePods", "labelPods", "none")
@@ -28,6 +28,7 @@ class Settings(NamedTuple):
     plugin_binary: str = "/usr/local/bin/microgateway-cni"
     log_level: str = "info"
     netfilter_backend: str = "auto"
+    non_tcp_inbound: str = "drop"
     log_file_path: str = "/var/log/microgateway-cni.log"
     exclude_namespaces: tuple[str, ...] = ("kube-system",)
     repair_mode: str = "deletePods"
@@ -47,7 +48,7 @@ class Settings(NamedTuple):
     def plugin_entry(self) -> dict[str, Any]:
         """The conflist entry, in the shape of docs/design.md, "Contract"."""
         return {"type": PLUGIN_TYPE, "logLevel": self.log_level, "logFilePath": self.log_file_path,
-                "netfilterBackend": self.netfilter_backend,
+                "netfilterBackend": self.netfilter_backend, "nonTCPInbound": self.non_tcp_inbound,
                 "kubernetes": {"kubeconfig": f"{self.host_cni_net_dir}/{self.kubeconfig_name}",
                                "excludeNamespaces": list(self.exclude_namespaces),
                                "installerNamespace": self.namespace},
@@ -58,7 +59,7 @@ ENV = {
     "MGW_MODE": "mode", "MGW_CNI_NET_DIR": "cni_net_dir", "MGW_CNI_BIN_DIR": "cni_bin_dir",
     "MGW_HOST_CNI_NET_DIR": "host_cni_net_dir", "MGW_PLUGIN_BINARY": "plugin_binary",
     "MGW_LOG_LEVEL": "log_level", "MGW_LOG_FILE_PATH": "log_file_path", "MGW_REPAIR_MODE": "repair_mode",
-    "MGW_NETFILTER_BACKEND": "netfilter_backend",
+    "MGW_NETFILTER_BACKEND": "netfilter_backend", "MGW_NON_TCP_INBOUND": "non_tcp_inbound",
     "NODE_NAME": "node_name", "POD_NAMESPACE": "namespace", "MGW_DAEMONSET_NAME": "daemonset_name",
     "MGW_SERVICE_ACCOUNT_DIR": "service_account_dir",
     "MGW_STARTUP_TAINT": "startup_taint",
@@ -85,6 +86,9 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("MGW_LOG_FILE_PATH", "the plugin's log file on the node", _default("log_file_path")),
     ("MGW_NETFILTER_BACKEND", "auto (legacy where the node uses it, else nftables) | iptables-legacy | nftables: "
      "the plugin's netfilterBackend", _default("netfilter_backend")),
+    ("MGW_NON_TCP_INBOUND", "drop | allow: the node's default for new inbound flows that are neither TCP nor ICMP "
+     "(the plugin's nonTCPInbound; a pod's annotation wins); allow opens a path around the Engine",
+     _default("non_tcp_inbound")),
     ("MGW_EXCLUDE_NAMESPACES", "comma-separated namespaces whose pods the plugin never touches",
      _default("exclude_namespaces")),
     ("MGW_REPAIR_MODE", "deletePods | labelPods | none: pods whose validator found no redirection",
@@ -122,7 +126,8 @@ def from_env(env: Mapping[str, str]) -> Settings:
     values: dict[str, Any] = {attr: env[var] for var, attr in ENV.items() if env.get(var)}
     for var, attr, allowed in (("MGW_MODE", "mode", MODES), ("MGW_REPAIR_MODE", "repair_mode", REPAIR_MODES),
                                ("MGW_LOG_LEVEL", "log_level", LOG_LEVELS),
-                               ("MGW_NETFILTER_BACKEND", "netfilter_backend", NETFILTER_BACKENDS)):
+                               ("MGW_NETFILTER_BACKEND", "netfilter_backend", NETFILTER_BACKENDS),
+                               ("MGW_NON_TCP_INBOUND", "non_tcp_inbound", NON_TCP_INBOUND_MODES)):
         _choice(var, values.get(attr) or Settings._field_defaults[attr], allowed)
     if "MGW_EXCLUDE_NAMESPACES" in env:
         values["exclude_namespaces"] = tuple(n.strip() for n in env["MGW_EXCLUDE_NAMESPACES"].split(",") if n.strip())

@@ -10,6 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from daemonset import conflist
 from daemonset.settings import STARTUP_TAINT
 from tests.support.node import tolerates
 
@@ -27,15 +28,19 @@ def render(overlay: str) -> list[dict]:
 
 KINDS = ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet", "ServiceAccount"]
 POLICY_KINDS = ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+OPENSHIFT_KINDS = ["Role", "RoleBinding", "NetworkAttachmentDefinition"]  # the SCC grant, Multus's network
+CUSTOM_KINDS = {"NetworkAttachmentDefinition"}  # a CRD's: no schema in kubernetes_validate
 
 
 @pytest.mark.parametrize("overlay", ["default", "gke", "openshift", "no-admission-policy"])
 def test_overlay_renders_and_validates(overlay):
     docs = render(overlay)
-    expected = KINDS if overlay == "no-admission-policy" else KINDS + POLICY_KINDS
+    expected = {"no-admission-policy": KINDS, "openshift": KINDS + POLICY_KINDS + OPENSHIFT_KINDS}.get(
+        overlay, KINDS + POLICY_KINDS)
     assert sorted(d["kind"] for d in docs) == sorted(expected)
     for doc in docs:
-        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        if doc["kind"] not in CUSTOM_KINDS:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
         if doc["kind"] in POLICY_KINDS:
             assert "namespace" not in doc["metadata"], "cluster-scoped"
     ds = next(d for d in docs if d["kind"] == "DaemonSet")
@@ -43,7 +48,10 @@ def test_overlay_renders_and_validates(overlay):
     assert ds["metadata"]["namespace"] == "kube-system" and spec["hostNetwork"] is True
     assert spec["priorityClassName"] == "system-node-critical" and spec["tolerations"] == [{"operator": "Exists"}]
     security = spec["containers"][0]["securityContext"]
-    assert security["readOnlyRootFilesystem"] and security["capabilities"]["drop"] == ["ALL"]
+    if overlay == "openshift":
+        assert security == {"runAsUser": 0, "readOnlyRootFilesystem": True, "privileged": True}
+    else:
+        assert security["readOnlyRootFilesystem"] and security["capabilities"]["drop"] == ["ALL"]
     paths = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
     config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
     expected = {"default": ("/etc/cni/net.d", "/opt/cni/bin", "chained"),
@@ -76,3 +84,16 @@ def test_installer_tolerates_the_taint_it_lifts_and_the_policy_names_the_configu
     sa = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]
     username = f"system:serviceaccount:{sa['namespace']}:{sa['name']}"
     assert f"'{username}'" in policy["spec"]["matchConditions"][0]["expression"]
+
+
+def test_openshift_grants_the_privileged_scc_and_names_the_standalone_network():
+    docs = render("openshift")
+    sa = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]
+    role = next(d for d in docs if d["kind"] == "Role")
+    binding = next(d for d in docs if d["kind"] == "RoleBinding")
+    assert role["rules"] == [{"apiGroups": ["security.openshift.io"], "resources": ["securitycontextconstraints"],
+                              "resourceNames": ["privileged"], "verbs": ["use"]}]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["name"], "namespace": sa["namespace"]}]
+    network = next(d for d in docs if d["kind"] == "NetworkAttachmentDefinition")
+    assert network["metadata"]["name"] == conflist.standalone({})["name"] and "spec" not in network

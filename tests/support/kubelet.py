@@ -5,8 +5,8 @@ There is no kubelet here, so this module does what it would do with a scheduled 
 ConfigMaps, values and fieldRefs, the API service variables, volumes as mounts, the projected
 service-account token, the securityContext as CRI's) and the probes. It translates, it does not restate:
 anything in a spec it cannot translate faithfully raises UnsupportedSpec, and a hostPath the test node
-does not provide raises too, so a wrong path, variable or capability in the manifests fails the test
-that runs them.
+does not provide raises too, as does an image the kubelet would pull on every start (there is no registry),
+so a wrong path, variable, capability or image tag in the manifests fails the test that runs them.
 """
 
 from __future__ import annotations
@@ -96,6 +96,17 @@ def check_schedulable(spec: Mapping[str, Any], node: Mapping[str, Any]) -> None:
     for taint in node.get("spec", {}).get("taints", []):
         if taint["effect"] in ("NoSchedule", "NoExecute") and not tolerates(spec.get("tolerations", []), taint):
             raise UnsupportedSpec(f"the pod does not tolerate the node's taint {taint['key']}:{taint['effect']}")
+
+
+def pull_policy(container: Mapping[str, Any]) -> str:
+    """The container's imagePullPolicy as the API server defaults it: Always for an image tagged latest or
+    not tagged at all (a digest alone counts as pinned), IfNotPresent otherwise."""
+    if "imagePullPolicy" in container:
+        return str(container["imagePullPolicy"])
+    image = container["image"]
+    name = image.rsplit("/", 1)[-1]
+    pinned = "@" in image or (":" in name and not name.endswith(":latest"))
+    return "IfNotPresent" if pinned else "Always"
 
 
 class Kubelet:
@@ -200,6 +211,10 @@ class Kubelet:
         unknown = set(c) - self.KNOWN_CONTAINER_FIELDS
         if unknown:
             raise UnsupportedSpec(f"container {c['name']}: fields {sorted(unknown)}")
+        if pull_policy(c) == "Always":
+            raise UnsupportedSpec(f"container {c['name']}: image {c['image']} is pulled on every start "
+                                  "(imagePullPolicy Always, the default for :latest or no tag); this node has no "
+                                  "registry, its images are imported: use a versioned tag or IfNotPresent")
         termination_log = pod_dir / f"termination-{c['name']}"
         termination_log.touch()
         termination_log.chmod(0o666)  # as the kubelet makes it: any uid the container runs as may write it

@@ -79,6 +79,8 @@ def test_settings_from_env():
     assert settings.plugin_entry()["logLevel"] == "debug"
     assert settings.plugin_entry()["netfilterBackend"] == "auto"
     assert from_env({"MGW_NETFILTER_BACKEND": "nftables"}).plugin_entry()["netfilterBackend"] == "nftables"
+    assert settings.plugin_entry()["nonTCPInbound"] == "drop"
+    assert from_env({"MGW_NON_TCP_INBOUND": "allow"}).plugin_entry()["nonTCPInbound"] == "allow"
 
 
 @pytest.mark.parametrize(("env", "name"), [
@@ -87,6 +89,7 @@ def test_settings_from_env():
     ({"MGW_LISTEN_PORT": "\u00b2"}, "MGW_LISTEN_PORT"), ({"MGW_LISTEN_PORT": "65536"}, "a port 1-65535"),
     ({"MGW_REVERT_WARNING_THRESHOLD": "0"}, "MGW_REVERT_WARNING_THRESHOLD"),
     ({"MGW_NETFILTER_BACKEND": "iptables-nft"}, "MGW_NETFILTER_BACKEND"),
+    ({"MGW_NON_TCP_INBOUND": "reject"}, "MGW_NON_TCP_INBOUND"),
 ])
 def test_invalid_settings_name_the_variable(env, name):
     with pytest.raises(SettingsError, match=name):

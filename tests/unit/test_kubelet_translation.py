@@ -8,11 +8,19 @@ rather than being dropped.
 from __future__ import annotations
 
 import copy
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from tests.support.kubelet import SERVICE_ACCOUNT_MOUNT, Kubelet, NodeView, UnsupportedSpec, check_schedulable
+from tests.support.kubelet import (
+    SERVICE_ACCOUNT_MOUNT,
+    Kubelet,
+    NodeView,
+    UnsupportedSpec,
+    check_schedulable,
+    pull_policy,
+)
 from tests.support.manifests import find, render
 from tests.support.node import node_fixture
 
@@ -76,12 +84,39 @@ def _pod_field(t):
     t["spec"]["hostPID"] = True
 
 
-@pytest.mark.parametrize("change", [_host_path, _env_source, _security_field, _config_map, _volume_kind, _pod_field])
+def _latest_tag(t):
+    t["spec"]["containers"][0]["image"] = "microgateway-cni:latest"
+    del t["spec"]["containers"][0]["imagePullPolicy"]
+
+
+def _always_pulled(t):
+    t["spec"]["containers"][0]["imagePullPolicy"] = "Always"
+
+
+@pytest.mark.parametrize("change", [_host_path, _env_source, _security_field, _config_map, _volume_kind, _pod_field,
+                                    _latest_tag, _always_pulled])
 def test_what_cannot_be_translated_faithfully_is_refused(tmp_path, docs, change):
     t = template(docs)
     change(t)
     with pytest.raises(UnsupportedSpec):
         kubelet(tmp_path, docs).plan(t, "microgateway-cni-x1", "kube-system")
+
+
+@pytest.mark.parametrize(("container", "policy"), [
+    ({"image": "microgateway-cni:0.1.0"}, "IfNotPresent"),
+    ({"image": "localhost:5000/microgateway-cni"}, "Always"),
+    ({"image": "microgateway-cni:latest"}, "Always"),
+    ({"image": "microgateway-cni@sha256:" + "0" * 64}, "IfNotPresent"),
+    ({"image": "microgateway-cni:latest", "imagePullPolicy": "Never"}, "Never"),
+])
+def test_pull_policy_defaults_as_the_api_server_does(container, policy):
+    assert pull_policy(container) == policy
+
+
+def test_the_base_pins_the_image_to_the_project_version_and_pulls_it_only_if_missing():
+    installer = find(render("default"), "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
+    version = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]["version"]
+    assert installer["image"] == f"microgateway-cni:{version}" and installer["imagePullPolicy"] == "IfNotPresent"
 
 
 @pytest.mark.parametrize(("tolerations", "schedulable"), [
