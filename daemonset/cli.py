@@ -111,7 +111,7 @@ def run() -> None:
 
     threads = [threading.Thread(target=watch, args=([settings.cni_net_dir, settings.cni_bin_dir,
                                                      settings.service_account_dir], reconcile, stop), daemon=True)]
-    threads.append(threading.Thread(target=gate.run, args=(installer.ready, installer.binary_path), daemon=True))
+    threads.append(threading.Thread(target=gate.run, args=(installer.ready, installer.binary.path), daemon=True))
     if api is not None and settings.node_name and settings.repair_mode != "none":
         repairer = Repairer(api, settings.node_name, settings.repair_mode, log,
                             lambda result: metrics.repairs.labels(result=result).inc())

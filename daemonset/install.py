@@ -2,68 +2,39 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import os
-import shutil
-import subprocess
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from cni.contract import PLUGIN_TYPE
-from daemonset import conflist, files
+from daemonset import conflist, files, foreign_files, kubeconfig
+from daemonset.binaries import PluginBinary
 from daemonset.clock import Clock, SystemClock
 from daemonset.settings import Settings
 
 PARKED_SUFFIX = ".mgw-original"  # not a CNI extension: libcni ignores the parked single-plugin .conf
 REVERT_WINDOW_SECONDS = 60.0
 COMMIT_ATTEMPTS = 10  # read-derive-commit rounds of one chain() or uninstall() while others keep changing files
-VERIFY_TIMEOUT_SECONDS = 30.0
 T = TypeVar("T")
-
-
-def kubeconfig_document(server: str, ca_pem: bytes, token: str) -> dict[str, Any]:
-    """JSON (valid YAML): the plugin parses it without importing a YAML library on the ADD path."""
-    return {"apiVersion": "v1", "kind": "Config", "current-context": PLUGIN_TYPE,
-            "clusters": [{"name": "local", "cluster": {
-                "server": server, "certificate-authority-data": base64.b64encode(ca_pem).decode()}}],
-            "users": [{"name": PLUGIN_TYPE, "user": {"token": token}}],
-            "contexts": [{"name": PLUGIN_TYPE, "context": {"cluster": "local", "user": PLUGIN_TYPE}}]}
-
-
-def verify_plugin(executable: str) -> str | None:
-    """Run a freshly copied plugin once as the kubelet would (CNI VERSION): None if it answers, else why not.
-
-    A plugin that cannot start on this node (a C library it lacks, a broken copy, another architecture)
-    must never replace a working one: the kubelet would fail every pod sandbox on the node.
-    """
-    try:
-        done = subprocess.run([executable], input=b'{"cniVersion": "1.0.0"}', capture_output=True,
-                              env={**os.environ, "CNI_COMMAND": "VERSION"}, timeout=VERIFY_TIMEOUT_SECONDS, check=False)
-    except subprocess.TimeoutExpired:
-        return f"no answer to CNI VERSION within {VERIFY_TIMEOUT_SECONDS:.0f}s"
-    except OSError as exc:
-        return f"cannot execute it: {exc.strerror}"
-    try:
-        supported = json.loads(done.stdout)["supportedVersions"]
-    except (ValueError, KeyError, TypeError):
-        supported = None
-    if done.returncode != 0 or not isinstance(supported, list) or "1.0.0" not in supported:
-        lines = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
-        return f"CNI VERSION exited {done.returncode}: {lines[-1] if lines else 'no output'}"
-    return None
 
 
 def _write_if_unchanged(path: str, as_read: bytes | None, data: bytes) -> bool:
     """Commit `data` only if `path` is still as we read it: absent (None), or holding `as_read`."""
     if as_read is None:
-        return files.create_if_absent(path, data)
-    return files.replace_if_unchanged(path, as_read, data)
+        return foreign_files.create_if_absent(path, data)
+    return foreign_files.replace_if_unchanged(path, as_read, data)
 
 
 class Installer:
+    """One node's installation: the plugin binary, its kubeconfig and our place in the CNI configuration
+    (per MGW_MODE), reconciled on every change and removed on uninstall (but the binary).
+
+    Every file another agent owns is written by compare-and-swap (docs/design.md, "Writing files we do
+    not own"); `chained_paths` and `reverts` tell an agent that keeps removing our entry apart from a
+    one-off change. The watch thread's reconcile and SIGTERM's uninstall are serialized by one lock.
+    """
+
     def __init__(self, settings: Settings, log: Callable[..., None],
                  on_revert: Callable[[], None] = lambda: None, clock: Clock | None = None) -> None:
         self.settings = settings
@@ -71,8 +42,7 @@ class Installer:
         self.log = log
         self.on_revert = on_revert
         self.chained_paths: set[str] = set()  # conflists we wrote our entry into: a later loss of it is a revert
-        self._bundle_digest: str | None = None
-        self.bundle_error: str | None = None  # why the image's plugin bundle cannot run here, while it cannot
+        self.binary = PluginBinary(settings, log)
         self.blocked: str | None = None  # why ahead mode cannot put its copy first, while it cannot
         self._ahead_source: str | None = None  # the primary's file name our ahead copy was made from
         self._unparsable: str | None = None  # that file, while it does not parse
@@ -83,12 +53,8 @@ class Installer:
 
     # -- paths -------------------------------------------------------------------------------------
     @property
-    def binary_path(self) -> str:
-        return os.path.join(self.settings.cni_bin_dir, PLUGIN_TYPE)
-
-    @property
     def kubeconfig_path(self) -> str:
-        return os.path.join(self.settings.cni_net_dir, self.settings.kubeconfig_name)
+        return kubeconfig.kubeconfig_path(self.settings)
 
     @property
     def standalone_path(self) -> str:
@@ -109,75 +75,12 @@ class Installer:
         return found
 
     # -- install -----------------------------------------------------------------------------------
-    def install_binary(self) -> bool:
-        source = self.settings.plugin_binary
-        if os.path.isdir(os.path.join(os.path.dirname(source), "_internal")):
-            return self._install_bundle(os.path.dirname(source))
-        # A symlink (e.g. into a container's filesystem) is not an installation, whatever it points to.
-        if not os.path.islink(self.binary_path) and files.digest(self.binary_path) == files.digest(source):
-            return False
-        files.copy_atomic(source, self.binary_path)
-        self.log("info", "plugin binary installed", path=self.binary_path)
-        return True
-
-    def _install_bundle(self, source_dir: str) -> bool:
-        """A PyInstaller one-dir bundle: versioned hidden directory + atomically swapped symlink.
-
-        The previous version stays until the next update: a kubelet may be running it for a DEL. The new
-        version must answer CNI VERSION from its new place before the symlink points at it; if it cannot,
-        the previous plugin stays, the installer stays not ready, and later reconciles try again.
-        """
-        if self._bundle_digest is None:
-            self._bundle_digest = files.tree_digest(source_dir)  # the image is immutable: hash once
-        version_dir = f".{PLUGIN_TYPE}-{self._bundle_digest[:16]}"
-        link_target = os.path.join(version_dir, PLUGIN_TYPE)
-        bin_dir = self.settings.cni_bin_dir
-        try:
-            previous = os.readlink(self.binary_path)
-        except OSError:
-            previous = ""
-        if previous == link_target and os.path.isfile(os.path.join(bin_dir, link_target)):
-            return False
-        if not os.path.isdir(os.path.join(bin_dir, version_dir)):
-            files.copy_tree_atomic(source_dir, os.path.join(bin_dir, version_dir))
-        error = verify_plugin(os.path.join(bin_dir, link_target))
-        if error is not None:
-            if error != self.bundle_error:
-                self.log("error", "the plugin bundle cannot run on this node; keeping the previous plugin and "
-                         "staying not ready", bundle=os.path.join(bin_dir, version_dir), error=error,
-                         previous=previous or None)
-            self.bundle_error = error
-            if not os.path.exists(self.binary_path):  # nothing to keep: never chain a plugin that is not there
-                raise RuntimeError(f"no runnable plugin installed: {error}")
-            return False
-        self.bundle_error = None
-        files.symlink_atomic(link_target, self.binary_path)
-        keep = {version_dir, previous.split(os.sep)[0]}
-        for name in os.listdir(bin_dir):
-            if name.startswith(f".{PLUGIN_TYPE}-") and name not in keep and os.path.isdir(os.path.join(bin_dir, name)):
-                shutil.rmtree(os.path.join(bin_dir, name), ignore_errors=True)
-        self.log("info", "plugin bundle installed", path=self.binary_path, version=version_dir)
-        return True
-
-    def write_kubeconfig(self) -> bool:
-        sa = self.settings.service_account_dir
-        token = (files.read(os.path.join(sa, "token")) or b"").decode().strip()
-        ca = files.read(os.path.join(sa, "ca.crt")) or b""
-        if not token or not ca or not self.settings.api_server:
-            raise RuntimeError(f"service account token/ca.crt in {sa} or KUBERNETES_SERVICE_HOST missing")
-        data = (json.dumps(kubeconfig_document(self.settings.api_server, ca, token), indent=2) + "\n").encode()
-        if files.read(self.kubeconfig_path) == data:
-            return False
-        files.write_atomic(self.kubeconfig_path, data, mode=0o600)
-        self.log("info", "kubeconfig written", path=self.kubeconfig_path)
-        return True
-
     def chain(self) -> str:
         """Make the configuration contain our entry; returns 'unchanged', 'written', 'waiting', 'blocked' or
         'contended'.
 
         Every write is derived from a read made just before it and committed only if the file still
-        holds what was read (files.replace_if_unchanged); the revert back-off comes first, so nothing
+        holds what was read (foreign_files.replace_if_unchanged); the revert back-off comes first, so nothing
         read before it is ever written after it.
         """
         with self._lock:
@@ -221,11 +124,11 @@ class Installer:
 
     def _recover(self) -> None:
         """Finish what a killed installer left half done in the conf dir."""
-        for name in files.recover(self.settings.cni_net_dir):
+        for name in foreign_files.recover(self.settings.cni_net_dir):
             self.log("info", "put back a CNI configuration an interrupted write had displaced", conflist=name)
 
     def _warn_once_if_exchange_refused(self) -> None:
-        fallback = files.exchange_fallback()
+        fallback = foreign_files.exchange_fallback()
         if fallback is not None and not self._warned_fallback:
             self._warned_fallback = True
             self.log("warn", "the filesystem of the CNI conf dir refuses RENAME_EXCHANGE; files of other agents "
@@ -312,7 +215,7 @@ class Installer:
         target = os.path.join(directory, conflist.target_name(primary))
         data = conflist.render(conflist.with_entry(primary.document, entry))
         if not primary.was_single:
-            if not files.replace_if_unchanged(target, primary.raw, data):
+            if not foreign_files.replace_if_unchanged(target, primary.raw, data):
                 return None
         else:
             # Our .conflist first (the .conf sorts before it and is still the one loaded), then the .conf
@@ -320,7 +223,7 @@ class Installer:
             # must also still be what we read.
             if not _write_if_unchanged(target, snapshot.get(conflist.target_name(primary)), data):
                 return None
-            if not files.move_if_unchanged(os.path.join(directory, primary.name), primary.raw,
+            if not foreign_files.move_if_unchanged(os.path.join(directory, primary.name), primary.raw,
                                            os.path.join(directory, primary.name + PARKED_SUFFIX)):
                 return None  # the agent rewrote its .conf: it still wins; the next round derives from it
         self.chained_paths.add(target)
@@ -370,15 +273,15 @@ class Installer:
         with self._lock:
             if self._uninstalled:  # a change event that raced SIGTERM's uninstall must not reinstall
                 return "unchanged"
-            self.install_binary()
-            self.write_kubeconfig()
+            self.binary.install()
+            kubeconfig.write_kubeconfig(self.settings, self.log)
             return self.chain()
 
     # -- readiness and uninstall ---------------------------------------------------------------------
     def ready(self) -> bool:
-        if self.bundle_error is not None:
+        if self.binary.error is not None:
             return False
-        if not os.path.exists(self.binary_path) or not os.path.exists(self.kubeconfig_path):
+        if not os.path.exists(self.binary.path) or not os.path.exists(self.kubeconfig_path):
             return False
         if self.settings.mode == "standalone":
             expected = conflist.render(conflist.standalone(self.settings.plugin_entry()))
@@ -411,7 +314,7 @@ class Installer:
                     return False
             files.remove(self.kubeconfig_path)
             self.chained_paths.clear()
-            self.log("info", "uninstalled; binary kept for DEL of remaining pods", binary=self.binary_path)
+            self.log("info", "uninstalled; binary kept for DEL of remaining pods", binary=self.binary.path)
             return True
 
     def _unchain_standalone(self) -> list[str] | None:
@@ -419,7 +322,7 @@ class Installer:
         current = files.read(self.standalone_path)
         if current is None:
             return []
-        return [self.standalone_path] if files.remove_if_unchanged(self.standalone_path, current) else None
+        return [self.standalone_path] if foreign_files.remove_if_unchanged(self.standalone_path, current) else None
 
     def _unchain(self) -> list[str] | None:
         """One round over the config files, each read just before its change: the paths it unchained, or
@@ -437,10 +340,10 @@ class Installer:
                       if os.path.exists(stem + ext + PARKED_SUFFIX)]
             if parked:
                 # The parked file comes back before our .conflist goes: never a moment without a primary.
-                files.put_back(parked[0], parked[0].removesuffix(PARKED_SUFFIX))
-                removed = files.remove_if_unchanged(path, data)
+                foreign_files.put_back(parked[0], parked[0].removesuffix(PARKED_SUFFIX))
+                removed = foreign_files.remove_if_unchanged(path, data)
             else:
-                removed = files.replace_if_unchanged(path, data, conflist.render(conflist.without_entry(
+                removed = foreign_files.replace_if_unchanged(path, data, conflist.render(conflist.without_entry(
                     parsed.document)))
             if removed:
                 unchained.append(path)

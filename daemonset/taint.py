@@ -14,8 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from daemonset.api import FIRST_BACKOFF_SECONDS, certificate_rejection, describe_api_error, next_backoff
+from daemonset.binaries import verify_plugin
 from daemonset.clock import Clock, SystemClock
-from daemonset.install import verify_plugin
 
 PATCH_ATTEMPTS = 5
 # 409 never gets here: lift() re-reads on it and, past PATCH_ATTEMPTS, raises StillConflicting.

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from daemonset import conflist, files
+from daemonset import conflist, foreign_files
 from daemonset.install import Installer
 from tests.support.installer import INSTALLER, Daemon, Host
 from tests.support.node import ROOT, daemonset_fixture, wait_for
@@ -147,7 +147,7 @@ def test_an_installer_killed_between_its_swap_and_its_check_is_finished_by_the_n
                              str(path), *writes], cwd=ROOT, env={**host.env(), "PYTHONPATH": str(ROOT)},
                             capture_output=True, text=True, timeout=60)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    left = [p.name for p in host.net_dir.iterdir() if files.SWAP_MARK in p.name]
+    left = [p.name for p in host.net_dir.iterdir() if foreign_files.SWAP_MARK in p.name]
     assert len(left) == 1, "the displaced document must survive the kill under a name the restart knows"
     assert host.conf("10-calico.conflist") == conflist.with_entry(generation_doc(1), entry)
     logged: list[str] = []

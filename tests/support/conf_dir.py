@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from daemonset import conflist, files
+from daemonset import conflist, files, foreign_files
 
 
 def write_as_agent(path: Path, data: bytes | None) -> None:
@@ -46,7 +46,7 @@ class ConfDirWatch:
         self.agent_removed = False
         for name in ("rename", "link", "unlink", "replace"):
             monkeypatch.setattr(os, name, self._watching(getattr(os, name)))
-        real_exchange = files._exchange
+        real_exchange = foreign_files._exchange
 
         def exchange(a: str, b: str) -> None:
             self._agent_writes(self.before)
@@ -54,7 +54,7 @@ class ConfDirWatch:
             self._check()
             self._agent_writes(self.after)
 
-        monkeypatch.setattr(files, "_exchange", exchange)
+        monkeypatch.setattr(foreign_files, "_exchange", exchange)
 
     def _agent_writes(self, scheduled: list[bytes | None]) -> None:
         if scheduled and self.agent_file is not None:

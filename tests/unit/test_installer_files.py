@@ -104,12 +104,12 @@ def test_one_dir_bundle_installed_atomically_and_kept_for_running_dels(host, tmp
     assert link.is_symlink() and link.resolve().parent.name.startswith(".microgateway-cni-")
     assert (link.resolve().parent / "_internal" / "VERSION").read_text() == "1"
     v1 = link.resolve().parent.name
-    assert not first.install_binary()  # idempotent
+    assert not first.binary.install()  # idempotent
     second = installer_for(host, MGW_PLUGIN_BINARY=str(make_bundle(tmp_path, "2")))
-    assert second.install_binary()
+    assert second.binary.install()
     assert (link.resolve().parent / "_internal" / "VERSION").read_text() == "2"
     assert (host.bin_dir / v1).is_dir(), "the previous version stays for DELs in flight"
-    assert installer_for(host, MGW_PLUGIN_BINARY=str(make_bundle(tmp_path, "3"))).install_binary()
+    assert installer_for(host, MGW_PLUGIN_BINARY=str(make_bundle(tmp_path, "3"))).binary.install()
     versions = sorted(p.name for p in host.bin_dir.iterdir() if p.name.startswith(".microgateway-cni-"))
     assert len(versions) == 2 and v1 not in versions
     assert not [p for p in host.bin_dir.iterdir() if ".tmp-" in p.name or ".link-" in p.name]

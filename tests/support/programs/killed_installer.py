@@ -12,7 +12,7 @@ import os
 import signal
 from pathlib import Path
 
-from daemonset import files
+from daemonset import foreign_files
 from daemonset.install import Installer
 from daemonset.settings import from_env
 
@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--agent-file", required=True, help="the primary's conflist")
     parser.add_argument("--agent-writes", help="a document the agent writes just before the swap")
     args = parser.parse_args()
-    real_exchange = files._exchange
+    real_exchange = foreign_files._exchange
 
     def exchange_then_die(a: str, b: str) -> None:
         if args.agent_writes is not None:
@@ -32,7 +32,7 @@ def main() -> None:
         real_exchange(a, b)
         os.kill(os.getpid(), signal.SIGKILL)
 
-    files._exchange = exchange_then_die
+    foreign_files._exchange = exchange_then_die
     Installer(from_env(os.environ), lambda *a, **k: None).chain()
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemonset import files
+from daemonset import foreign_files
 from tests.support.conf_dir import ConfDirWatch, write_as_agent
 
 
@@ -37,7 +37,7 @@ ABSENT = None
 ], ids=["unchanged", "rewritten", "removed"])
 def test_replace_if_unchanged(tmp_path, on_disk, expected, data, committed, after):
     path = file_holding(tmp_path / "10-calico.conflist", on_disk)
-    assert files.replace_if_unchanged(str(path), expected, data) is committed
+    assert foreign_files.replace_if_unchanged(str(path), expected, data) is committed
     assert content(path) == after and leftovers(tmp_path) == []
     if committed:
         assert os.stat(path).st_mode & 0o777 == 0o644
@@ -49,7 +49,7 @@ def test_replace_if_unchanged(tmp_path, on_disk, expected, data, committed, afte
 ], ids=["absent", "created-meanwhile"])
 def test_create_if_absent(tmp_path, on_disk, committed, after):
     path = file_holding(tmp_path / "05-microgateway-cni.conflist", on_disk)
-    assert files.create_if_absent(str(path), b"ours") is committed
+    assert foreign_files.create_if_absent(str(path), b"ours") is committed
     assert content(path) == after and leftovers(tmp_path) == []
 
 
@@ -60,18 +60,18 @@ def test_create_if_absent(tmp_path, on_disk, committed, after):
 ], ids=["unchanged", "rewritten", "absent"])
 def test_remove_if_unchanged(tmp_path, on_disk, expected, committed, after):
     path = file_holding(tmp_path / "05-microgateway-cni.conflist", on_disk)
-    assert files.remove_if_unchanged(str(path), expected) is committed
+    assert foreign_files.remove_if_unchanged(str(path), expected) is committed
     assert content(path) == after and leftovers(tmp_path) == []
 
 
 def test_parks_only_what_was_read_and_puts_it_back(tmp_path):
     conf, parked = tmp_path / "10-bridge.conf", tmp_path / "10-bridge.conf.mgw-original"
     conf.write_bytes(b"newer")
-    assert not files.move_if_unchanged(str(conf), b"older", str(parked))
+    assert not foreign_files.move_if_unchanged(str(conf), b"older", str(parked))
     assert conf.read_bytes() == b"newer" and not parked.exists()
-    assert files.move_if_unchanged(str(conf), b"newer", str(parked))
+    assert foreign_files.move_if_unchanged(str(conf), b"newer", str(parked))
     assert not conf.exists()
-    files.put_back(str(parked), str(conf))
+    foreign_files.put_back(str(parked), str(conf))
     assert conf.read_bytes() == b"newer" and not parked.exists()
 
 
@@ -79,14 +79,14 @@ def test_put_back_never_replaces_a_newer_file(tmp_path):
     conf, parked = tmp_path / "10-bridge.conf", tmp_path / "10-bridge.conf.mgw-original"
     parked.write_bytes(b"older")
     conf.write_bytes(b"written by the agent meanwhile")
-    files.put_back(str(parked), str(conf))
+    foreign_files.put_back(str(parked), str(conf))
     assert conf.read_bytes() == b"written by the agent meanwhile" and not parked.exists()
 
 
 def test_a_killed_installer_s_set_aside_file_is_restored(tmp_path):
-    aside = tmp_path / f".10-calico.conflist{files.ASIDE_MARK}0a1b2c"
+    aside = tmp_path / f".10-calico.conflist{foreign_files.ASIDE_MARK}0a1b2c"
     aside.write_bytes(b"the agent's document")
-    assert files.recover(str(tmp_path)) == ["10-calico.conflist"]
+    assert foreign_files.recover(str(tmp_path)) == ["10-calico.conflist"]
     assert (tmp_path / "10-calico.conflist").read_bytes() == b"the agent's document"
     assert leftovers(tmp_path) == []
 
@@ -102,7 +102,7 @@ def test_replace_never_leaves_the_name_free_and_the_newest_last(tmp_path, monkey
                                                                final):
     path = file_holding(tmp_path / "10-calico.conflist", b"v1")
     watch = ConfDirWatch(monkeypatch, path.exists, path, before, after)
-    assert files.replace_if_unchanged(str(path), b"v1", b"v1+ours") is committed
+    assert foreign_files.replace_if_unchanged(str(path), b"v1", b"v1+ours") is committed
     assert watch.missing == 0, "a reader could have found no file"
     assert content(path) == final and leftovers(tmp_path) == []
 
@@ -113,7 +113,7 @@ class Killed(BaseException):
 
 def killed_at_the_swap(monkeypatch, path: Path, agent_writes: bytes | None, swapped: bool) -> None:
     """Run replace_if_unchanged until it dies just before (or just after) its swap, leaving what it leaves."""
-    real_exchange = files._exchange
+    real_exchange = foreign_files._exchange
 
     def exchange(a: str, b: str) -> None:
         if agent_writes is not None:
@@ -123,9 +123,9 @@ def killed_at_the_swap(monkeypatch, path: Path, agent_writes: bytes | None, swap
         raise Killed
 
     with monkeypatch.context() as patch:
-        patch.setattr(files, "_exchange", exchange)
+        patch.setattr(foreign_files, "_exchange", exchange)
         with pytest.raises(Killed):
-            files.replace_if_unchanged(str(path), b"v1", b"v1+ours")
+            foreign_files.replace_if_unchanged(str(path), b"v1", b"v1+ours")
 
 
 @pytest.mark.parametrize(("agent_writes", "swapped", "live_at_kill", "after", "restored"), [
@@ -138,8 +138,8 @@ def test_a_write_killed_at_its_swap_is_finished_on_restart(tmp_path, monkeypatch
     path = file_holding(tmp_path / "10-calico.conflist", b"v1")
     killed_at_the_swap(monkeypatch, path, agent_writes, swapped)
     assert content(path) == live_at_kill
-    assert [n for n in leftovers(tmp_path) if files.SWAP_MARK in n], "the temporary file must survive the kill"
-    assert files.recover(str(tmp_path)) == restored
+    assert [n for n in leftovers(tmp_path) if foreign_files.SWAP_MARK in n], "the temporary file must survive the kill"
+    assert foreign_files.recover(str(tmp_path)) == restored
     assert content(path) == after and leftovers(tmp_path) == []
 
 
@@ -147,7 +147,7 @@ def test_recovery_keeps_a_document_the_agent_wrote_after_the_kill(tmp_path, monk
     path = file_holding(tmp_path / "10-calico.conflist", b"v1")
     killed_at_the_swap(monkeypatch, path, b"v2", swapped=True)
     write_as_agent(path, b"v3")
-    assert files.recover(str(tmp_path)) == []
+    assert foreign_files.recover(str(tmp_path)) == []
     assert content(path) == b"v3" and leftovers(tmp_path) == []
 
 
@@ -164,9 +164,9 @@ def test_without_rename_exchange_the_compare_and_swap_moves_the_file_aside(tmp_p
                                                                            committed, after):
     """A filesystem that refuses RENAME_EXCHANGE: still never a lost write, at the cost of an instant without
     the file; the installer is told why."""
-    monkeypatch.setattr(files, "_renameat2", refusing_exchange)
-    monkeypatch.setattr(files, "_exchange_fallback", None)
+    monkeypatch.setattr(foreign_files, "_renameat2", refusing_exchange)
+    monkeypatch.setattr(foreign_files, "_exchange_fallback", None)
     path = file_holding(tmp_path / "10-calico.conflist", on_disk)
-    assert files.replace_if_unchanged(str(path), b"v1", b"v1+ours") is committed
+    assert foreign_files.replace_if_unchanged(str(path), b"v1", b"v1+ours") is committed
     assert content(path) == after and leftovers(tmp_path) == []
-    assert (files.exchange_fallback() is not None) is committed
+    assert (foreign_files.exchange_fallback() is not None) is committed
