@@ -290,10 +290,12 @@ def test_gc_and_status_1_1_0(node):
     assert gc_old.returncode == 0
     status = exec_plugin(node, {"CNI_COMMAND": "STATUS"}, json.dumps(plugin_conf(node)).encode())
     assert status.returncode == 0 and status.stdout == b""
-    os.chmod(node.kubeconfig, 0o000)
-    node.kubeconfig.rename(node.kubeconfig.with_suffix(".gone"))
-    error = cni_error(exec_plugin(node, {"CNI_COMMAND": "STATUS"}, json.dumps(plugin_conf(node)).encode()))
-    assert error["code"] == 50 and "kubeconfig" in error["msg"]
+    node.kubeconfig.rename(node.kubeconfig.with_suffix(".gone"))  # concerns protected pods only: ADD refuses them
+    gone = exec_plugin(node, {"CNI_COMMAND": "STATUS"}, json.dumps(plugin_conf(node)).encode())
+    assert gone.returncode == 0 and gone.stdout == b"", gone.stdout
+    invalid = json.dumps(plugin_conf(node, logLevel="loud")).encode()
+    bad = cni_error(exec_plugin(node, {"CNI_COMMAND": "STATUS"}, invalid))
+    assert bad["code"] == 7 and "logLevel" in bad["msg"], bad
 
 
 def test_version_command(node):
