@@ -8,9 +8,7 @@ The gate runs in-process with a fake clock for its back-off, inside the node's n
 
 from __future__ import annotations
 
-import ctypes
 import http.client
-import os
 import shutil
 import subprocess
 import threading
@@ -26,54 +24,15 @@ from daemonset.api import FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS, api_client
 from daemonset.taint import TaintGate
 from tests.support.fake_clock import FakeClock
 from tests.support.installer import INSTALLER, PLUGIN, Daemon, Host
+from tests.support.netns import InNetns, in_netns
 from tests.support.node import STARTUP_TAINT, Node, node_fixture, token_user, wait_for
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cni"
-CLONE_NEWNET = 0x40000000
 OTHER = {"key": "example.com/gpu", "value": "a100", "effect": "NoSchedule"}
 LATE = {"key": "node.kubernetes.io/network-unavailable", "effect": "NoSchedule"}
 # Written back exactly as read: a timestamp, and a field this client version may not know.
 TIMED = {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute", "timeAdded": "2026-11-23T10:00:00Z",
          "futureField": "kept"}
-
-
-class InNetns(threading.Thread):
-    """fn run in a thread that joined the node's network namespace (setns is per thread)."""
-
-    def __init__(self, netns: str, fn: Callable[[], Any]) -> None:
-        super().__init__(daemon=True)
-        self.netns = netns
-        self.fn = fn
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(f"/run/netns/{self.netns}", os.O_RDONLY)
-        try:
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                self.error = OSError(ctypes.get_errno(), f"setns {self.netns}")
-                return
-        finally:
-            os.close(fd)
-        try:
-            self.value = self.fn()
-        except BaseException as exc:
-            self.error = exc
-
-    def result(self, timeout: float | None = None) -> Any:
-        self.join(timeout)
-        if self.is_alive():
-            raise TimeoutError(f"still running after {timeout}s")
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-
-def in_netns(netns: str, fn: Callable[[], Any]) -> Any:
-    thread = InNetns(netns, fn)
-    thread.start()
-    return thread.result()
 
 
 class Gate:
