@@ -76,8 +76,8 @@ REMOVED = {
 def daemonset_deleted(api: Any, settings: Settings, log: Callable[..., None]) -> bool:
     """True when the API says our DaemonSet is gone or going, or refuses our own service account (REMOVED).
 
-    A plugin whose service account the API refuses cannot read a pod either, so it would fail every pod's ADD
-    on this node: keeping it would break the node, not protect it. Only an API that cannot answer
+    A plugin whose service account the API refuses cannot read a pod either, so it would fail nearly every pod's
+    ADD on this node: keeping it would break the node, not protect it. Only an API that cannot answer
     (unreachable, 5xx, a certificate not of our CA) keeps the plugin installed."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException

@@ -136,6 +136,14 @@ FORBIDDEN = [  # what the installer's token tries, and the API server's exact an
     ("change a label", lambda v: ["label", "node", "node-a", "example.com/role=db", "--overwrite"],
      f"nodes \"node-a\" is forbidden: {POLICY}microgateway-cni may not change a node's labels, annotations, "
      "finalizers or owners"),
+    ("add an annotation", lambda v: ["annotate", "node", "node-a", "example.com/note=x"],
+     f"nodes \"node-a\" is forbidden: {POLICY}microgateway-cni may not change a node's labels, annotations, "
+     "finalizers or owners"),
+    ("remove ours and relabel", lambda v: ["patch", "node", "node-a", "--type=merge", "-p", json.dumps(
+        {"metadata": {"resourceVersion": v("node-a"), "labels": {"example.com/role": "db"}},
+         "spec": {"taints": [GPU]}})],
+     f"nodes \"node-a\" is forbidden: {POLICY}microgateway-cni may not change a node's labels, annotations, "
+     "finalizers or owners"),
     # What `kubectl cordon` sends; cordon itself prints the refusal but exits 0 (kubectl 1.37).
     ("cordon", lambda v: ["patch", "node", "node-a", "-p", '{"spec": {"unschedulable": true}}'],
      f"nodes \"node-a\" is forbidden: {POLICY}microgateway-cni may change nothing in a node's spec but its taints"),
@@ -172,6 +180,21 @@ def test_removing_the_start_up_taint_from_its_own_node_is_allowed_once(cluster, 
                                                    'nodes "node-a": the object has been modified; please apply your '
                                                    "changes to the latest version and try again\n")
     assert taints(cluster, "node-a") == [GPU]
+
+
+def test_a_token_bound_to_no_pod_names_no_node_and_may_not_lift_the_taint(cluster, pods, tainted):
+    """A token of the installer's service account that is not bound to a pod (a TokenRequest of its own, an
+    old Secret-based token) names no node: the policy refuses it any node."""
+    done = cluster.kubectl("create", "token", ACCOUNT, "-n", NAMESPACE)
+    assert done.returncode == 0, done.stderr
+    unbound = done.stdout.strip()
+    assert "node" not in claims(unbound)["kubernetes.io"]
+    refused = cluster.kubectl(*merge_patch("node-a", version(cluster, "node-a"), [GPU]), as_token=unbound)
+    add_to_report(f"remove ours with a token bound to no pod: {refused.stderr.strip()}")
+    assert (refused.returncode, refused.stderr) == (
+        1, f'Error from server (Forbidden): nodes "node-a" is forbidden: {POLICY}microgateway-cni may change only '
+           "the node its service-account token is bound to\n")
+    assert taints(cluster, "node-a") == [OURS, GPU]
 
 
 class Installer:
