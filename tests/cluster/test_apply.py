@@ -62,7 +62,7 @@ def test_the_default_overlay_applies_without_an_error_or_a_warning(applied):
 def test_the_admission_policy_type_checks_against_the_node_schema(cluster, applied):
     """The API server checks each CEL expression against the Node's OpenAPI schema after admitting the policy
     and writes what it finds (a misspelled field, a wrong type) into status.typeChecking."""
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60  # the controller manager starts after the API server is ready
     while (policy := cluster.json(POLICY))["status"].get("observedGeneration") != policy["metadata"]["generation"]:
         assert time.monotonic() < deadline, f"the policy was not type-checked: {policy['status']}"
         time.sleep(0.2)
