@@ -10,8 +10,8 @@
 # module caches (GOCACHE, GOMODCACHE) as the environment sets them.
 #
 # stdout: the bin directory. stderr: one line per program as it lands, then a summary; Go's output only
-# if something fails. `--print-dir` prints the directory without building. Other cache entries are
-# removed after a successful build.
+# if something fails. `--print-dir` prints the directory without building. A successful build removes
+# the cache entries other than itself and the one used last (about 0.7 GB each).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 src="$root/scripts/components"
@@ -25,6 +25,7 @@ if [[ "${1:-}" == --print-dir ]]; then
   exit 0
 fi
 if [[ -e "$dir/complete" ]]; then
+  touch "$dir/complete" 2>/dev/null || true  # last use: what pruning goes by
   echo "$dir/bin"
   exit 0
 fi
@@ -181,9 +182,10 @@ touch "$tmp/complete"
 rm -rf "$dir"
 mv "$tmp" "$dir"
 trap - EXIT
-for old in "$cache"/*/; do
-  old="${old%/}"
-  [[ "$old" != "$dir" && "$(basename "$old")" =~ ^[0-9a-f]{16}$ ]] && rm -rf "$old"
+# Keep this build and the one used last before it (another branch's pins); older ones go.
+ls -1t "$cache"/*/complete 2>/dev/null | tail -n +3 | while read -r stamp; do
+  old="${stamp%/complete}"
+  [[ "$(basename "$old")" =~ ^[0-9a-f]{16}$ ]] && rm -rf "$old"
 done
 links="$(awk -F'\t' 'NR > 1 && !/^#/ { printf "%s%s %ss", sep, $1, $2; sep = ", " }' "$dir/build-times.tsv")"
 say "built ${#names[@]} programs in $((SECONDS - start))s (modules ${download}s, go build $((SECONDS - start - download))s);" \
