@@ -183,9 +183,9 @@ rm -rf "$dir"
 mv "$tmp" "$dir"
 trap - EXIT
 # Keep this build and the one used last before it (another branch's pins); older ones go.
-ls -1t "$cache"/*/complete 2>/dev/null | tail -n +3 | while read -r stamp; do
+ls -1t "$cache"/????????????????/complete 2>/dev/null | tail -n +3 | while read -r stamp; do
   old="${stamp%/complete}"
-  [[ "$(basename "$old")" =~ ^[0-9a-f]{16}$ ]] && rm -rf "$old"
+  if [[ "$(basename "$old")" =~ ^[0-9a-f]{16}$ ]]; then rm -rf "$old"; fi
 done
 links="$(awk -F'\t' 'NR > 1 && !/^#/ { printf "%s%s %ss", sep, $1, $2; sep = ", " }' "$dir/build-times.tsv")"
 say "built ${#names[@]} programs in $((SECONDS - start))s (modules ${download}s, go build $((SECONDS - start - download))s);" \
