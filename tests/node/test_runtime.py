@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.support import images
-from tests.support.containerd import Containerd, alive
+from tests.support.containerd import Containerd, alive, release
 from tests.support.cri import CriError, RuntimeClient
 from tests.support.node import SUBNET4, Node, wait_for
 
@@ -159,9 +159,9 @@ def test_a_failed_call_names_the_method_and_the_grpc_status(tmp_path: Path) -> N
 def test_a_start_that_fails_says_why_and_leaves_nothing() -> None:
     if os.geteuid() != 0:
         pytest.skip("the node tier needs root (network and mount namespaces, cgroups, containerd)")
-    with Node() as node:
+    with release().node() as node:
         runtime = Containerd(node, snapshotter="no-such-snapshotter")
-        with pytest.raises(RuntimeError, match=r"(?s)without its CRI plugin.*failed to find snapshotter"), runtime:
+        with pytest.raises(RuntimeError, match=r"(?s)without its CRI plugin.*no-such-snapshotter"), runtime:
             pytest.fail("containerd's CRI plugin started with a snapshotter that does not exist")
         assert runtime.process is not None and runtime.process.returncode is not None
         assert processes_in(node.dir) == [] and not runtime.dir.exists()
@@ -217,8 +217,9 @@ def test_close_leaves_no_netns_mount_process_cgroup_or_file(stop: str) -> None:
     if os.geteuid() != 0:
         pytest.skip("the node tier needs root (network and mount namespaces, cgroups, containerd)")
     started = time.monotonic()
-    with Node() as node:
-        node.write_conflist(chained=False)
+    chosen = release()
+    with chosen.node() as node:
+        chosen.write_primary(node)
         runtime = Containerd(node, keep_plugin=False)
         try:
             runtime.start()
