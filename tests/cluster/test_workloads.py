@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,8 @@ OVERLAY = "daemonset/manifests/overlays/default"
 INSTALLER = ("-n", "kube-system")
 SELECTOR = "app.kubernetes.io/name=microgateway-cni"
 NEWER = "0.1.1"
+PRIMARY_ONLY = ["bridge", "portmap"]  # the primary agent's conflist (tests/support/cluster/worker.py)
+CHAINED = [*PRIMARY_ONLY, "microgateway-cni"]
 NOWHERE = {"spec": {"template": {"spec": {"nodeSelector": {"microgateway-cni.test/nowhere": "true"}}}}}
 ROUNDS = 5  # pods per start-time figure
 RUN: dict[str, Any] = {}  # what one test leaves to a later one on the shared cluster (tests run in order)
@@ -70,6 +74,15 @@ def verdict(cluster: Cluster, pod: str, *args: str) -> dict[str, Any]:
     return dict(json.loads(cluster.kubectl("logs", pod, "-c", VALIDATOR_CONTAINER, *args).strip().splitlines()[-1]))
 
 
+def started_at(cluster: Cluster, installer: str) -> datetime:
+    """When the installer pod logged its start (its clock is UTC: the image has no time zone)."""
+    for line in cluster.kubectl(*INSTALLER, "logs", installer).splitlines():
+        entry = json.loads(line)
+        if entry["message"] == "installer running":
+            return datetime.strptime(entry["asctime"], "%Y-%m-%d %H:%M:%S,%f").replace(tzinfo=UTC)
+    raise LookupError(f"{installer} has not logged its start")
+
+
 def start_times(cluster: Cluster, label: str, make: Callable[[str], dict[str, Any]]) -> list[float]:
     """Seconds from `kubectl create` to the pod's Ready condition, one pod after the other; the pods are
     removed afterwards."""
@@ -91,7 +104,7 @@ def test_daemonset_becomes_ready_chains_the_plugin_and_lifts_the_taint(cluster):
     installer_ready(cluster)
     ready = time.monotonic() - began
     assert taints(cluster) == []
-    assert cluster.primary_entries() == ["bridge", "microgateway-cni"]
+    assert cluster.primary_entries() == CHAINED
     assert (cluster.worker.node.bin_dir / "microgateway-cni").exists(), "the installer copied the plugin bundle"
     report.add(f"kubectl apply -k {OVERLAY}: DaemonSet Ready, plugin chained and taint lifted after {ready:.1f} s")
 
@@ -126,6 +139,17 @@ def test_ordinary_pod_is_untouched(cluster):
     report.add(f"ordinary pod plain {ip}: no rule of ours in its netns; :8080 {path_of(reply)}")
 
 
+def test_a_pod_reaches_the_api_server_through_the_kubernetes_service(cluster):
+    """kube-proxy's DNAT of the ClusterIP, seen from a pod: TLS verified with the pod's service-account CA."""
+    service = cluster.kubectl("get", "service", "kubernetes", "-o", "jsonpath={.spec.clusterIP}")
+    fetch = ("import json, ssl, urllib.request\n"
+             "context = ssl.create_default_context(cafile='/var/run/secrets/kubernetes.io/serviceaccount/ca.crt')\n"
+             f"print(json.load(urllib.request.urlopen('https://{service}/version', context=context))['gitVersion'])")
+    version = cluster.kubectl("exec", "client", "--", "python3", "-c", fetch).strip()
+    assert version.startswith("v1.")
+    report.add(f"client pod -> https://{service}/version (the kubernetes Service, kube-proxy nftables): {version}")
+
+
 def test_istio_pod_engine_behind_the_proxy(cluster):
     cluster.create(for_api(workloads.istio("mesh", image())))
     cluster.wait("--for=condition=Ready", "pod/mesh")
@@ -149,7 +173,7 @@ def test_kubectl_debug_runs_diagnose(cluster, tmp_path: Path):
     output = cluster.kubectl("logs", shop, "-c", "diagnose")
     assert "I1: ok" in output and "I2: ok" in output, output
     report.add(f"kubectl debug {shop} -- microgateway-network-validator diagnose: exit 0, "
-               + ", ".join(line for line in output.splitlines() if line.startswith("I")))
+               + ", ".join(line for line in output.splitlines() if re.match(r"I\d+: ", line)))
 
 
 def test_delete_pod_runs_del_and_the_netns_goes(cluster):
@@ -170,6 +194,7 @@ def test_new_image_rolled_out_while_protected_pods_start_none_unprotected(cluste
     keeps the plugin chained, so every pod is protected; one set up without it would be refused by its
     validator (and deleted by the repair controller, with an event), never run unprotected."""
     cluster.worker.import_project(NEWER)
+    began = datetime.now(UTC)
     cluster.kubectl(*INSTALLER, "set", "image", "daemonset/microgateway-cni", f"installer={image(NEWER)}")
     cluster.kubectl("scale", "deployment/shop", "--replicas=5")
     installer_ready(cluster)
@@ -182,8 +207,13 @@ def test_new_image_rolled_out_while_protected_pods_start_none_unprotected(cluste
     unprotected = [name for name in names if not cluster.our_rules(name)]
     assert unprotected == []
     refused = cluster.get("events", "--field-selector", "reason=MicrogatewayNetworkValidationFailed")["items"]
+    new_installer = started_at(cluster, installers[0]["metadata"]["name"])
+    between = {entry["pod"] for entry in cluster.plugin_log() if entry["command"] == "ADD"
+               and entry["pod"].removeprefix("default/") in names
+               and began < datetime.fromisoformat(entry["ts"]) < new_installer}
     report.add(f"rollout to {image(NEWER)} while shop scaled 2 -> 5: all 5 running pods have our rules and "
-               f"validator exit 0; {len(refused)} refused by the validator")
+               f"validator exit 0, {len(between)} set up between `set image` and the new installer's start; "
+               f"{len(refused)} refused by the validator")
 
 
 def test_pod_start_with_the_plugin_chained(cluster):
@@ -198,7 +228,7 @@ def test_installer_stopped_protected_pods_refused_ordinary_pods_start(cluster):
     ordinary pods keep starting. The installer's return repairs it (the refused pod is deleted)."""
     cluster.kubectl(*INSTALLER, "patch", "daemonset/microgateway-cni", "--type=merge", "-p", json.dumps(NOWHERE))
     cluster.wait(*INSTALLER, "--for=delete", "pod", "-l", SELECTOR)
-    assert cluster.primary_entries() == ["bridge", "microgateway-cni"], "SIGTERM without a deletion keeps it"
+    assert cluster.primary_entries() == CHAINED, "SIGTERM without a deletion keeps it"
     cluster.worker.write_primary()
     cluster.create(for_api(workloads.protected("refused", image(NEWER))))
     cluster.create(for_api(workloads.ordinary("plain-meanwhile")))
@@ -211,7 +241,7 @@ def test_installer_stopped_protected_pods_refused_ordinary_pods_start(cluster):
     cluster.kubectl(*INSTALLER, "patch", "daemonset/microgateway-cni", "--type=json", "-p",
                     '[{"op": "remove", "path": "/spec/template/spec/nodeSelector/microgateway-cni.test~1nowhere"}]')
     installer_ready(cluster)
-    assert cluster.primary_entries() == ["bridge", "microgateway-cni"]
+    assert cluster.primary_entries() == CHAINED
     cluster.wait("--for=delete", "pod/refused")
     report.add(f"installer stopped, primary rewrote its conflist: protected pod refused (validator exit 3, "
                f"verdict {result['verdict']}), ordinary pod Ready; installer back: chained again, refused pod "
@@ -224,7 +254,7 @@ def test_installer_stopped_protected_pods_refused_ordinary_pods_start(cluster):
 def test_delete_k_gives_the_primary_its_conflist_back(cluster):
     cluster.kubectl("delete", "-k", OVERLAY)
     cluster.wait(*INSTALLER, "--for=delete", "pod", "-l", SELECTOR)
-    assert cluster.primary_entries() == ["bridge"]
+    assert cluster.primary_entries() == PRIMARY_ONLY
 
 
 def test_daemonset_deleted_first_uninstalls_then_pods_start_without_the_plugin(cluster):

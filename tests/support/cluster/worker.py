@@ -16,6 +16,7 @@ start() removes what it names and every process whose command line names that di
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -89,7 +90,7 @@ class Worker(Started):
             (self.node.bin_dir / plugin).symlink_to(self.node.cni_plugins / plugin)
         self.write_primary()
         # The node's uplink: the service range must be routable before kube-proxy's DNAT can take it.
-        subprocess.run(["ip", "-n", self.plane.netns, "route", "add", "default", "dev", "node0"], check=True,
+        subprocess.run(["ip", "-n", self.plane.netns, "route", "replace", "default", "dev", "node0"], check=True,
                        capture_output=True)
         self._make_cgroup_root()
         self.containerd.start()
@@ -191,9 +192,16 @@ class Worker(Started):
 
     def write_primary(self) -> None:
         """What the primary CNI's agent does when it starts or is upgraded: (re)write its conflist, which
-        takes out an entry another agent chained into it."""
-        self.primary = self.release.write_primary(self.node, PRIMARY)
-        self.primary_text = self.primary.read_text()
+        takes out an entry another agent chained into it. Like flannel's: bridge, its pods' default route
+        through the node (the Service range is reached there), and portmap for hostPorts."""
+        bridge = {**self.node.bridge_entry(), "isDefaultGateway": True}
+        portmap = {"type": "portmap", "capabilities": {"portMappings": True}}
+        self.primary_text = json.dumps({"cniVersion": self.release.cni_version, "name": "cbr0",
+                                        "plugins": [bridge, portmap]}, indent=2)
+        self.primary = self.node.conf_dir / PRIMARY
+        tmp = self.primary.with_suffix(".tmp")
+        tmp.write_text(self.primary_text)
+        tmp.replace(self.primary)
 
     # -- images -------------------------------------------------------------------------------------
     def import_project(self, version: str = "0.1.0") -> None:
@@ -213,8 +221,10 @@ class Worker(Started):
 
     # -- state --------------------------------------------------------------------------------------
     def wait_ready(self) -> None:
-        """Until the kubelet has registered the Node and reports it Ready (its runtime and CNI are)."""
-        for condition in ("create", "condition=Ready"):
+        """Until the kubelet has registered the Node and reports it Ready (its runtime and CNI are), and the
+        node lifecycle controller has lifted node.kubernetes.io/not-ready: the start-up taint is the only one
+        left, as on a node joining a running cluster."""
+        for condition in ("create", "condition=Ready", f"jsonpath={{.spec.taints[*].key}}={STARTUP_TAINT['key']}"):
             done = self.plane.kubectl("wait", f"--for={condition}", f"node/{NODE_NAME}",
                                       f"--timeout={START_TIMEOUT:.0f}s", timeout=START_TIMEOUT + 10)
             if done.returncode:
@@ -273,7 +283,8 @@ def sweep() -> None:
         while any(alive(victim) for victim in pids) and time.monotonic() < deadline:
             time.sleep(0.05)
         for cgroup in cgroups:
-            cgroup.rmdir()
+            with contextlib.suppress(OSError):  # a process that outlived SIGKILL: the cgroup stays, the run goes on
+                cgroup.rmdir()
         for name, value in doc["sysctls"].items():
             _write_sysctl(name, value)
         subprocess.run(["rm", "-rf", "--one-file-system", str(stale)], check=False, capture_output=True)
