@@ -62,15 +62,31 @@ def describe_api_error(exc: BaseException, ca_path: str) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+# Answers to reading our own DaemonSet on SIGTERM that mean the installation is being removed, and why: an
+# uninstall deletes the DaemonSet, its ServiceAccount and its RBAC together (kubectl delete -k removes the
+# ServiceAccount and RBAC first, helm uninstall the DaemonSet first), so by the time the kubelet stops this pod
+# the API may answer for any of them (docs/design.md, "The cluster tier: the API server").
+REMOVED = {
+    404: "our DaemonSet is gone",
+    401: "the API no longer accepts our service-account token: its ServiceAccount was deleted",
+    403: "the API no longer lets our service account read its DaemonSet: its RBAC was deleted",
+}
+
+
 def daemonset_deleted(api: Any, settings: Settings, log: Callable[..., None]) -> bool:
-    """True only when the API says our DaemonSet is gone or going; any doubt keeps the plugin installed."""
+    """True when the API says our DaemonSet is gone or going, or refuses our own service account (REMOVED).
+
+    A plugin whose service account the API refuses cannot read a pod either, so it would fail nearly every pod's
+    ADD on this node: keeping it would break the node, not protect it. Only an API that cannot answer
+    (unreachable, 5xx, a certificate not of our CA) keeps the plugin installed."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
     try:
         ds = client.AppsV1Api(api).read_namespaced_daemon_set(settings.daemonset_name, settings.namespace)
     except Exception as exc:
-        if isinstance(exc, ApiException) and exc.status == 404:
+        if isinstance(exc, ApiException) and exc.status in REMOVED:
+            log("info", "uninstalling: " + REMOVED[exc.status], status=exc.status)
             return True
         log("warn", "cannot tell whether the DaemonSet is being deleted; leaving the plugin installed",
             error=describe_api_error(exc, api.configuration.ssl_ca_cert))

@@ -96,7 +96,8 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("MGW_LISTEN_PORT", "port of /healthz, /readyz and /metrics", _default("listen_port")),
     ("MGW_REVERT_WARNING_THRESHOLD", "removals of our entry by another agent per minute before the installer "
      "warns and backs off", _default("revert_warning_threshold")),
-    ("MGW_DAEMONSET_NAME", "our DaemonSet: SIGTERM uninstalls only while it is being deleted",
+    ("MGW_DAEMONSET_NAME", "our DaemonSet: SIGTERM uninstalls when it is being deleted or gone, or when the API "
+     "refuses our service account (deleted with it)",
      _default("daemonset_name")),
     ("MGW_SERVICE_ACCOUNT_DIR", "token, and ca.crt that the API server's certificate must chain to",
      _default("service_account_dir")),

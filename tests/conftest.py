@@ -13,7 +13,7 @@ from tests.support.node import BACKENDS, DRIVER, Node
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if {"integration", "e2e", "node"} & set(item.nodeid.split("/")):
+        if {"integration", "e2e", "node", "cluster"} & set(item.nodeid.split("/")):
             item.add_marker(pytest.mark.root)
 
 

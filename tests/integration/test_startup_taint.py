@@ -1,16 +1,15 @@
 """The start-up taint gate against the kube-API stand-in (tests/support/kubeapi.py).
 
-No kube-apiserver can run here, so the installer's real API client (the official Kubernetes client,
-HTTPS, bearer token) talks to the stand-in, which implements node GET and merge PATCH with the
-apiserver's resourceVersion preconditions (409), RBAC denials (403) and the manifests' admission policy.
-The gate runs in-process with a fake clock for its back-off, inside the node's network namespace.
+The installer's real API client (the official Kubernetes client, HTTPS, bearer token) talks to the stand-in,
+which implements node GET and merge PATCH with the apiserver's resourceVersion preconditions (409) and RBAC
+denials (403) as a test's fixtures ask, next to the installer running as a process. The gate runs in-process
+with a fake clock for its back-off, inside the node's network namespace. The real API server's RBAC and
+admission policy meet the same gate in tests/cluster/.
 """
 
 from __future__ import annotations
 
-import ctypes
 import http.client
-import os
 import shutil
 import subprocess
 import threading
@@ -26,54 +25,15 @@ from daemonset.api import FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS, api_client
 from daemonset.taint import TaintGate
 from tests.support.fake_clock import FakeClock
 from tests.support.installer import INSTALLER, PLUGIN, Daemon, Host
-from tests.support.node import STARTUP_TAINT, Node, node_fixture, token_user, wait_for
+from tests.support.netns import InNetns, in_netns
+from tests.support.node import STARTUP_TAINT, Node, node_fixture, wait_for
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cni"
-CLONE_NEWNET = 0x40000000
 OTHER = {"key": "example.com/gpu", "value": "a100", "effect": "NoSchedule"}
 LATE = {"key": "node.kubernetes.io/network-unavailable", "effect": "NoSchedule"}
 # Written back exactly as read: a timestamp, and a field this client version may not know.
 TIMED = {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute", "timeAdded": "2026-11-23T10:00:00Z",
          "futureField": "kept"}
-
-
-class InNetns(threading.Thread):
-    """fn run in a thread that joined the node's network namespace (setns is per thread)."""
-
-    def __init__(self, netns: str, fn: Callable[[], Any]) -> None:
-        super().__init__(daemon=True)
-        self.netns = netns
-        self.fn = fn
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(f"/run/netns/{self.netns}", os.O_RDONLY)
-        try:
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                self.error = OSError(ctypes.get_errno(), f"setns {self.netns}")
-                return
-        finally:
-            os.close(fd)
-        try:
-            self.value = self.fn()
-        except BaseException as exc:
-            self.error = exc
-
-    def result(self, timeout: float | None = None) -> Any:
-        self.join(timeout)
-        if self.is_alive():
-            raise TimeoutError(f"still running after {timeout}s")
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-
-def in_netns(netns: str, fn: Callable[[], Any]) -> Any:
-    thread = InNetns(netns, fn)
-    thread.start()
-    return thread.result()
 
 
 class Gate:
@@ -190,16 +150,6 @@ def test_rbac_denial_is_reported_and_retried_with_backoff(node, host):
     assert taints(node) == [] and gate.gate.open
 
 
-def test_admission_policy_refuses_a_token_bound_to_another_node(node, host):
-    node.write_nodes({"node-1": node_fixture(taints=[STARTUP_TAINT])})
-    node.write_fixture("user", token_user("node-2", "node-2-uid"))
-    gate = Gate(node, host, FakeClock(lambda count: count == 2))
-    gate.run()
-    assert gate.failures == ["forbidden", "forbidden"] and not gate.gate.open
-    assert "only the node its service-account token is bound to" in gate.logged[0][2]["error"]
-    assert taints(node) == [STARTUP_TAINT]
-
-
 def test_api_down_and_unrunnable_plugin_keep_the_taint(node, host, tmp_path):
     node.write_nodes({"node-1": node_fixture(taints=[STARTUP_TAINT])})
     broken = tmp_path / "microgateway-cni"
@@ -279,30 +229,11 @@ def first_ready(port: int, timeout: float) -> float | None:
 READYZ_AFTER_CHAINING_SECONDS = 0.3
 
 
-def load_admission(node: Node, host: Host) -> None:
-    """The stand-in loads its CEL evaluator on its first node PATCH, which a kube-apiserver has long done:
-    send it one the admission policy refuses (a label change), so no later PATCH pays for the loading."""
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
-    def patch() -> int:
-        try:
-            client.CoreV1Api(api_client(host.settings())).patch_node(
-                "node-1", {"metadata": {"labels": {"example.com/warm-up": "1"}}},
-                _content_type="application/merge-patch+json")
-        except ApiException as exc:
-            return int(exc.status)
-        return 200
-
-    assert in_netns(node.netns, patch) == 403
-
-
 def test_readyz_follows_chaining_a_late_primary_at_once(node, host, capsys):
     """The primary CNI writes its conflist after the installer started: the reconcile that chains our entry
     makes the node ready, so the taint is lifted and /readyz answers 200 right after the chained file is
     written (its mtime), not at the next of some periodic check."""
     node.write_nodes({"node-1": node_fixture(taints=[STARTUP_TAINT])})
-    load_admission(node, host)
     daemon = Daemon(node, host, MGW_REPAIR_MODE="none")
     assert wait_for(lambda: "microgateway_cni_node_untainted 0.0" in daemon.metrics(check=False), timeout=15)
     assert wait_for(lambda: {"no primary CNI configuration yet; waiting",

@@ -1,14 +1,14 @@
 """A stand-in for the kube-apiserver: HTTPS, bearer-token auth, only the endpoints this project uses.
 
-No kube-apiserver can run on the test machines (docs/design.md, "Testing"); the client code under test is the same
-that talks to a real cluster. Pods come from a JSON fixture file re-read on every request, so a test
+The integration and node tests drive the cluster's state from fixtures through it (docs/design.md, "Testing");
+the client code under test is the same that talks to a real cluster. RBAC and the admission policy are the real
+API server's in tests/cluster/. Pods come from a JSON fixture file re-read on every request, so a test
 can change the cluster by rewriting it. Deletions and events are appended to a journal file.
 
 Nodes (GET, merge PATCH) behave like the apiserver where the start-up taint gate depends on it: a
 resourceVersion in the patch is a precondition (409 on mismatch), every write bumps it, RBAC denials
-("forbidden": ["patch nodes"]) answer 403, and the project's ValidatingAdmissionPolicy is evaluated with
-CEL for the fixture's "user" (the token's identity) unless "admissionPolicy" is false. "races" holds
-merge patches another agent lands on a node just before our next PATCH of it is handled.
+("forbidden": ["patch nodes"]) answer 403 naming the fixture's "user". "races" holds merge patches another
+agent lands on a node just before our next PATCH of it is handled.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def make_handler(fixtures: str, journal: str, token: str):
             return True
 
         def _patch_node(self, name: str) -> None:
-            """Merge patch with the apiserver's optimistic concurrency, then admission, then a new resourceVersion."""
+            """Merge patch with the apiserver's optimistic concurrency, then a new resourceVersion."""
             if self._forbidden("patch", name):
                 return
             if self.headers.get("Content-Type") != MERGE_PATCH:
@@ -218,15 +218,6 @@ def make_handler(fixtures: str, journal: str, token: str):
                                                         "has been modified; please apply your changes to the latest "
                                                         "version and try again"))
                 return
-            if doc.get("admissionPolicy", True):
-                from tests.support.admission import admit, load_policy
-
-                verdict = admit(load_policy(), doc.get("user", {}), old, new)
-                if not verdict.allowed:
-                    self._store(doc)
-                    self._record({"verb": "patch-node", "node": name, "body": body, "code": 403})
-                    self._send(403, status(403, "Forbidden", verdict.message))
-                    return
             nodes[name] = self._bump(new)
             self._store(doc)
             self._record({"verb": "patch-node", "node": name, "body": body, "code": 200})

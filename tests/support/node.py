@@ -129,13 +129,6 @@ def tolerates(tolerations: list[dict[str, Any]], taint: dict[str, Any]) -> bool:
     return False
 
 
-def token_user(node: str | None = "node-1", uid: str = "node-1-uid") -> dict[str, Any]:
-    """The installer's identity from a pod-bound token; Kubernetes >= 1.32 adds the node it runs on."""
-    extra = {"authentication.kubernetes.io/node-name": [node], "authentication.kubernetes.io/node-uid": [uid]}
-    return {"username": INSTALLER_USER, "groups": ["system:serviceaccounts", "system:authenticated"],
-            "extra": extra if node else {}}
-
-
 @dataclass
 class Pod:
     name: str
@@ -192,7 +185,7 @@ class Node(Started):
         self.add_netns(self.netns)
         self.write_pods({})
         self.write_nodes({"node-1": node_fixture()})
-        self.write_fixture("user", token_user())
+        self.write_fixture("user", {"username": INSTALLER_USER})
         self._start_api()
 
     def close(self) -> None:
@@ -263,7 +256,7 @@ class Node(Started):
         self._write_fixture("nodes", nodes)
 
     def write_fixture(self, section: str, value: Any) -> None:
-        """Any other stand-in section: "user", "forbidden", "races", "admissionPolicy" (tests/support/kubeapi.py)."""
+        """Any other stand-in section: "user", "forbidden", "races" (tests/support/kubeapi.py)."""
         self._write_fixture(section, value)
 
     def api_node(self, name: str = "node-1") -> dict[str, Any]:

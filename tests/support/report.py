@@ -1,9 +1,10 @@
-"""Lines a test tier reports at the end of a run (figures worth reading in CI's output, not asserts)."""
+"""Lines a test tier reports at the end of a run (figures worth reading in CI's output, not asserts), by tier."""
 
 from __future__ import annotations
 
-LINES: list[str] = []
+TIERS: dict[str, list[str]] = {"node": []}
+LINES = TIERS["node"]  # the node tier's
 
 
-def add(line: str) -> None:
-    LINES.append(line)
+def add(line: str, tier: str = "node") -> None:
+    TIERS.setdefault(tier, []).append(line)
