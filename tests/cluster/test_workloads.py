@@ -23,22 +23,25 @@ from typing import Any
 
 import pytest
 
-from cni.contract import VALIDATOR_CONTAINER
 from tests.support import report, workloads
-from tests.support.cluster.cluster import Cluster, deployment, for_api
-from tests.support.cluster.controlplane import NODE_NAME
+from tests.support.cluster.cluster import (
+    INSTALLER,
+    INSTALLER_PODS,
+    OVERLAY,
+    Cluster,
+    deployment,
+    for_api,
+    validator_exit,
+)
 from tests.support.cluster.worker import image
 from tests.support.demo import path_of
 from tests.support.node import STARTUP_TAINT
 
-OVERLAY = "daemonset/manifests/overlays/default"
-INSTALLER = ("-n", "kube-system")
-SELECTOR = "app.kubernetes.io/name=microgateway-cni"
 NEWER = "0.1.1"
 PRIMARY_ONLY = ["bridge", "portmap"]  # the primary agent's conflist (tests/support/cluster/worker.py)
 CHAINED = [*PRIMARY_ONLY, "microgateway-cni"]
-NOWHERE = {"spec": {"template": {"spec": {"nodeSelector": {"microgateway-cni.test/nowhere": "true"}}}}}
 ROUNDS = 5  # pods per start-time figure
+TIER = "cluster"  # the report's section (tests/cluster/conftest.py)
 RUN: dict[str, Any] = {}  # what one test leaves to a later one on the shared cluster (tests run in order)
 
 
@@ -48,30 +51,14 @@ def cluster() -> Iterator[Cluster]:
         pytest.skip("the cluster tier needs root (network and mount namespaces, cgroups, containerd, kubelet)")
     began = time.monotonic()
     with Cluster() as running:
-        report.add(f"cluster: control plane and worker node Ready {running.start_seconds:.1f} s after start")
+        note(f"cluster: control plane and worker node Ready {running.start_seconds:.1f} s after start")
         yield running
-    report.add(f"cluster, test_workloads.py: {time.monotonic() - began:.0f} s wall time, cluster start and "
-               "removal included")
+    note(f"cluster, test_workloads.py: {time.monotonic() - began:.0f} s wall time, cluster start and "
+         "removal included")
 
 
-def taints(cluster: Cluster) -> list[str]:
-    return cluster.kubectl("get", "node", NODE_NAME, "-o", "jsonpath={.spec.taints[*].key}").split()
-
-
-def installer_ready(cluster: Cluster) -> None:
-    cluster.kubectl(*INSTALLER, "rollout", "status", "daemonset/microgateway-cni", "--timeout=120s")
-
-
-def validator_exit(pod: dict[str, Any]) -> int | None:
-    """The validator's exit code: of its one run, or of its last run before a restart."""
-    status = pod["status"]["initContainerStatuses"][0]
-    terminated = status["state"].get("terminated") or status.get("lastState", {}).get("terminated") or {}
-    return terminated.get("exitCode")
-
-
-def verdict(cluster: Cluster, pod: str, *args: str) -> dict[str, Any]:
-    """The validator's JSON line, as `kubectl logs <pod> -c <validator>` shows it."""
-    return dict(json.loads(cluster.kubectl("logs", pod, "-c", VALIDATOR_CONTAINER, *args).strip().splitlines()[-1]))
+def note(line: str) -> None:
+    report.add(line, TIER)
 
 
 def started_at(cluster: Cluster, installer: str) -> datetime:
@@ -98,15 +85,15 @@ def start_times(cluster: Cluster, label: str, make: Callable[[str], dict[str, An
 
 
 def test_daemonset_becomes_ready_chains_the_plugin_and_lifts_the_taint(cluster):
-    assert taints(cluster) == [STARTUP_TAINT["key"]], "the kubelet registers the node with the start-up taint"
+    assert cluster.worker.taints() == [STARTUP_TAINT["key"]], "the kubelet registers the node with the start-up taint"
     began = time.monotonic()
     cluster.kubectl("apply", "--server-side", "-k", OVERLAY)
-    installer_ready(cluster)
+    cluster.installer_ready()
     ready = time.monotonic() - began
-    assert taints(cluster) == []
+    assert cluster.worker.taints() == []
     assert cluster.primary_entries() == CHAINED
     assert (cluster.worker.node.bin_dir / "microgateway-cni").exists(), "the installer copied the plugin bundle"
-    report.add(f"kubectl apply -k {OVERLAY}: DaemonSet Ready, plugin chained and taint lifted after {ready:.1f} s")
+    note(f"kubectl apply -k {OVERLAY}: DaemonSet Ready, plugin chained and taint lifted after {ready:.1f} s")
 
 
 def test_protected_deployment_validator_passes_and_traffic_goes_through_the_engine(cluster):
@@ -117,13 +104,13 @@ def test_protected_deployment_validator_passes_and_traffic_goes_through_the_engi
     pods = cluster.get("pods", "-l", "app=shop")["items"]
     assert [validator_exit(pod) for pod in pods] == [0, 0]
     shop = pods[0]["metadata"]["name"]
-    result = verdict(cluster, shop)
+    result = cluster.verdict(shop)
     assert result["verdict"] == "pass", result
     ip = pods[0]["status"]["podIP"]
     replies = cluster.request("client", [f"{ip}:8080", f"{ip}:8081", f"{ip}:5555"])
     paths = {target.rsplit(":", 1)[1]: path_of(reply) for target, reply in replies.items()}
-    report.add(f"Deployment shop, pod {shop} {ip}: validator {result['verdict']} (exit 0); "
-               + "; ".join(f":{port} {hops}" for port, hops in paths.items()))
+    note(f"Deployment shop, pod {shop} {ip}: validator {result['verdict']} (exit 0); "
+         + "; ".join(f":{port} {hops}" for port, hops in paths.items()))
     assert paths == {"8080": "client -> engine -> app", "8081": "client -> app", "5555": "client -> engine"}
     RUN["shop"] = shop
 
@@ -136,7 +123,7 @@ def test_ordinary_pod_is_untouched(cluster):
     ip = cluster.pod_ip("plain")
     reply = cluster.request("client", [f"{ip}:8080"])[f"{ip}:8080"]
     assert path_of(reply) == "client -> app"
-    report.add(f"ordinary pod plain {ip}: no rule of ours in its netns; :8080 {path_of(reply)}")
+    note(f"ordinary pod plain {ip}: no rule of ours in its netns; :8080 {path_of(reply)}")
 
 
 def test_a_pod_reaches_the_api_server_through_the_kubernetes_service(cluster):
@@ -147,7 +134,7 @@ def test_a_pod_reaches_the_api_server_through_the_kubernetes_service(cluster):
              f"print(json.load(urllib.request.urlopen('https://{service}/version', context=context))['gitVersion'])")
     version = cluster.kubectl("exec", "client", "--", "python3", "-c", fetch).strip()
     assert version.startswith("v1.")
-    report.add(f"client pod -> https://{service}/version (the kubernetes Service, kube-proxy nftables): {version}")
+    note(f"client pod -> https://{service}/version (the kubernetes Service, kube-proxy nftables): {version}")
 
 
 def test_istio_pod_engine_behind_the_proxy(cluster):
@@ -158,7 +145,7 @@ def test_istio_pod_engine_behind_the_proxy(cluster):
     ip = cluster.pod_ip("mesh")
     reply = cluster.request("client", [f"{ip}:8080"])[f"{ip}:8080"]
     assert path_of(reply) == "client -> istio -> engine -> app"
-    report.add(f"Istio-mode pod mesh {ip}: istio-init and validator exit 0; :8080 {path_of(reply)}")
+    note(f"Istio-mode pod mesh {ip}: istio-init and validator exit 0; :8080 {path_of(reply)}")
 
 
 def test_kubectl_debug_runs_diagnose(cluster, tmp_path: Path):
@@ -172,8 +159,8 @@ def test_kubectl_debug_runs_diagnose(cluster, tmp_path: Path):
                                 "=Completed")
     output = cluster.kubectl("logs", shop, "-c", "diagnose")
     assert "I1: ok" in output and "I2: ok" in output, output
-    report.add(f"kubectl debug {shop} -- microgateway-network-validator diagnose: exit 0, "
-               + ", ".join(line for line in output.splitlines() if re.match(r"I\d+: ", line)))
+    note(f"kubectl debug {shop} -- microgateway-network-validator diagnose: exit 0, "
+         + ", ".join(line for line in output.splitlines() if re.match(r"I\d+: ", line)))
 
 
 def test_delete_pod_runs_del_and_the_netns_goes(cluster):
@@ -186,7 +173,7 @@ def test_delete_pod_runs_del_and_the_netns_goes(cluster):
     assert "redirection removed" in [entry["msg"] for entry in entries if entry["command"] == "DEL"], entries
     assert [entry for entry in entries if entry["level"] == "error"] == []
     assert not netns.exists(), "containerd removed the pod's network namespace"
-    report.add(f"kubectl delete pod {shop}: DEL removed our rules, netns {netns.name} gone")
+    note(f"kubectl delete pod {shop}: DEL removed our rules, netns {netns.name} gone")
 
 
 def test_new_image_rolled_out_while_protected_pods_start_none_unprotected(cluster):
@@ -197,9 +184,9 @@ def test_new_image_rolled_out_while_protected_pods_start_none_unprotected(cluste
     began = datetime.now(UTC)
     cluster.kubectl(*INSTALLER, "set", "image", "daemonset/microgateway-cni", f"installer={image(NEWER)}")
     cluster.kubectl("scale", "deployment/shop", "--replicas=5")
-    installer_ready(cluster)
+    cluster.installer_ready()
     cluster.kubectl("rollout", "status", "deployment/shop", "--timeout=180s")
-    installers = cluster.get(*INSTALLER, "pods", "-l", SELECTOR)["items"]
+    installers = cluster.get(*INSTALLER, "pods", "-l", INSTALLER_PODS)["items"]
     assert [pod["spec"]["containers"][0]["image"] for pod in installers] == [image(NEWER)]
     pods = cluster.get("pods", "-l", "app=shop")["items"]
     names = [pod["metadata"]["name"] for pod in pods]
@@ -211,9 +198,9 @@ def test_new_image_rolled_out_while_protected_pods_start_none_unprotected(cluste
     between = {entry["pod"] for entry in cluster.plugin_log() if entry["command"] == "ADD"
                and entry["pod"].removeprefix("default/") in names
                and began < datetime.fromisoformat(entry["ts"]) < new_installer}
-    report.add(f"rollout to {image(NEWER)} while shop scaled 2 -> 5: all 5 running pods have our rules and "
-               f"validator exit 0, {len(between)} set up between `set image` and the new installer's start; "
-               f"{len(refused)} refused by the validator")
+    note(f"rollout to {image(NEWER)} while shop scaled 2 -> 5: all 5 running pods have our rules and "
+         f"validator exit 0, {len(between)} set up between `set image` and the new installer's start; "
+         f"{len(refused)} refused by the validator")
 
 
 def test_pod_start_with_the_plugin_chained(cluster):
@@ -226,8 +213,7 @@ def test_installer_stopped_protected_pods_refused_ordinary_pods_start(cluster):
     """No installer on the node (its DaemonSet's nodeSelector matches nothing) when the primary CNI's agent
     rewrites its conflist: nobody chains the plugin again, protected pods are refused by their validator,
     ordinary pods keep starting. The installer's return repairs it (the refused pod is deleted)."""
-    cluster.kubectl(*INSTALLER, "patch", "daemonset/microgateway-cni", "--type=merge", "-p", json.dumps(NOWHERE))
-    cluster.wait(*INSTALLER, "--for=delete", "pod", "-l", SELECTOR)
+    cluster.stop_installer()
     assert cluster.primary_entries() == CHAINED, "SIGTERM without a deletion keeps it"
     cluster.worker.write_primary()
     cluster.create(for_api(workloads.protected("refused", image(NEWER))))
@@ -236,39 +222,26 @@ def test_installer_stopped_protected_pods_refused_ordinary_pods_start(cluster):
     cluster.wait("pod/refused", "--for=jsonpath={.status.initContainerStatuses[0].restartCount}=1")
     pod = cluster.get("pod", "refused")
     assert validator_exit(pod) == 3 and pod["status"]["phase"] == "Pending"
-    result = verdict(cluster, "refused", "--previous")
+    result = cluster.verdict("refused", "--previous")
     assert result["verdict"] != "pass", result
-    cluster.kubectl(*INSTALLER, "patch", "daemonset/microgateway-cni", "--type=json", "-p",
-                    '[{"op": "remove", "path": "/spec/template/spec/nodeSelector/microgateway-cni.test~1nowhere"}]')
-    installer_ready(cluster)
+    cluster.resume_installer()
     assert cluster.primary_entries() == CHAINED
     cluster.wait("--for=delete", "pod/refused")
-    report.add(f"installer stopped, primary rewrote its conflist: protected pod refused (validator exit 3, "
-               f"verdict {result['verdict']}), ordinary pod Ready; installer back: chained again, refused pod "
-               "deleted by the repair controller")
+    note(f"installer stopped, primary rewrote its conflist: protected pod refused (validator exit 3, "
+         f"verdict {result['verdict']}), ordinary pod Ready; installer back: chained again, refused pod "
+         "deleted by the repair controller")
 
 
-@pytest.mark.xfail(strict=True, reason="kubectl delete -k removes the installer's ServiceAccount and RBAC before "
-                   "its pod's SIGTERM: it cannot read its DaemonSet (403), keeps the plugin chained with a token "
-                   "that no longer authenticates, and every later pod outside kube-system fails its ADD (401)")
-def test_delete_k_gives_the_primary_its_conflist_back(cluster):
+def test_delete_k_gives_the_primary_its_conflist_back_and_pods_start_without_the_plugin(cluster):
+    """The uninstall as a user does it: every object of the overlay deleted at once, the installer's
+    ServiceAccount and RBAC before its pod's SIGTERM (docs/design.md, "Recognising an uninstall")."""
     cluster.kubectl("delete", "-k", OVERLAY)
-    cluster.wait(*INSTALLER, "--for=delete", "pod", "-l", SELECTOR)
-    assert cluster.primary_entries() == PRIMARY_ONLY
-
-
-def test_daemonset_deleted_first_uninstalls_then_pods_start_without_the_plugin(cluster):
-    """Today's working order: the DaemonSet first (its installer still may read it), the rest after."""
-    cluster.kubectl("apply", "--server-side", "-k", OVERLAY)
-    installer_ready(cluster)
-    cluster.kubectl(*INSTALLER, "delete", "daemonset", "microgateway-cni")
-    cluster.wait(*INSTALLER, "--for=delete", "pod", "-l", SELECTOR)
-    cluster.kubectl("delete", "-k", OVERLAY, "--ignore-not-found")
-    assert json.loads(cluster.worker.primary.read_text()) == json.loads(cluster.worker.primary_text)
+    cluster.wait(*INSTALLER, "--for=delete", "pod", "-l", INSTALLER_PODS)
+    assert cluster.primary_is_the_agents()
     assert (cluster.worker.node.bin_dir / "microgateway-cni").exists(), "the binary stays for later DELs"
     without = start_times(cluster, "without-ordinary", workloads.ordinary)
-    report.add("uninstall (DaemonSet deleted, then delete -k): conflist is the primary's again, binary kept")
+    note(f"kubectl delete -k {OVERLAY}: conflist is the primary's again, binary kept")
     for kind, seconds in RUN["with"].items():
-        report.add(f"pod creation to Ready, median of {ROUNDS}: {kind:9} {statistics.median(seconds):5.2f} s with "
-                   "the plugin chained")
-    report.add(f"pod creation to Ready, median of {ROUNDS}: ordinary  {statistics.median(without):5.2f} s without")
+        note(f"pod creation to Ready, median of {ROUNDS}: {kind:9} {statistics.median(seconds):5.2f} s with "
+             "the plugin chained")
+    note(f"pod creation to Ready, median of {ROUNDS}: ordinary  {statistics.median(without):5.2f} s without")

@@ -1,8 +1,8 @@
 """A one-node Kubernetes cluster on this machine: the control plane and a worker that runs the pods.
 
 What a user has after `kubeadm init` and `join` on one machine, with the start-up taint in the node's
-registration: tests drive it through kubectl, and look at the node itself (its CNI files, the plugin's log,
-a pod's network namespace) only where a user would log in to the node.
+registration: tests and the demo drive it through kubectl, and look at the node itself (its CNI files, the
+plugin's log, a pod's network namespace) only where a user would log in to the node.
 """
 
 from __future__ import annotations
@@ -12,19 +12,34 @@ import subprocess
 import time
 from typing import Any
 
+from cni.contract import VALIDATOR_CONTAINER
 from tests.support import images
 from tests.support.cluster.controlplane import ControlPlane
 from tests.support.cluster.worker import Worker
 from tests.support.lifetime import Started
 
+OVERLAY = "daemonset/manifests/overlays/default"
+INSTALLER = ("-n", "kube-system")
+INSTALLER_PODS = "app.kubernetes.io/name=microgateway-cni"
+# A nodeSelector no node matches: the DaemonSet's pod leaves every node, the DaemonSet stays.
+NOWHERE = "microgateway-cni.test/nowhere"
 # The stand-ins are PID 1 of their containers without a SIGTERM handler: only the kill after the grace
-# period stops them, so the tests' pods wait one second for it instead of thirty.
+# period stops them, so these pods wait one second for it instead of thirty.
 GRACE_SECONDS = 1
+
+
+class NodesPlane(ControlPlane):
+    """The control plane of a cluster with nodes: the API server reaches a kubelet (logs, exec, attach,
+    ephemeral containers) at its node's InternalIP; by default it tries the node's hostname first, which
+    resolves nowhere here."""
+
+    def _apiserver_args(self) -> list[str]:
+        return [*super()._apiserver_args(), "--kubelet-preferred-address-types=InternalIP"]
 
 
 class Cluster(Started):
     def __init__(self) -> None:
-        self.plane = ControlPlane()
+        self.plane = NodesPlane()
         self.worker = Worker(self.plane)
         self.start_seconds = 0.0
 
@@ -66,6 +81,27 @@ class Cluster(Started):
     def pod_ip(self, name: str) -> str:
         return str(self.get("pod", name)["status"]["podIP"])
 
+    def verdict(self, pod: str, *args: str) -> dict[str, Any]:
+        """The validator's JSON line, as `kubectl logs <pod> -c <validator> ARGS` shows it."""
+        lines = self.kubectl("logs", pod, "-c", VALIDATOR_CONTAINER, *args).strip().splitlines()
+        return dict(json.loads(lines[-1]))
+
+    # -- the DaemonSet --------------------------------------------------------------------------------
+    def installer_ready(self) -> None:
+        self.kubectl(*INSTALLER, "rollout", "status", "daemonset/microgateway-cni", "--timeout=120s")
+
+    def stop_installer(self) -> None:
+        """The DaemonSet's pod leaves the node (a nodeSelector that matches no node), the DaemonSet stays."""
+        patch = {"spec": {"template": {"spec": {"nodeSelector": {NOWHERE: "true"}}}}}
+        self.kubectl(*INSTALLER, "patch", "daemonset/microgateway-cni", "--type=merge", "-p", json.dumps(patch))
+        self.wait(*INSTALLER, "--for=delete", "pod", "-l", INSTALLER_PODS)
+
+    def resume_installer(self) -> None:
+        key = NOWHERE.replace("/", "~1")  # a JSON pointer's escape
+        self.kubectl(*INSTALLER, "patch", "daemonset/microgateway-cni", "--type=json", "-p",
+                     json.dumps([{"op": "remove", "path": f"/spec/template/spec/nodeSelector/{key}"}]))
+        self.installer_ready()
+
     # -- on the node ----------------------------------------------------------------------------------
     def sandbox(self, namespace: str, name: str) -> dict[str, Any]:
         """The runtime's verbose status of the pod's ready sandbox (its process, its netns file)."""
@@ -101,6 +137,17 @@ class Cluster(Started):
     def primary_entries(self) -> list[str]:
         """The plugin types of the primary CNI's conflist, in order."""
         return [entry["type"] for entry in json.loads(self.worker.primary.read_text())["plugins"]]
+
+    def primary_is_the_agents(self) -> bool:
+        """The primary's conflist holds what its agent last wrote, nothing of ours."""
+        return bool(json.loads(self.worker.primary.read_text()) == json.loads(self.worker.primary_text))
+
+
+def validator_exit(pod: dict[str, Any]) -> int | None:
+    """The exit code of the pod's validator: of its one run, or of its last run before a restart."""
+    status = next(s for s in pod["status"]["initContainerStatuses"] if s["name"] == VALIDATOR_CONTAINER)
+    terminated = status["state"].get("terminated") or status.get("lastState", {}).get("terminated") or {}
+    return terminated.get("exitCode")
 
 
 def for_api(manifest: dict[str, Any]) -> dict[str, Any]:

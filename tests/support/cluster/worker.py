@@ -38,8 +38,8 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 # Docker Hub's name for an image named without a registry, as the kubelet asks containerd for it: the
 # base DaemonSet's `microgateway-cni:0.1.0` is found under this name or pulled.
 HUB = "docker.io/library/"
-# What the kubelet writes at start-up (setupKernelTunables) and kube-proxy with conntrack settings left
-# at zero: global, not per network namespace, so recorded before and written back after.
+# What the kubelet may write at start-up (setupKernelTunables): global, not per network namespace, so
+# recorded before and written back after. kube-proxy, its conntrack settings at zero, writes none.
 SYSCTLS = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
            "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes")
 RECORD = "worker.json"
@@ -100,8 +100,7 @@ class Worker(Started):
         self._spawn("kube-proxy", [components.binary("kube-proxy"), f"--config={self._kube_proxy_config()}", "--v=1"])
         self._spawn("kubelet", [components.binary("kubelet"), f"--config={self._kubelet_config()}",
                                 f"--kubeconfig={self.plane.pki.kubeconfig(f'kubelet-{NODE_NAME}')}",
-                                f"--hostname-override={NODE_NAME}", f"--node-ip={NODE_IP}",
-                                "--v=1"])
+                                f"--hostname-override={NODE_NAME}", f"--node-ip={NODE_IP}", "--v=1"])
         self.wait_ready()
 
     def close(self) -> None:
@@ -117,7 +116,6 @@ class Worker(Started):
 
     def _record(self) -> None:
         """What sweep() needs should this run be killed before close()."""
-        self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / RECORD).write_text(json.dumps({
             "owner": [os.getpid(), process_start(os.getpid())], "cgroup_parent": self.containerd.cgroup_parent,
             "sysctls": self.sysctls}))
@@ -223,13 +221,24 @@ class Worker(Started):
     def wait_ready(self) -> None:
         """Until the kubelet has registered the Node and reports it Ready (its runtime and CNI are), and the
         node lifecycle controller has lifted node.kubernetes.io/not-ready: the start-up taint is the only one
-        left, as on a node joining a running cluster."""
-        for condition in ("create", "condition=Ready", f"jsonpath={{.spec.taints[*].key}}={STARTUP_TAINT['key']}"):
+        left, as on a node joining a running cluster. kubectl wait cannot wait for a list to shrink (its
+        jsonpath takes one primitive value), so the taints are read until then."""
+        for condition in ("create", "condition=Ready"):
             done = self.plane.kubectl("wait", f"--for={condition}", f"node/{NODE_NAME}",
                                       f"--timeout={START_TIMEOUT:.0f}s", timeout=START_TIMEOUT + 10)
             if done.returncode:
                 raise RuntimeError(f"node {NODE_NAME} not {condition}: {done.stderr.strip()}\n"
                                    f"kubelet:\n{self.log_tail('kubelet')}")
+        deadline = time.monotonic() + START_TIMEOUT
+        while (taints := self.taints()) != [STARTUP_TAINT["key"]]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"node {NODE_NAME} still has the taints {taints}")
+            time.sleep(0.2)
+
+    def taints(self) -> list[str]:
+        """The keys of the node's taints."""
+        return _checked(self.plane.kubectl("get", "node", NODE_NAME, "-o",
+                                           "jsonpath={.spec.taints[*].key}")).stdout.split()
 
     def log_tail(self, name: str, lines: int = 30) -> str:
         path = self.dir / f"{name}.log"
@@ -243,7 +252,7 @@ def image(version: str = "0.1.0") -> str:
 
 def _checked(done: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
     if done.returncode:
-        raise RuntimeError(f"kubectl {' '.join(map(str, done.args[5:]))}: {done.stderr.strip()}")
+        raise RuntimeError(f"{' '.join(map(str, done.args))}: {done.stderr.strip()}")
     return done
 
 
