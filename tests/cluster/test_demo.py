@@ -7,7 +7,7 @@ import pytest
 from tests.support.demo import Report, run_demo
 
 
-def test_demo_passes():
+def test_demo_passes() -> None:
     if os.geteuid() != 0:
         pytest.skip("the demo runs a cluster in network and mount namespaces and needs root")
     report = Report()

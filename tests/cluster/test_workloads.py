@@ -84,7 +84,7 @@ def start_times(cluster: Cluster, label: str, make: Callable[[str], dict[str, An
     return seconds
 
 
-def test_daemonset_becomes_ready_chains_the_plugin_and_lifts_the_taint(cluster):
+def test_daemonset_becomes_ready_chains_the_plugin_and_lifts_the_taint(cluster: Cluster) -> None:
     assert cluster.worker.taints() == [STARTUP_TAINT["key"]], "the kubelet registers the node with the start-up taint"
     began = time.monotonic()
     cluster.kubectl("apply", "--server-side", "-k", OVERLAY)
@@ -96,7 +96,7 @@ def test_daemonset_becomes_ready_chains_the_plugin_and_lifts_the_taint(cluster):
     note(f"kubectl apply -k {OVERLAY}: DaemonSet Ready, plugin chained and taint lifted after {ready:.1f} s")
 
 
-def test_protected_deployment_validator_passes_and_traffic_goes_through_the_engine(cluster):
+def test_protected_deployment_validator_passes_and_traffic_goes_through_the_engine(cluster: Cluster) -> None:
     cluster.create(deployment(workloads.protected("shop", image()), replicas=2))
     cluster.create(for_api(workloads.client("client")))
     cluster.kubectl("rollout", "status", "deployment/shop", "--timeout=180s")
@@ -115,7 +115,7 @@ def test_protected_deployment_validator_passes_and_traffic_goes_through_the_engi
     RUN["shop"] = shop
 
 
-def test_ordinary_pod_is_untouched(cluster):
+def test_ordinary_pod_is_untouched(cluster: Cluster) -> None:
     cluster.create(for_api(workloads.ordinary("plain")))
     cluster.wait("--for=condition=Ready", "pod/plain")
     assert cluster.our_rules("plain") == []
@@ -126,7 +126,7 @@ def test_ordinary_pod_is_untouched(cluster):
     note(f"ordinary pod plain {ip}: no rule of ours in its netns; :8080 {path_of(reply)}")
 
 
-def test_a_pod_reaches_the_api_server_through_the_kubernetes_service(cluster):
+def test_a_pod_reaches_the_api_server_through_the_kubernetes_service(cluster: Cluster) -> None:
     """kube-proxy's DNAT of the ClusterIP, seen from a pod: TLS verified with the pod's service-account CA."""
     service = cluster.kubectl("get", "service", "kubernetes", "-o", "jsonpath={.spec.clusterIP}")
     fetch = ("import json, ssl, urllib.request\n"
@@ -137,7 +137,7 @@ def test_a_pod_reaches_the_api_server_through_the_kubernetes_service(cluster):
     note(f"client pod -> https://{service}/version (the kubernetes Service, kube-proxy nftables): {version}")
 
 
-def test_istio_pod_engine_behind_the_proxy(cluster):
+def test_istio_pod_engine_behind_the_proxy(cluster: Cluster) -> None:
     cluster.create(for_api(workloads.istio("mesh", image())))
     cluster.wait("--for=condition=Ready", "pod/mesh")
     statuses = cluster.get("pod", "mesh")["status"]["initContainerStatuses"]
@@ -148,7 +148,7 @@ def test_istio_pod_engine_behind_the_proxy(cluster):
     note(f"Istio-mode pod mesh {ip}: istio-init and validator exit 0; :8080 {path_of(reply)}")
 
 
-def test_kubectl_debug_runs_diagnose(cluster, tmp_path: Path):
+def test_kubectl_debug_runs_diagnose(cluster: Cluster, tmp_path: Path) -> None:
     """README step 5: diagnose in an ephemeral container with the project's image, as root with NET_ADMIN."""
     custom = tmp_path / "debug-root.json"
     custom.write_text(json.dumps({"securityContext": {"runAsUser": 0}}))
@@ -163,7 +163,7 @@ def test_kubectl_debug_runs_diagnose(cluster, tmp_path: Path):
          + ", ".join(line for line in output.splitlines() if re.match(r"I\d+: ", line)))
 
 
-def test_delete_pod_runs_del_and_the_netns_goes(cluster):
+def test_delete_pod_runs_del_and_the_netns_goes(cluster: Cluster) -> None:
     shop = RUN["shop"]
     namespaces = cluster.sandbox("default", shop)["runtimeSpec"]["linux"]["namespaces"]
     netns = Path(next(ns["path"] for ns in namespaces if ns["type"] == "network"))
@@ -176,7 +176,7 @@ def test_delete_pod_runs_del_and_the_netns_goes(cluster):
     note(f"kubectl delete pod {shop}: DEL removed our rules, netns {netns.name} gone")
 
 
-def test_new_image_rolled_out_while_protected_pods_start_none_unprotected(cluster):
+def test_new_image_rolled_out_while_protected_pods_start_none_unprotected(cluster: Cluster) -> None:
     """The DaemonSet's installer is replaced while the Deployment scales up: SIGTERM without a deletion
     keeps the plugin chained, so every pod is protected; one set up without it would be refused by its
     validator (and deleted by the repair controller, with an event), never run unprotected."""
@@ -203,13 +203,13 @@ def test_new_image_rolled_out_while_protected_pods_start_none_unprotected(cluste
          f"{len(refused)} refused by the validator")
 
 
-def test_pod_start_with_the_plugin_chained(cluster):
+def test_pod_start_with_the_plugin_chained(cluster: Cluster) -> None:
     RUN["with"] = {"ordinary": start_times(cluster, "with-ordinary", workloads.ordinary),
                    "protected": start_times(cluster, "with-protected",
                                             lambda name: workloads.protected(name, image()))}
 
 
-def test_installer_stopped_protected_pods_refused_ordinary_pods_start(cluster):
+def test_installer_stopped_protected_pods_refused_ordinary_pods_start(cluster: Cluster) -> None:
     """No installer on the node (its DaemonSet's nodeSelector matches nothing) when the primary CNI's agent
     rewrites its conflist: nobody chains the plugin again, protected pods are refused by their validator,
     ordinary pods keep starting. The installer's return repairs it (the refused pod is deleted)."""
@@ -232,7 +232,7 @@ def test_installer_stopped_protected_pods_refused_ordinary_pods_start(cluster):
          "deleted by the repair controller")
 
 
-def test_delete_k_gives_the_primary_its_conflist_back_and_pods_start_without_the_plugin(cluster):
+def test_delete_k_gives_the_primary_its_conflist_back_and_pods_start_without_the_plugin(cluster: Cluster) -> None:
     """The uninstall as a user does it: every object of the overlay deleted at once, the installer's
     ServiceAccount and RBAC before its pod's SIGTERM (docs/design.md, "Recognising an uninstall")."""
     cluster.kubectl("delete", "-k", OVERLAY)
