@@ -12,8 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support import images, report
-from tests.support.containerd import Containerd
-from tests.support.node import Node
+from tests.support.containerd import Containerd, release
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -26,14 +25,16 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 @pytest.fixture(scope="module")
 def containerd() -> Iterator[Containerd]:
-    """containerd on a fresh Node with the plain bridge conflist and the pause image imported.
+    """containerd 2 on a fresh Node with the plain bridge conflist (cniVersion 1.1.0: STATUS is called) and
+    the pause image imported.
 
     Our plugin is not in the node's bin_dir: in this tier the installer is the one to put it there.
     """
     if os.geteuid() != 0:
         pytest.skip("the node tier needs root (network and mount namespaces, cgroups, containerd)")
-    with Node() as node:
-        node.write_conflist(chained=False)
+    chosen = release()
+    with chosen.node() as node:
+        chosen.write_primary(node)
         with Containerd(node, keep_plugin=False) as runtime:
             runtime.import_image(images.pause_archive(), images.PAUSE)
             runtime.wait_network_ready()

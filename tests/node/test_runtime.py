@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.support import images
-from tests.support.containerd import Containerd, alive
+from tests.support.containerd import Containerd, alive, release
 from tests.support.cri import CriError, RuntimeClient
 from tests.support.node import SUBNET4, Node, wait_for
 
@@ -145,6 +145,32 @@ def test_stop_and_remove_release_the_netns_and_the_address(containerd: Container
     assert pod_id not in [pod["id"] for pod in containerd.runtime.list_pod_sandbox()]
 
 
+def test_what_containerd_puts_on_a_nodes_paths_stays_private(containerd: Containerd) -> None:
+    """Where a pod's netns, libcni's result cache and every socket of containerd and its shims go: under
+    node.dir or on the tmpfs mounts of containerd's own mount namespace, never on the host's paths (which
+    another containerd on this machine may be using)."""
+    pod_id, _ = run_pod(containerd, "private")
+    status = containerd.runtime.pod_sandbox_status(pod_id, verbose=True)
+    netns = next(ns["path"] for ns in status["info"]["info"]["runtimeSpec"]["linux"]["namespaces"]
+                 if ns["type"] == "network")
+    assert containerd.process is not None
+    proc = Path(f"/proc/{containerd.process.pid}")
+    mounts = [line.split() for line in (proc / "mountinfo").read_text().splitlines()]
+    private = {fields[4]: fields[fields.index("-") + 2] for fields in mounts
+               if fields[4] in ("/run/containerd", "/var/lib/cni")}
+    # Sockets bound in the node's netns: containerd's, its shims', nothing else runs there.
+    sockets = [line.split()[-1] for line in (proc / "net" / "unix").read_text().splitlines()[1:]
+               if line.split()[-1].startswith("/")]
+    cached = [path.name for path in (proc / "root" / "var/lib/cni/results").iterdir()]
+
+    assert private == {"/run/containerd": "mgwt-containerd", "/var/lib/cni": "mgwt-containerd"}
+    assert under(netns, containerd.state), netns
+    assert sockets and all(under(s, containerd.dir) or s.startswith("/run/containerd/s/") for s in sockets), sockets
+    assert any(pod_id in name for name in cached), cached
+    host_cache = Path("/var/lib/cni/results")
+    assert not any(pod_id in path.name for path in (host_cache.iterdir() if host_cache.is_dir() else []))
+
+
 def test_containerd_logged_no_error(containerd: Containerd) -> None:
     assert containerd.errors() == []
 
@@ -159,9 +185,9 @@ def test_a_failed_call_names_the_method_and_the_grpc_status(tmp_path: Path) -> N
 def test_a_start_that_fails_says_why_and_leaves_nothing() -> None:
     if os.geteuid() != 0:
         pytest.skip("the node tier needs root (network and mount namespaces, cgroups, containerd)")
-    with Node() as node:
+    with release().node() as node:
         runtime = Containerd(node, snapshotter="no-such-snapshotter")
-        with pytest.raises(RuntimeError, match=r"(?s)without its CRI plugin.*failed to find snapshotter"), runtime:
+        with pytest.raises(RuntimeError, match=r"(?s)without its CRI plugin.*no-such-snapshotter"), runtime:
             pytest.fail("containerd's CRI plugin started with a snapshotter that does not exist")
         assert runtime.process is not None and runtime.process.returncode is not None
         assert processes_in(node.dir) == [] and not runtime.dir.exists()
@@ -217,8 +243,9 @@ def test_close_leaves_no_netns_mount_process_cgroup_or_file(stop: str) -> None:
     if os.geteuid() != 0:
         pytest.skip("the node tier needs root (network and mount namespaces, cgroups, containerd)")
     started = time.monotonic()
-    with Node() as node:
-        node.write_conflist(chained=False)
+    chosen = release()
+    with chosen.node() as node:
+        chosen.write_primary(node)
         runtime = Containerd(node, keep_plugin=False)
         try:
             runtime.start()

@@ -1,29 +1,37 @@
-"""Debian's containerd with its CRI plugin and runc, run for one Node: pods made the way the kubelet has them made.
+"""containerd with its CRI plugin and runc, run for one Node: pods made the way the kubelet has them made.
+
+Two releases: containerd 2 (RELEASE, the node tier's default: what current Kubernetes nodes run, and the
+first to call the CNI plugins' STATUS), built from its Go module and found through tests/support/components,
+and Debian's 1.6, which never calls STATUS, for the few tests that show that difference.
 
 containerd runs inside the node's network namespace and in a mount namespace of its own, where the paths
-containerd 1.6 does not let us move (/run/containerd for shim sockets, /var/lib/cni for libcni's result
-cache) are private: nothing it mounts or writes there reaches the host, and everything in that namespace
-goes away with its last process. Root, state, socket, config, log and the pods' cgroup parent are this
-instance's own, under node.dir, so concurrent runs never share anything. close() removes all of it, also
-after a start that failed halfway.
+neither release lets us move (/run/containerd for shim sockets and runc's state, /var/lib/cni for libcni's
+result cache) are private: nothing it mounts or writes there reaches the host, and everything in that
+namespace goes away with its last process. Root, state, socket, config, log and the pods' cgroup parent are
+this instance's own, under node.dir, so concurrent runs never share anything. close() removes all of it,
+also after a start that failed halfway.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from tests.support.components import binary
 from tests.support.cri import CriError, RuntimeClient
 from tests.support.images import PAUSE
 from tests.support.lifetime import Started
-from tests.support.node import Node
+from tests.support.node import SYSTEM_PLUGINS, Node
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -32,7 +40,7 @@ START_TIMEOUT = 30.0
 # the paths of a real node, so the installer's defaults and the manifests work unchanged.
 NODE_PATHS = {"bin_dir": "/opt/cni/bin", "conf_dir": "/etc/cni/net.d", "log_dir": "/var/log"}
 # Run by root as `sh -c PRIVATE private <dir> <source:target>... -- <command...>` inside the new mount
-# namespace. Makes the paths containerd 1.6 fixes private (a tmpfs over each), and shows each source
+# namespace. Makes the paths containerd fixes private (a tmpfs over each), and shows each source
 # directory of the test node at the path a real node has it (/etc/cni/net.d, /opt/cni/bin, /var/log):
 # a target that does not exist on the host is made in an overlay over its nearest existing ancestor (upper
 # layer under <dir>), so nothing is created on the host.
@@ -64,7 +72,9 @@ exec "$@"
 """
 
 
-def _config(containerd: Containerd) -> str:
+def _config_1_6(containerd: Containerd) -> str:
+    """Config version 2: without restrict_oom_score_adj runc fails to set the sandbox's oom_score_adj here
+    (root lacks CAP_SYS_RESOURCE), saying only "can't get final child's PID from pipe: EOF"."""
     cri = '"io.containerd.grpc.v1.cri"'
     return f"""version = 2
 oom_score = 0
@@ -101,15 +111,97 @@ oom_score = 0
 """
 
 
+def _config_2(containerd: Containerd) -> str:
+    """Config version 3 (2.0 and later read it; 2.4 migrates it to version 4 and logs a warning). What 1.6
+    needs holds here too (restrict_oom_score_adj, netns under the state dir); the CRI plugin's settings are
+    split into images and runtime, the sandbox image is pinned (never garbage-collected), and the rest
+    keeps containerd off the host: NRI off (it would listen on /var/run/nri/nri.sock), CDI specs from a
+    directory of ours (an empty list means the host's /etc/cdi and /var/run/cdi). `ctr images import`
+    goes through the transfer service, which unpacks only for the snapshotters it is told (by default
+    overlayfs)."""
+    images, runtime = '"io.containerd.cri.v1.images"', '"io.containerd.cri.v1.runtime"'
+    return f"""version = 3
+oom_score = 0
+
+[plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "{containerd.dir / 'opt'}"
+  [plugins."io.containerd.nri.v1.nri"]
+    disable = true
+  [plugins."io.containerd.transfer.v1.local"]
+    [[plugins."io.containerd.transfer.v1.local".unpack_config]]
+      platform = "linux/amd64"
+      snapshotter = "{containerd.snapshotter}"
+      differ = "walking"
+  [plugins.{images}]
+    snapshotter = "{containerd.snapshotter}"
+    [plugins.{images}.pinned_images]
+      sandbox = "{PAUSE}"
+  [plugins.{runtime}]
+    restrict_oom_score_adj = true
+    netns_mounts_under_state_dir = true
+    cdi_spec_dirs = ["{containerd.dir / 'cdi'}"]
+    [plugins.{runtime}.containerd]
+      default_runtime_name = "runc"
+      [plugins.{runtime}.containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+        [plugins.{runtime}.containerd.runtimes.runc.options]
+          SystemdCgroup = false
+    [plugins.{runtime}.cni]
+      bin_dirs = ["{NODE_PATHS['bin_dir']}"]
+      conf_dir = "{NODE_PATHS['conf_dir']}"
+      max_conf_num = 1
+"""
+
+
+V1_6, V2 = "1.6", "2"
+RELEASE = V2  # the node tier's and the demo's
+
+
+@dataclass(frozen=True)
+class Release:
+    """What one containerd release takes from this machine and how a node is set up for it."""
+
+    name: str
+    containerd: str
+    ctr: str
+    shim: str | None  # containerd-shim-runc-v2, first on containerd's PATH; None: Debian's, on PATH anyway
+    config: Callable[[Containerd], str]
+    cni_plugins: Path  # bridge, host-local, loopback, portmap for the node's bin dir
+    cni_version: str  # the primary conflist's: 1.1.0 makes containerd 2 call STATUS
+
+    def node(self) -> Node:
+        """A Node whose bin dir holds this release's CNI plugins."""
+        return Node(cni_plugins=self.cni_plugins)
+
+    def write_primary(self, node: Node, name: str = "10-mgw.conflist") -> Path:
+        """The primary CNI's conflist (bridge alone) in this release's cniVersion."""
+        return node.write_conflist(cni_version=self.cni_version, chained=False, name=name)
+
+
+def release(name: str = RELEASE) -> Release:
+    """containerd 2: the Go-built components, whose CNI plugins answer STATUS (spec 1.1.0). 1.6: Debian's
+    containerd and plugins (1.1.1, spec 1.0.0 at most; 1.6 never calls STATUS)."""
+    if name == V2:
+        shim = binary("containerd-shim-runc-v2")
+        return Release(V2, binary("containerd"), binary("ctr"), shim, _config_2, Path(binary("bridge")).parent,
+                       "1.1.0")
+    if name == V1_6:
+        return Release(V1_6, "containerd", "ctr", None, _config_1_6, SYSTEM_PLUGINS, "1.0.0")
+    raise ValueError(f"containerd release {name!r}: expected {V2!r} or {V1_6!r}")
+
+
 class Containerd(Started):
-    """containerd + runc for node, started by the context manager.
+    """containerd (release: V2 or V1_6) + runc for node, started by the context manager.
 
     keep_plugin=False removes the link to our plugin that Node.start puts in node.bin_dir, for tests in
     which the installer is the one to put it there.
     """
 
-    def __init__(self, node: Node, snapshotter: str = "native", keep_plugin: bool = True) -> None:
+    def __init__(self, node: Node, snapshotter: str = "native", keep_plugin: bool = True,
+                 release_name: str = RELEASE) -> None:
         self.node = node
+        self.release = release(release_name)
         self.snapshotter = snapshotter
         self.keep_plugin = keep_plugin
         self.dir = node.dir / "containerd"
@@ -120,6 +212,7 @@ class Containerd(Started):
         self.log = self.dir / "containerd.log"
         self.pods_log_dir = self.dir / "pods"
         self.log_dir = self.dir / "var-log"  # the node's /var/log, where the plugin logs by default
+        self.bin = self.dir / "bin"  # first on containerd's PATH: the release's shim
         self.cgroup_parent = f"/mgwt-{node.id}-pods"
         self.process: subprocess.Popen[bytes] | None = None
         self.runtime = RuntimeClient(self.socket)
@@ -130,18 +223,20 @@ class Containerd(Started):
         """Start containerd and wait until its CRI plugin answers."""
         if not self.keep_plugin:
             (self.node.bin_dir / "microgateway-cni").unlink(missing_ok=True)
-        for sub in (self.root, self.state, self.pods_log_dir, self.log_dir):
+        for sub in (self.root, self.state, self.pods_log_dir, self.log_dir, self.bin, self.dir / "cdi"):
             sub.mkdir(parents=True)
-        self.config.write_text(_config(self))
+        if self.release.shim is not None:
+            (self.bin / "containerd-shim-runc-v2").symlink_to(self.release.shim)
+        self.config.write_text(self.release.config(self))
         started = time.monotonic()
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 ["nsenter", f"--net=/run/netns/{self.node.netns}", "--",
                  "unshare", "--mount", "--propagation", "private", "--",
                  "sh", "-c", PRIVATE, "private", str(self.dir), *self._node_paths(), "--",
-                 "containerd", "--config", str(self.config), "--root", str(self.root), "--state", str(self.state),
-                 "--address", str(self.socket), "--log-level", "info"],
-                cwd=self.dir, env={"PATH": PATH}, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                 self.release.containerd, "--config", str(self.config), "--root", str(self.root),
+                 "--state", str(self.state), "--address", str(self.socket), "--log-level", "info"],
+                cwd=self.dir, env={"PATH": self.path}, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         self._wait_until_serving(started + START_TIMEOUT)
         self.start_seconds = time.monotonic() - started
 
@@ -158,13 +253,19 @@ class Containerd(Started):
                     return
                 except CriError as error:
                     if error.code == grpc.StatusCode.UNIMPLEMENTED:
-                        why = self.log_lines("plugin io.containerd.grpc.v1.cri")
+                        why = self.log_lines("failed to load plugin", "io.containerd.grpc.v1.cri")
                         raise RuntimeError(f"containerd runs without its CRI plugin: {error}\n{why}") from None
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"containerd's CRI did not answer: {error}\n{self.log_tail()}") from None
             if time.monotonic() > deadline:
                 raise RuntimeError(f"containerd did not open {self.socket}\n{self.log_tail()}")
             time.sleep(0.05)
+
+    @property
+    def path(self) -> str:
+        """containerd's PATH, which its shims and the CNI plugins inherit: the release's shim comes first
+        (containerd 2 looks it up there before beside its own binary, and Debian's 1.6 shim is on PATH)."""
+        return f"{self.bin}:{PATH}"
 
     def _node_paths(self) -> list[str]:
         sources = {"bin_dir": self.node.bin_dir, "conf_dir": self.node.conf_dir, "log_dir": self.log_dir}
@@ -263,9 +364,9 @@ class Containerd(Started):
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(_read(self.log).splitlines()[-lines:])
 
-    def log_lines(self, text: str) -> str:
-        """The lines of containerd's log that contain text."""
-        return "\n".join(line for line in _read(self.log).splitlines() if text in line)
+    def log_lines(self, *texts: str) -> str:
+        """The lines of containerd's log that contain every one of texts."""
+        return "\n".join(line for line in _read(self.log).splitlines() if all(text in line for text in texts))
 
     def errors(self) -> list[str]:
         """The lines containerd logged at level error or fatal."""
@@ -279,10 +380,25 @@ class Containerd(Started):
                 raise TimeoutError(f"containerd loaded no CNI config from {self.node.conf_dir}\n{self.log_tail()}")
             time.sleep(0.05)
 
+    def loaded_conflist(self) -> dict[str, Any] | None:
+        """The pod network's conflist as the CRI plugin has loaded it (its verbose status)."""
+        for network in json.loads(self.runtime.status_info()["cniconfig"]).get("Networks") or []:
+            if network["Config"]["Name"] != "cni-loopback":
+                return dict(json.loads(network["Config"]["Source"]))
+        return None
+
+    def wait_loaded(self, document: dict[str, Any], timeout: float = 10.0) -> None:
+        """Until the CRI plugin has loaded document: it reloads after each write to the conf dir, but not at once."""
+        deadline = time.monotonic() + timeout
+        while self.loaded_conflist() != document:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"containerd did not load {document}; it holds {self.loaded_conflist()}")
+            time.sleep(0.02)
+
     # -- images ------------------------------------------------------------------------------------
     def import_image(self, archive: Path, name: str, timeout: float = 30.0) -> None:
         """Import an OCI archive with ctr and wait until the CRI plugin lists it (it learns of it by event)."""
-        done = subprocess.run(["ctr", "-n", "k8s.io", "--address", str(self.socket), "images", "import",
+        done = subprocess.run([self.release.ctr, "-n", "k8s.io", "--address", str(self.socket), "images", "import",
                                "--snapshotter", self.snapshotter, str(archive)],
                               capture_output=True, text=True, check=False, env={"PATH": PATH})
         if done.returncode != 0:

@@ -1,8 +1,11 @@
-"""The local node demo: one node on this machine, containerd running the DaemonSet's image and the pods.
+"""The demo: a one-node Kubernetes cluster on this machine, told through kubectl.
 
-Run by scripts/demo.sh; tests/node/test_demo.py runs the same code and asserts its checks. The node, the
-runtime and the images are real (tests/support/kubenode.py); the kube-apiserver is a stand-in and the
-kubelet's part is done by the harness, translating the rendered manifests into CRI calls.
+Run by scripts/demo.sh; tests/cluster/test_demo.py runs the same code and asserts its checks. Everything is
+real (tests/support/cluster): etcd, kube-apiserver, the controller manager and the scheduler, a node with
+containerd 2, the kubelet and kube-proxy, the project's image built here from the Dockerfile. The story: the
+node joins with the start-up taint and a protected Deployment waits; `kubectl apply -k` installs the plugin
+and lifts the taint; the validator's verdict, the rules, real traffic; a pod started while the plugin is not
+chained, refused, and repaired once the installer is back; `kubectl delete -k`.
 """
 
 from __future__ import annotations
@@ -10,19 +13,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from tests.support import images, workloads
-from tests.support.kubelet import PodFailed, RunningPod, UnsupportedSpec, check_schedulable
-from tests.support.kubenode import NODE_NAME, KubeNode
-from tests.support.node import wait_for
+from cni.contract import VALIDATOR_CONTAINER
+from tests.support import workloads
+from tests.support.cluster.cluster import (
+    INSTALLER,
+    INSTALLER_PODS,
+    OVERLAY,
+    Cluster,
+    deployment,
+    for_api,
+    validator_exit,
+)
+from tests.support.cluster.controlplane import NODE_NAME
+from tests.support.cluster.worker import image
+from tests.support.node import STARTUP_TAINT
 
-UNTAINTED = "start-up taint removed: pods may be scheduled to this node"
+REPAIRED = "MicrogatewayNetworkValidationFailed"  # the repair controller's event
 
 
 @dataclass
@@ -60,155 +74,178 @@ def path_of(reply: str) -> str:
     return " -> ".join(hops)
 
 
-def blocked_by(kube: KubeNode, manifest: dict[str, Any]) -> str:
-    """Why the scheduler keeps the pod off the node, or "" when it may land there."""
-    try:
-        check_schedulable(manifest["spec"], kube.node.api_node(NODE_NAME))
-    except UnsupportedSpec as exc:
-        return str(exc)
-    return ""
+@dataclass
+class Session:
+    """kubectl as the user types it: each command and its output go to the report."""
 
+    cluster: Cluster
+    report: Report
 
-def verdict(kube: KubeNode, pod: RunningPod) -> str:
-    """The validator's JSON line (its container log), as `kubectl logs -c <validator>` shows it."""
-    cid = pod.container_ids[workloads.VALIDATOR_CONTAINER]
-    line = kube.runtime.container_logs(cid).strip().splitlines()[-1:]
-    try:
-        probes = json.loads(line[0]).get("probes", []) if line else []
-    except ValueError:
-        return line[0] if line else ""
-    return ", ".join(f"IPv{p['family']} {p['outcome']} {p['ms']} ms" for p in probes)
+    def __call__(self, *args: str, input: str | None = None, shown: str = "") -> str:
+        """kubectl ARGS (shown as `shown` when the real arguments would not tell the reader more)."""
+        self.report.info(f"$ kubectl {shown or shlex.join(args)}")
+        out = self.cluster.kubectl(*args, input=input, timeout=200)
+        for line in out.rstrip().splitlines():
+            self.report.info(f"  {line}")
+        return out
 
 
 def run_demo(report: Report, keep: bool = False) -> bool:
     started = time.monotonic()
-    report.step("0. the node: containerd + runc in a network namespace, images built here and imported")
-    kube = KubeNode()
+    report.step("0. the cluster: etcd, kube-apiserver, controller manager and scheduler; a node with containerd 2, "
+                "the kubelet and kube-proxy; the images built here and imported on the node")
+    cluster = Cluster()
     try:
-        kube.start()
-        report.info(f"node netns {kube.node.netns}; containerd socket {kube.containerd.socket}"  # type: ignore[union-attr]
-                    f"; images {images.PAUSE}, {images.STANDINS}, {images.project_image()} "
-                    f"({time.monotonic() - started:.0f} s with the builds)")
-        _story(kube, report)
+        cluster.start()
+        report.info(f"control plane namespace {cluster.plane.netns}; node {cluster.worker.dir}; up in "
+                    f"{cluster.start_seconds:.0f} s ({time.monotonic() - started:.0f} s with the image builds)")
+        _story(Session(cluster, report))
         if keep:
-            report.step("node kept up (--keep): press Enter to tear it down")
-            report.info(f"containerd: ctr -n k8s.io --address {kube.containerd.socket} containers list")  # type: ignore[union-attr]
+            report.step("cluster kept up (--keep): press Enter to tear it down")
+            report.info(f"ip netns exec {cluster.plane.netns} kubectl "
+                        f"--kubeconfig {cluster.plane.pki.kubeconfig('admin')} get pods -A")
             input()
     finally:
-        report.step("7. teardown: pods, containerd, namespaces, mounts, files")
-        prefix = f"mgwt-{kube.node.id}"
-        kube.close()
-        left = [ns for ns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
-                if ns.startswith(prefix)]
+        report.step("8. teardown: pods, kubelet, kube-proxy, containerd, control plane, namespace, cgroups, files")
+        cluster.close()
+        netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+        dirs = [str(path) for path in (cluster.plane.dir, cluster.worker.dir)]
         mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
-                  if str(kube.node.dir) in line]
-        report.check("nothing left behind", not left and not mounts and not kube.node.dir.exists(),
-                     f"namespaces left: {left or 'none'}; mounts left: {mounts or 'none'}; "
-                     f"{kube.node.dir} removed: {not kube.node.dir.exists()}")
+                  if any(d in line for d in dirs)]
+        cgroups = list(Path("/sys/fs/cgroup").glob(f"*/{cluster.worker.containerd.cgroup_parent.lstrip('/')}"))
+        left = [cluster.plane.netns] * (cluster.plane.netns in netns) + [d for d in dirs if Path(d).exists()]
+        report.check("nothing left behind", not left and not mounts and not cgroups,
+                     f"namespace and directories left: {left or 'none'}; mounts: {mounts or 'none'}; "
+                     f"cgroups: {[str(c) for c in cgroups] or 'none'}")
     return report.passed
 
 
-def _story(kube: KubeNode, report: Report) -> None:
-    image = images.project_image()
-    report.step("1. the node registers with the start-up taint; the DaemonSet's pod chains the plugin and lifts it")
-    report.info(f"{NODE_NAME} taints: {', '.join(kube.taints())}; {kube.primary.name}: {' -> '.join(kube.chain())}")
-    shop_manifest = workloads.protected("shop", image)
-    report.info(f"default/shop stays Pending: {blocked_by(kube, shop_manifest)}")
-    started = time.monotonic()
-    installer = kube.start_installer()
-    lifted = wait_for(lambda: not kube.taints(), timeout=30)
-    seconds = time.monotonic() - started
-    ready = wait_for(lambda: kube.probes_pass(installer), timeout=20)
-    report.check("installer container ready", ready and kube.chain() == ["bridge", "microgateway-cni"],
-                 f"from {image} as the default overlay says (uid 0, capabilities CHOWN DAC_OVERRIDE FOWNER, "
-                 f"read-only root); {kube.primary.name}: {' -> '.join(kube.chain())}; probes pass")
-    report.check("installer lifts the taint", lifted and not blocked_by(kube, shop_manifest),
-                 f"{seconds:.1f} s after RunPodSandbox of the installer pod; {NODE_NAME} taints now: "
-                 f"{', '.join(kube.taints()) or 'none'}")
+def _story(kubectl: Session) -> None:
+    cluster, report = kubectl.cluster, kubectl.report
+    report.step("1. the node joins with the start-up taint: a protected Deployment waits")
+    kubectl("get", "nodes", "-o", "wide")
+    kubectl("get", "node", NODE_NAME, "-o", "jsonpath={.spec.taints}")
+    kubectl("apply", "-f", "-", input=json.dumps(deployment(workloads.protected("shop", image()), replicas=2)),
+            shown="apply -f shop.yaml   # labelled sidecar.microgateway.airlock.com/inject: \"true\", validator first")
+    cluster.wait("deployment/shop", "--for=jsonpath={.status.replicas}=2")  # its pods exist
+    cluster.wait("--for=condition=PodScheduled=false", "pod", "-l", "app=shop")
+    kubectl("get", "pods", "-o", "wide")
+    why = [event["message"] for event in cluster.get("events", "--field-selector", "reason=FailedScheduling")["items"]]
+    report.check("shop waits for the plugin", bool(why) and "untolerated taint" in why[-1]
+                 and cluster.worker.taints() == [STARTUP_TAINT["key"]],
+                 f"the scheduler: {why[-1] if why else 'no FailedScheduling event'}; the node's only taint is "
+                 f"{', '.join(cluster.worker.taints())}")
 
-    report.step("2. pods: RunPodSandbox (CNI ADD through containerd), the validator first, then the containers")
-    client = kube.create(workloads.client("client"))
-    shop = kube.create(shop_manifest)
-    mesh = kube.create(workloads.istio("mesh-shop", image))
-    annotated = kube.create(workloads.annotated("annotated", image), in_api=False)
-    plain = kube.create(workloads.ordinary("plain"))
-    for pod in (shop, mesh, annotated, plain, client):
-        kube.wait_started(pod)
-        report.info(f"{pod.plan.name:10} {pod.ip:12} our rules: {len(kube.our_rules(pod)):2}  "
-                    f"init: {', '.join(f'{n} exit {c}' for n, (c, _) in pod.init_results.items()) or '-'}")
-    for pod in (shop, mesh, annotated):
-        code = pod.init_results[workloads.VALIDATOR_CONTAINER][0]
-        report.check(f"validator {pod.plan.name}", code == 0, f"exit {code}: {verdict(kube, pod)}")
-    report.check("plain pod untouched", kube.our_rules(plain) == [], "no rule of ours in the ordinary pod")
-    code, output = kube.debug(shop, ["/usr/local/bin/microgateway-network-validator", "diagnose", "--json"])
-    report.check("diagnose shop", code == 0, "kubectl debug --profile=netadmin: microgateway-network-validator "
-                 f"diagnose exit {code}, chains {json.loads(output)['chains']['4']['chains'] if code == 0 else output}")
-    sources = {e["pod"]: e.get("source") for e in kube.plugin_log() if e.get("msg") == "redirection configured"}
-    report.check("annotations alone decide", sources.get("default/annotated") == "runtime",
-                 "default/annotated is not in the API: containerd handed the plugin its annotations")
+    report.step("2. kubectl apply -k: the installer chains the plugin and lifts the taint; shop is scheduled")
+    began = time.monotonic()
+    kubectl("apply", "--server-side", "-k", OVERLAY)
+    kubectl(*INSTALLER, "rollout", "status", "daemonset/microgateway-cni", "--timeout=120s")
+    seconds = time.monotonic() - began
+    chained = cluster.primary_entries()[-1] == "microgateway-cni"
+    report.check("installer lifts the taint", cluster.worker.taints() == [] and chained,
+                 f"{seconds:.1f} s after kubectl apply; node taints now: {cluster.worker.taints() or 'none'}; "
+                 f"the node's {cluster.worker.primary.name}: {' -> '.join(cluster.primary_entries())}")
+    kubectl("rollout", "status", "deployment/shop", "--timeout=180s")
+    for manifest in (workloads.client("client"), workloads.istio("mesh", image()), workloads.ordinary("plain")):
+        cluster.create(for_api(manifest))
+    cluster.wait("--for=condition=Ready", "pod/client", "pod/mesh", "pod/plain")
+    kubectl("get", "nodes,pods", "-A", "-o", "wide")
 
-    report.step("3. requests from the client pod: the path each one took")
+    report.step("3. the validator's verdict, the rules, diagnose")
+    kubectl("logs", "deploy/shop", "-c", VALIDATOR_CONTAINER)
+    for pod in cluster.get("pods", "-l", "app=shop")["items"] + [cluster.get("pod", "mesh")]:
+        name = pod["metadata"]["name"]
+        verdict = cluster.verdict(name)
+        probes = ", ".join(f"IPv{p['family']} {p['outcome']} {p['ms']} ms" for p in verdict["probes"])
+        report.check(f"validator {name}", validator_exit(pod) == 0 and verdict["verdict"] == "pass",
+                     f"exit {validator_exit(pod)}, {verdict['verdict']}: {probes}")
+    shop = cluster.get("pods", "-l", "app=shop")["items"][0]["metadata"]["name"]
+    report.check("plain pod untouched", cluster.our_rules("plain") == [],
+                 f"no rule of ours in plain's network namespace; shop's: {len(cluster.our_rules(shop))}")
+    custom = cluster.worker.dir / "debug-root.json"
+    custom.write_text(json.dumps({"securityContext": {"runAsUser": 0}}))
+    kubectl("debug", f"pod/{shop}", f"--image={image()}", "--profile=netadmin", f"--custom={custom}", "-c", "diagnose",
+            "--", "/usr/local/bin/microgateway-network-validator", "diagnose")
+    cluster.wait(f"pod/{shop}", "--for=jsonpath={.status.ephemeralContainerStatuses[0].state.terminated.exitCode}=0")
+    findings = [line for line in kubectl("logs", shop, "-c", "diagnose").splitlines() if re.match(r"I\d+: ", line)]
+    report.check(f"diagnose {shop}", bool(findings) and all(line.endswith(": ok") for line in findings),
+                 f"kubectl debug --profile=netadmin: exit 0, {', '.join(findings)}")
+
+    report.step("4. requests from the client pod: the path each one takes")
+    ips = {name: cluster.pod_ip(name) for name in (shop, "mesh", "plain")}
     expectations = [(shop, 8080, "client -> engine -> app"), (shop, 8081, "client -> app"),
-                    (shop, 5555, "client -> engine"), (mesh, 8080, "client -> istio -> engine -> app"),
-                    (annotated, 8080, "client -> engine -> app"), (plain, 8080, "client -> app")]
-    replies = kube.request(client, [f"{pod.ip}:{port}" for pod, port, _ in expectations])
-    for pod, port, expected in expectations:
-        reply = replies[f"{pod.ip}:{port}"]
-        report.check(f"{pod.plan.name}:{port}", path_of(reply) == expected, f"{path_of(reply)}   ({reply})")
+                    (shop, 5555, "client -> engine"), ("mesh", 8080, "client -> istio -> engine -> app"),
+                    ("plain", 8080, "client -> app")]
+    targets = [f"{ips[name]}:{port}" for name, port, _ in expectations]
+    replies = json.loads(kubectl("exec", "client", "--", "python3", "/opt/mgw/client.py", *targets))
+    for (name, port, expected), target in zip(expectations, targets, strict=True):
+        report.check(f"{name}:{port}", path_of(replies[target]) == expected, f"{path_of(replies[target])}")
 
-    report.step("4. a protected pod started while the plugin is not chained")
-    kube.delete_daemonset()
-    kube.stop_installer(installer)
-    report.info(f"DaemonSet deleted, installer stopped (SIGTERM): {kube.primary.name} is the primary's again: "
-                f"{json.loads(kube.primary.read_text()) == json.loads(kube.primary_text)}")
-    late_manifest = workloads.protected("late", image)
-    try:
-        kube.create(late_manifest)
-        report.check("validator refuses the unprotected pod", False, "the validator passed without the plugin")
-        return
-    except PodFailed as failed:
-        report.check("validator refuses the unprotected pod", failed.code == 3,
-                     f"{failed.container} exit {failed.code}; the app never started")
-        report.info(f"termination message: {failed.message.strip()}")
-        kube.report_init_failure(late_manifest, failed)
-        late = failed.pod
+    report.step("5. a protected pod started while the plugin is not chained")
+    report.info("the installer leaves the node (its DaemonSet's nodeSelector matches no node), then the primary "
+                "CNI's agent rewrites its conflist, as on its upgrade: nobody chains the plugin again")
+    cluster.stop_installer()
+    cluster.worker.write_primary()
+    report.info(f"the node's {cluster.worker.primary.name}: {' -> '.join(cluster.primary_entries())}")
+    kubectl("apply", "-f", "-", input=json.dumps(deployment(workloads.protected("late", image()), replicas=1)),
+            shown="apply -f late.yaml")
+    kubectl("create", "-f", "-", input=json.dumps(for_api(workloads.ordinary("plain-meanwhile"))),
+            shown="create -f plain-meanwhile.yaml   # an ordinary pod")
+    cluster.wait("deployment/late", "--for=jsonpath={.status.replicas}=1")
+    cluster.wait("--for=jsonpath={.status.initContainerStatuses[0].restartCount}=1", "pod", "-l", "app=late")
+    cluster.wait("--for=condition=Ready", "pod/plain-meanwhile")
+    kubectl("get", "pods", "-l", "app=late", "-o", "wide")
+    late = cluster.get("pods", "-l", "app=late")["items"][0]
+    refused = late["metadata"]["name"]
+    kubectl("logs", refused, "-c", VALIDATOR_CONTAINER, "--previous")
+    report.check("validator refuses the unprotected pod", validator_exit(late) == 3,
+                 f"{refused}: validator exit {validator_exit(late)}, the app never started; "
+                 "plain-meanwhile (ordinary) is Ready")
 
-    report.step("5. the DaemonSet is back: the installer re-chains and repairs the pod")
-    installer = kube.start_installer()
-    repaired = wait_for(lambda: any(e["verb"] == "delete" and e["pod"] == "default/late"
-                                    for e in kube.node.journal_entries()), timeout=30)
-    events = [e["body"]["reason"] for e in kube.node.journal_entries() if e["verb"] == "event"]
-    report.check("installer repairs it", repaired and wait_for(lambda: kube.probes_pass(installer), timeout=20),
-                 f"re-chained, default/late deleted through the API (UID precondition), events: {events}")
-    kube.delete(late)  # the kubelet's part: the API deleted the pod, so its sandbox goes
-    again = kube.create(workloads.protected("late", image))  # its ReplicaSet makes it again
-    kube.wait_started(again)
-    reply = kube.request(client, [f"{again.ip}:8080"])[f"{again.ip}:8080"]
-    report.check("recreated pod protected", again.init_results[workloads.VALIDATOR_CONTAINER][0] == 0
-                 and path_of(reply) == "client -> engine -> app", f"validator exit 0, {path_of(reply)}")
+    report.step("6. the installer is back: it chains the plugin again and repairs the refused pod")
+    cluster.resume_installer()
+    cluster.wait("--for=delete", f"pod/{refused}")
+    kubectl("rollout", "status", "deployment/late", "--timeout=120s")
+    events = [e["message"] for e in cluster.get("events", "--field-selector", f"reason={REPAIRED}")["items"]]
+    report.check("installer repairs it", cluster.primary_entries()[-1] == "microgateway-cni" and bool(events),
+                 f"chained again; {refused} deleted, event {REPAIRED}: {events[-1] if events else 'none'}")
+    again = cluster.get("pods", "-l", "app=late")["items"][0]
+    reply = cluster.request("client", [f"{again['status']['podIP']}:8080"])
+    report.check("recreated pod protected", validator_exit(again) == 0
+                 and path_of(next(iter(reply.values()))) == "client -> engine -> app",
+                 f"{again['metadata']['name']}: validator exit {validator_exit(again)}, "
+                 f"{path_of(next(iter(reply.values())))}")
 
-    report.step("6. pods deleted: StopPodSandbox and RemovePodSandbox (CNI DEL), the installer stopped")
-    for pod in list(kube.pods):
-        if pod is not installer:
-            kube.delete(pod)
-    removed = [e for e in kube.plugin_log() if e.get("msg") == "redirection removed"]
-    errors = [e for e in kube.plugin_log() if e.get("level") == "error"]
-    report.check("pods torn down", not errors and len(removed) >= 4,
-                 f"{len(removed)} DELs removed our rules, {len(errors)} plugin errors")
-    kube.stop_installer(installer)
+    report.step("7. kubectl delete -k: the primary's conflist again, the binary stays; the pods go")
+    kubectl("delete", "-k", OVERLAY)
+    cluster.wait(*INSTALLER, "--for=delete", "pod", "-l", INSTALLER_PODS)
+    report.check("uninstalled", cluster.primary_is_the_agents()
+                 and (cluster.worker.node.bin_dir / "microgateway-cni").exists(),
+                 f"the node's {cluster.worker.primary.name}: {' -> '.join(cluster.primary_entries())}; "
+                 "/opt/cni/bin/microgateway-cni kept")
+    kubectl("delete", "deployment", "shop", "late")
+    kubectl("delete", "pod", "client", "mesh", "plain", "plain-meanwhile")
+    cluster.wait("--for=delete", "pod", "-l", "app in (shop, late)")
+    log = cluster.plugin_log()
+    removed = [e for e in log if e.get("msg") == "redirection removed"]
+    errors = [e for e in log if e.get("level") == "error"]
+    report.check("pods torn down", not errors,
+                 f"{len(removed)} DELs reached our plugin (containerd runs the conflist it has now, which no longer "
+                 f"names it: our rules go with each pod's netns), {len(errors)} plugin errors")
     if report.verbose:
-        report.step("logs (--verbose)")
-        for entry in kube.plugin_log():
+        report.step("the plugin's log (--verbose)")
+        for entry in log:
             report.info(json.dumps(entry))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="microgateway-cni local node demo on containerd (needs root)")
+    parser = argparse.ArgumentParser(description="microgateway-cni demo on a one-node Kubernetes cluster (needs root)")
     parser.add_argument("--verbose", action="store_true", help="print the plugin's log")
-    parser.add_argument("--keep", action="store_true", help="leave the node up for exploring until Enter")
+    parser.add_argument("--keep", action="store_true", help="leave the cluster up for exploring until Enter")
     args = parser.parse_args()
     if os.geteuid() != 0:
-        sys.exit("the demo runs containerd in network namespaces and needs root: run bash scripts/demo.sh as root")
+        sys.exit("the demo runs a cluster in network and mount namespaces and needs root: run bash scripts/demo.sh "
+                 "as root")
     started = time.monotonic()
     report = Report(verbose=args.verbose)
     try:

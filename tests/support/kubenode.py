@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support import images, manifests
-from tests.support.containerd import Containerd
+from tests.support.containerd import RELEASE, Containerd, release
 from tests.support.kubelet import (
     Kubelet,
     NodeView,
@@ -30,7 +30,7 @@ from tests.support.kubelet import (
     stop_pod,
 )
 from tests.support.lifetime import Started
-from tests.support.node import API_PORT, STARTUP_TAINT, Node, node_fixture, wait_for
+from tests.support.node import API_PORT, STARTUP_TAINT, node_fixture, wait_for
 
 PRIMARY_CONFLIST = "10-bridge.conflist"
 NODE_NAME = "node-1"
@@ -38,11 +38,13 @@ NAMESPACE = "kube-system"
 
 
 class KubeNode(Started):
-    """The node, its runtime, the images it has and the pods it runs; close() removes all of it."""
+    """The node, its runtime (containerd 2 unless release_name says "1.6"), the images it has and the pods it
+    runs; close() removes all of it."""
 
-    def __init__(self, version: str = "0.1.0") -> None:
+    def __init__(self, version: str = "0.1.0", release_name: str = RELEASE) -> None:
         self.version = version
-        self.node = Node()
+        self.release = release(release_name)
+        self.node = self.release.node()
         self.containerd: Containerd | None = None
         self.pods: list[RunningPod] = []
 
@@ -59,12 +61,12 @@ class KubeNode(Started):
     def start(self) -> None:
         """A node registered with the start-up taint, its primary CNI configured, no plugin of ours yet."""
         self.node.start()
-        self.primary = self.node.write_conflist(chained=False, name=PRIMARY_CONFLIST)
+        self.primary = self.release.write_primary(self.node, PRIMARY_CONFLIST)
         self.primary_text = self.primary.read_text()
         self.node.write_nodes({NODE_NAME: node_fixture(NODE_NAME, taints=[STARTUP_TAINT])})
         archives = {images.PAUSE: images.pause_archive(), images.STANDINS: images.standins_archive(),
                     images.project_image(self.version): images.project_archive(self.version)}
-        self.containerd = Containerd(self.node, keep_plugin=False)
+        self.containerd = Containerd(self.node, keep_plugin=False, release_name=self.release.name)
         self.containerd.start()
         for name, archive in archives.items():
             self.containerd.import_image(archive, name)

@@ -153,8 +153,11 @@ class Pod:
 class Node(Started):
     """One simulated node: node netns, bridge network, kube-API stand-in, pods."""
 
-    def __init__(self, families: tuple[int, ...] = (4,), backend: str = BACKENDS[0]) -> None:
+    def __init__(self, families: tuple[int, ...] = (4,), backend: str = BACKENDS[0],
+                 cni_plugins: Path = SYSTEM_PLUGINS) -> None:
+        """cni_plugins: where the node's bridge, host-local, loopback and portmap come from."""
         self.id = uuid.uuid4().hex[:6]
+        self.cni_plugins = cni_plugins
         self.families = families
         self.backend = backend
         self.netns = f"mgwt-{self.id}-node"
@@ -177,7 +180,7 @@ class Node(Started):
         for sub in (self.bin_dir, self.conf_dir, self.dir / "cache", self.dir / "ipam", self.dir / "checkout"):
             sub.mkdir(parents=True)
         for plugin in ("bridge", "host-local", "loopback", "portmap"):
-            (self.bin_dir / plugin).symlink_to(SYSTEM_PLUGINS / plugin)
+            (self.bin_dir / plugin).symlink_to(self.cni_plugins / plugin)
         self.install_plugin(executable("microgateway-cni"))
         self.add_netns(self.netns)
         self.write_pods({})

@@ -76,8 +76,8 @@ def istio(name: str, image: str) -> dict[str, Any]:
                annotations={SERVICE_MESH: "istio"})
 
 
-def ordinary(name: str) -> dict[str, Any]:
-    return pod(name, [app(name)])
+def ordinary(name: str, namespace: str = "default") -> dict[str, Any]:
+    return pod(name, [app(name)], namespace=namespace)
 
 
 def client(name: str) -> dict[str, Any]:

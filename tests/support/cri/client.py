@@ -89,9 +89,19 @@ class RuntimeClient:
         return to_dict(self._call(self._runtime, "Version", pb.VersionRequest(version="v1")))
 
     def status(self) -> dict[str, bool]:
-        """The runtime's conditions by type: RuntimeReady, NetworkReady (a CNI config is loaded)."""
+        """The runtime's conditions by type: RuntimeReady, NetworkReady (a CNI config is loaded and, on
+        containerd 2, its plugins' STATUS succeeded)."""
+        return {kind: condition["status"] for kind, condition in self.conditions().items()}
+
+    def conditions(self) -> dict[str, dict[str, Any]]:
+        """The runtime's conditions by type with their reason and message (why NetworkReady is false)."""
         answer = self._call(self._runtime, "Status", pb.StatusRequest())
-        return {condition.type: condition.status for condition in answer.status.conditions}
+        return {condition.type: to_dict(condition) for condition in answer.status.conditions}
+
+    def status_info(self) -> dict[str, str]:
+        """The runtime's verbose status: containerd's "cniconfig" is the CNI configuration it has loaded (JSON)."""
+        answer = self._call(self._runtime, "Status", pb.StatusRequest(verbose=True))
+        return dict(answer.info)
 
     def run_pod_sandbox(self, config: Mapping[str, Any] | Message, runtime_handler: str = "") -> str:
         """The sandbox's id, once the runtime has made its netns and run the CNI ADD."""

@@ -1,0 +1,247 @@
+"""The README's deploy steps on a real cluster: kube-apiserver, scheduler, controllers, a kubelet on
+containerd 2 and kube-proxy (tests/support/cluster), driven through kubectl only, as a user does it.
+
+The DaemonSet is applied from the default overlay, the scheduler waits for the installer to lift the
+start-up taint, protected pods come from a Deployment, the validator's verdict is read with `kubectl logs`
+and `diagnose` runs in a `kubectl debug` container. Where a user would log in to the node, the tests look
+at the node: its conflist, the plugin's log, a pod's rules in its network namespace.
+
+The tests share one cluster and run in order: install, pods, teardown, upgrade, installer down, uninstall.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import report, workloads
+from tests.support.cluster.cluster import (
+    INSTALLER,
+    INSTALLER_PODS,
+    OVERLAY,
+    Cluster,
+    deployment,
+    for_api,
+    validator_exit,
+)
+from tests.support.cluster.worker import image
+from tests.support.demo import path_of
+from tests.support.node import STARTUP_TAINT
+
+NEWER = "0.1.1"
+PRIMARY_ONLY = ["bridge", "portmap"]  # the primary agent's conflist (tests/support/cluster/worker.py)
+CHAINED = [*PRIMARY_ONLY, "microgateway-cni"]
+ROUNDS = 5  # pods per start-time figure
+TIER = "cluster"  # the report's section (tests/cluster/conftest.py)
+RUN: dict[str, Any] = {}  # what one test leaves to a later one on the shared cluster (tests run in order)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    if os.geteuid() != 0:
+        pytest.skip("the cluster tier needs root (network and mount namespaces, cgroups, containerd, kubelet)")
+    began = time.monotonic()
+    with Cluster() as running:
+        note(f"cluster: control plane and worker node Ready {running.start_seconds:.1f} s after start")
+        yield running
+    note(f"cluster, test_workloads.py: {time.monotonic() - began:.0f} s wall time, cluster start and "
+         "removal included")
+
+
+def note(line: str) -> None:
+    report.add(line, TIER)
+
+
+def started_at(cluster: Cluster, installer: str) -> datetime:
+    """When the installer pod logged its start (its clock is UTC: the image has no time zone)."""
+    for line in cluster.kubectl(*INSTALLER, "logs", installer).splitlines():
+        entry = json.loads(line)
+        if entry["message"] == "installer running":
+            return datetime.strptime(entry["asctime"], "%Y-%m-%d %H:%M:%S,%f").replace(tzinfo=UTC)
+    raise LookupError(f"{installer} has not logged its start")
+
+
+def start_times(cluster: Cluster, label: str, make: Callable[[str], dict[str, Any]]) -> list[float]:
+    """Seconds from `kubectl create` to the pod's Ready condition, one pod after the other; the pods are
+    removed afterwards."""
+    seconds = []
+    names = [f"{label}-{i}" for i in range(ROUNDS)]
+    for name in names:
+        cluster.create(for_api(make(name)))
+        began = time.monotonic()
+        cluster.wait("--for=condition=Ready", f"pod/{name}")
+        seconds.append(time.monotonic() - began)
+    cluster.kubectl("delete", "pod", *names)
+    return seconds
+
+
+def test_daemonset_becomes_ready_chains_the_plugin_and_lifts_the_taint(cluster: Cluster) -> None:
+    assert cluster.worker.taints() == [STARTUP_TAINT["key"]], "the kubelet registers the node with the start-up taint"
+    began = time.monotonic()
+    cluster.kubectl("apply", "--server-side", "-k", OVERLAY)
+    cluster.installer_ready()
+    ready = time.monotonic() - began
+    assert cluster.worker.taints() == []
+    assert cluster.primary_entries() == CHAINED
+    assert (cluster.worker.node.bin_dir / "microgateway-cni").exists(), "the installer copied the plugin bundle"
+    note(f"kubectl apply -k {OVERLAY}: DaemonSet Ready, plugin chained and taint lifted after {ready:.1f} s")
+
+
+def test_protected_deployment_validator_passes_and_traffic_goes_through_the_engine(cluster: Cluster) -> None:
+    cluster.create(deployment(workloads.protected("shop", image()), replicas=2))
+    cluster.create(for_api(workloads.client("client")))
+    cluster.kubectl("rollout", "status", "deployment/shop", "--timeout=180s")
+    cluster.wait("--for=condition=Ready", "pod/client")
+    pods = cluster.get("pods", "-l", "app=shop")["items"]
+    assert [validator_exit(pod) for pod in pods] == [0, 0]
+    shop = pods[0]["metadata"]["name"]
+    result = cluster.verdict(shop)
+    assert result["verdict"] == "pass", result
+    ip = pods[0]["status"]["podIP"]
+    replies = cluster.request("client", [f"{ip}:8080", f"{ip}:8081", f"{ip}:5555"])
+    paths = {target.rsplit(":", 1)[1]: path_of(reply) for target, reply in replies.items()}
+    note(f"Deployment shop, pod {shop} {ip}: validator {result['verdict']} (exit 0); "
+         + "; ".join(f":{port} {hops}" for port, hops in paths.items()))
+    assert paths == {"8080": "client -> engine -> app", "8081": "client -> app", "5555": "client -> engine"}
+    RUN["shop"] = shop
+
+
+def test_ordinary_pod_is_untouched(cluster: Cluster) -> None:
+    cluster.create(for_api(workloads.ordinary("plain")))
+    cluster.wait("--for=condition=Ready", "pod/plain")
+    assert cluster.our_rules("plain") == []
+    assert cluster.our_rules(RUN["shop"]) != [], "the same look finds the protected pod's rules"
+    ip = cluster.pod_ip("plain")
+    reply = cluster.request("client", [f"{ip}:8080"])[f"{ip}:8080"]
+    assert path_of(reply) == "client -> app"
+    note(f"ordinary pod plain {ip}: no rule of ours in its netns; :8080 {path_of(reply)}")
+
+
+def test_a_pod_reaches_the_api_server_through_the_kubernetes_service(cluster: Cluster) -> None:
+    """kube-proxy's DNAT of the ClusterIP, seen from a pod: TLS verified with the pod's service-account CA."""
+    service = cluster.kubectl("get", "service", "kubernetes", "-o", "jsonpath={.spec.clusterIP}")
+    fetch = ("import json, ssl, urllib.request\n"
+             "context = ssl.create_default_context(cafile='/var/run/secrets/kubernetes.io/serviceaccount/ca.crt')\n"
+             f"print(json.load(urllib.request.urlopen('https://{service}/version', context=context))['gitVersion'])")
+    version = cluster.kubectl("exec", "client", "--", "python3", "-c", fetch).strip()
+    assert version.startswith("v1.")
+    note(f"client pod -> https://{service}/version (the kubernetes Service, kube-proxy nftables): {version}")
+
+
+def test_istio_pod_engine_behind_the_proxy(cluster: Cluster) -> None:
+    cluster.create(for_api(workloads.istio("mesh", image())))
+    cluster.wait("--for=condition=Ready", "pod/mesh")
+    statuses = cluster.get("pod", "mesh")["status"]["initContainerStatuses"]
+    assert [s["state"]["terminated"]["exitCode"] for s in statuses] == [0, 0], "istio-init, then the validator"
+    ip = cluster.pod_ip("mesh")
+    reply = cluster.request("client", [f"{ip}:8080"])[f"{ip}:8080"]
+    assert path_of(reply) == "client -> istio -> engine -> app"
+    note(f"Istio-mode pod mesh {ip}: istio-init and validator exit 0; :8080 {path_of(reply)}")
+
+
+def test_kubectl_debug_runs_diagnose(cluster: Cluster, tmp_path: Path) -> None:
+    """README step 5: diagnose in an ephemeral container with the project's image, as root with NET_ADMIN."""
+    custom = tmp_path / "debug-root.json"
+    custom.write_text(json.dumps({"securityContext": {"runAsUser": 0}}))
+    shop = RUN["shop"]
+    cluster.kubectl("debug", f"pod/{shop}", f"--image={image()}", "--profile=netadmin", f"--custom={custom}",
+                    "-c", "diagnose", "--", "/usr/local/bin/microgateway-network-validator", "diagnose")
+    cluster.wait(f"pod/{shop}", "--for=jsonpath={.status.ephemeralContainerStatuses[0].state.terminated.reason}"
+                                "=Completed")
+    output = cluster.kubectl("logs", shop, "-c", "diagnose")
+    assert "I1: ok" in output and "I2: ok" in output, output
+    note(f"kubectl debug {shop} -- microgateway-network-validator diagnose: exit 0, "
+         + ", ".join(line for line in output.splitlines() if re.match(r"I\d+: ", line)))
+
+
+def test_delete_pod_runs_del_and_the_netns_goes(cluster: Cluster) -> None:
+    shop = RUN["shop"]
+    namespaces = cluster.sandbox("default", shop)["runtimeSpec"]["linux"]["namespaces"]
+    netns = Path(next(ns["path"] for ns in namespaces if ns["type"] == "network"))
+    assert netns.exists()
+    cluster.kubectl("delete", "pod", shop)
+    entries = [entry for entry in cluster.plugin_log() if entry.get("pod") == f"default/{shop}"]
+    assert "redirection removed" in [entry["msg"] for entry in entries if entry["command"] == "DEL"], entries
+    assert [entry for entry in entries if entry["level"] == "error"] == []
+    assert not netns.exists(), "containerd removed the pod's network namespace"
+    note(f"kubectl delete pod {shop}: DEL removed our rules, netns {netns.name} gone")
+
+
+def test_new_image_rolled_out_while_protected_pods_start_none_unprotected(cluster: Cluster) -> None:
+    """The DaemonSet's installer is replaced while the Deployment scales up: SIGTERM without a deletion
+    keeps the plugin chained, so every pod is protected; one set up without it would be refused by its
+    validator (and deleted by the repair controller, with an event), never run unprotected."""
+    cluster.worker.import_project(NEWER)
+    began = datetime.now(UTC)
+    cluster.kubectl(*INSTALLER, "set", "image", "daemonset/microgateway-cni", f"installer={image(NEWER)}")
+    cluster.kubectl("scale", "deployment/shop", "--replicas=5")
+    cluster.installer_ready()
+    cluster.kubectl("rollout", "status", "deployment/shop", "--timeout=180s")
+    installers = cluster.get(*INSTALLER, "pods", "-l", INSTALLER_PODS)["items"]
+    assert [pod["spec"]["containers"][0]["image"] for pod in installers] == [image(NEWER)]
+    pods = cluster.get("pods", "-l", "app=shop")["items"]
+    names = [pod["metadata"]["name"] for pod in pods]
+    assert [validator_exit(pod) for pod in pods] == [0] * 5
+    unprotected = [name for name in names if not cluster.our_rules(name)]
+    assert unprotected == []
+    refused = cluster.get("events", "--field-selector", "reason=MicrogatewayNetworkValidationFailed")["items"]
+    new_installer = started_at(cluster, installers[0]["metadata"]["name"])
+    between = {entry["pod"] for entry in cluster.plugin_log() if entry["command"] == "ADD"
+               and entry["pod"].removeprefix("default/") in names
+               and began < datetime.fromisoformat(entry["ts"]) < new_installer}
+    note(f"rollout to {image(NEWER)} while shop scaled 2 -> 5: all 5 running pods have our rules and "
+         f"validator exit 0, {len(between)} set up between `set image` and the new installer's start; "
+         f"{len(refused)} refused by the validator")
+
+
+def test_pod_start_with_the_plugin_chained(cluster: Cluster) -> None:
+    RUN["with"] = {"ordinary": start_times(cluster, "with-ordinary", workloads.ordinary),
+                   "protected": start_times(cluster, "with-protected",
+                                            lambda name: workloads.protected(name, image()))}
+
+
+def test_installer_stopped_protected_pods_refused_ordinary_pods_start(cluster: Cluster) -> None:
+    """No installer on the node (its DaemonSet's nodeSelector matches nothing) when the primary CNI's agent
+    rewrites its conflist: nobody chains the plugin again, protected pods are refused by their validator,
+    ordinary pods keep starting. The installer's return repairs it (the refused pod is deleted)."""
+    cluster.stop_installer()
+    assert cluster.primary_entries() == CHAINED, "SIGTERM without a deletion keeps it"
+    cluster.worker.write_primary()
+    cluster.create(for_api(workloads.protected("refused", image(NEWER))))
+    cluster.create(for_api(workloads.ordinary("plain-meanwhile")))
+    cluster.wait("--for=condition=Ready", "pod/plain-meanwhile")
+    cluster.wait("pod/refused", "--for=jsonpath={.status.initContainerStatuses[0].restartCount}=1")
+    pod = cluster.get("pod", "refused")
+    assert validator_exit(pod) == 3 and pod["status"]["phase"] == "Pending"
+    result = cluster.verdict("refused", "--previous")
+    assert result["verdict"] != "pass", result
+    cluster.resume_installer()
+    assert cluster.primary_entries() == CHAINED
+    cluster.wait("--for=delete", "pod/refused")
+    note(f"installer stopped, primary rewrote its conflist: protected pod refused (validator exit 3, "
+         f"verdict {result['verdict']}), ordinary pod Ready; installer back: chained again, refused pod "
+         "deleted by the repair controller")
+
+
+def test_delete_k_gives_the_primary_its_conflist_back_and_pods_start_without_the_plugin(cluster: Cluster) -> None:
+    """The uninstall as a user does it: every object of the overlay deleted at once, the installer's
+    ServiceAccount and RBAC before its pod's SIGTERM (docs/design.md, "Recognising an uninstall")."""
+    cluster.kubectl("delete", "-k", OVERLAY)
+    cluster.wait(*INSTALLER, "--for=delete", "pod", "-l", INSTALLER_PODS)
+    assert cluster.primary_is_the_agents()
+    assert (cluster.worker.node.bin_dir / "microgateway-cni").exists(), "the binary stays for later DELs"
+    without = start_times(cluster, "without-ordinary", workloads.ordinary)
+    note(f"kubectl delete -k {OVERLAY}: conflist is the primary's again, binary kept")
+    for kind, seconds in RUN["with"].items():
+        note(f"pod creation to Ready, median of {ROUNDS}: {kind:9} {statistics.median(seconds):5.2f} s with "
+             "the plugin chained")
+    note(f"pod creation to Ready, median of {ROUNDS}: ordinary  {statistics.median(without):5.2f} s without")
