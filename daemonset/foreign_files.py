@@ -83,8 +83,8 @@ def replace_if_unchanged(path: str, expected: bytes, data: bytes, mode: int = 0o
     conditional, and moving the file aside first leaves a moment without it, in which containerd loads
     no network at all. So ours is swapped in (RENAME_EXCHANGE: the name is never free) and the document
     it displaced is checked afterwards: if the agent wrote in between, its document is swapped back. A
-    reader sees the old document, ours, or for that instant ours over the document just before the
-    agent's newest; never no file, and the newest is always last.
+    reader sees the old document, ours, or for that instant ours over a newer document of the agent;
+    never no file, and the newest is always last.
     """
     if read(path) != expected:
         return False

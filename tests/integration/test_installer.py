@@ -37,6 +37,7 @@ def test_installed_chain_works_end_to_end_through_libcni(node_host):
 
 def test_reinserts_after_rewrites_and_renames_and_follows_token_rotation(node_host, capsys):
     node, host = node_host
+    node.write_daemonsets(daemonset_fixture(deleted=False))  # SIGTERM at the end is a restart
     shutil.copy(FIXTURES / "10-flannel.conflist", host.net_dir / "10-flannel.conflist")
     daemon = Daemon(node, host, MGW_REPAIR_MODE="none", MGW_REVERT_WARNING_THRESHOLD="100")
     assert wait_for(daemon.ready, timeout=15), daemon.log()
@@ -56,6 +57,7 @@ def test_reinserts_after_rewrites_and_renames_and_follows_token_rotation(node_ho
     assert wait_for(lambda: conflist.is_chained(host.conf("11-flannel.conflist"), host.settings().plugin_entry()),
                     timeout=2)
     kubeconfig = host.net_dir / "microgateway-cni-kubeconfig"
+    node.write_fixture("tokens", ["token-rotated"])  # the API server issued it: the kubelet rotates to it
     host.rotate("token-rotated")
     assert wait_for(lambda: "token-rotated" in kubeconfig.read_text(), timeout=2)
     assert daemon.stop() == 0

@@ -67,7 +67,8 @@ def make_handler(fixtures: str, journal: str, token: str):
         def _authorized(self) -> bool:
             if self.connection.getpeercert():  # a client certificate the CA verified
                 return True
-            if self.headers.get("Authorization") != f"Bearer {token}":
+            accepted = {token, *self._fixtures().get("tokens", [])}  # "tokens": ones it issued since (rotation)
+            if self.headers.get("Authorization") not in {f"Bearer {t}" for t in accepted}:
                 self._send(401, {"kind": "Status", "code": 401, "reason": "Unauthorized"})
                 return False
             return True

@@ -256,7 +256,7 @@ class Node(Started):
         self._write_fixture("nodes", nodes)
 
     def write_fixture(self, section: str, value: Any) -> None:
-        """Any other stand-in section: "user", "forbidden", "races" (tests/support/kubeapi.py)."""
+        """Any other stand-in section: "user", "forbidden", "races", "tokens" (tests/support/kubeapi.py)."""
         self._write_fixture(section, value)
 
     def api_node(self, name: str = "node-1") -> dict[str, Any]:
