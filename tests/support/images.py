@@ -135,15 +135,15 @@ def host_apt_sources() -> list[Path]:
 
 
 def debian_tree(dest: Path, variant: str, packages: list[str]) -> None:
-    """A merged-/usr Debian tree made by mmdebstrap (its progress lines go to stderr, its hooks' chatter not)."""
+    """A merged-/usr Debian tree made by mmdebstrap; its own and its hooks' chatter is shown only if it fails."""
     command = ["mmdebstrap", f"--variant={variant}", "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
                *(f"--dpkgopt={option}" for option in DPKG_OPTIONS)]
     if packages:
         command.append("--include=" + ",".join(packages))
     done = subprocess.run([*command, SUITE, str(dest), *map(str, host_apt_sources())], stdout=subprocess.PIPE,
-                          text=True)
+                          stderr=subprocess.STDOUT, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"mmdebstrap failed ({done.returncode}); its hooks said:\n{done.stdout[-4000:]}")
+        raise RuntimeError(f"mmdebstrap failed ({done.returncode}); it said:\n{done.stdout[-4000:]}")
 
 
 @contextlib.contextmanager
