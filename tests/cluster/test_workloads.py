@@ -12,16 +12,13 @@ The tests share one cluster and run in order: install, pods, teardown, upgrade, 
 from __future__ import annotations
 
 import json
-import os
 import re
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.support import report, workloads
 from tests.support.cluster.cluster import (
@@ -42,19 +39,8 @@ PRIMARY_ONLY = ["bridge", "portmap"]  # the primary agent's conflist (tests/supp
 CHAINED = [*PRIMARY_ONLY, "microgateway-cni"]
 ROUNDS = 5  # pods per start-time figure
 TIER = "cluster"  # the report's section (tests/cluster/conftest.py)
+CLUSTER = Cluster  # a worker node too (tests/cluster/conftest.py)
 RUN: dict[str, Any] = {}  # what one test leaves to a later one on the shared cluster (tests run in order)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    if os.geteuid() != 0:
-        pytest.skip("the cluster tier needs root (network and mount namespaces, cgroups, containerd, kubelet)")
-    began = time.monotonic()
-    with Cluster() as running:
-        note(f"cluster: control plane and worker node Ready {running.start_seconds:.1f} s after start")
-        yield running
-    note(f"cluster, test_workloads.py: {time.monotonic() - began:.0f} s wall time, cluster start and "
-         "removal included")
 
 
 def note(line: str) -> None:
