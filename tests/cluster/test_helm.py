@@ -15,11 +15,8 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
-
-import pytest
 
 from tests.support import components, report, workloads
 from tests.support.chart import CHART, NAMESPACE, RELEASE
@@ -31,18 +28,8 @@ NEWER = "0.1.1"
 PLUGIN = "microgateway-cni"
 KUBECONFIG = "microgateway-cni-kubeconfig"  # the installer's kubeconfig in the node's CNI config directory
 TIER = "cluster"  # the report's section (tests/cluster/conftest.py)
+CLUSTER = Cluster  # a worker node too (tests/cluster/conftest.py)
 RUN: dict[str, Any] = {}  # what one test leaves to a later one on the shared cluster (tests run in order)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    if os.geteuid() != 0:
-        pytest.skip("the cluster tier needs root (network and mount namespaces, cgroups, containerd, kubelet)")
-    began = time.monotonic()
-    with Cluster() as running:
-        note(f"cluster (test_helm.py): control plane and worker node Ready {running.start_seconds:.1f} s after start")
-        yield running
-    note(f"cluster, test_helm.py: {time.monotonic() - began:.0f} s wall time, cluster start and removal included")
 
 
 def note(line: str) -> None:

@@ -12,18 +12,16 @@ The tests share one cluster and run in order: install, pods, teardown, upgrade, 
 from __future__ import annotations
 
 import json
-import os
 import re
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.support import report, workloads
+from cni.contract import INJECT
+from tests.support import manifests, report, workloads
 from tests.support.cluster.cluster import (
     INSTALLER,
     INSTALLER_PODS,
@@ -42,19 +40,8 @@ PRIMARY_ONLY = ["bridge", "portmap"]  # the primary agent's conflist (tests/supp
 CHAINED = [*PRIMARY_ONLY, "microgateway-cni"]
 ROUNDS = 5  # pods per start-time figure
 TIER = "cluster"  # the report's section (tests/cluster/conftest.py)
+CLUSTER = Cluster  # a worker node too (tests/cluster/conftest.py)
 RUN: dict[str, Any] = {}  # what one test leaves to a later one on the shared cluster (tests run in order)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    if os.geteuid() != 0:
-        pytest.skip("the cluster tier needs root (network and mount namespaces, cgroups, containerd, kubelet)")
-    began = time.monotonic()
-    with Cluster() as running:
-        note(f"cluster: control plane and worker node Ready {running.start_seconds:.1f} s after start")
-        yield running
-    note(f"cluster, test_workloads.py: {time.monotonic() - began:.0f} s wall time, cluster start and "
-         "removal included")
 
 
 def note(line: str) -> None:
@@ -96,6 +83,70 @@ def test_daemonset_becomes_ready_chains_the_plugin_and_lifts_the_taint(cluster: 
     note(f"kubectl apply -k {OVERLAY}: DaemonSet Ready, plugin chained and taint lifted after {ready:.1f} s")
 
 
+def capabilities(mask: str) -> list[str]:
+    """The names of the capabilities set in a /proc/<pid>/status mask (CapEff: 00000000000000cb)."""
+    names = {0: "CAP_CHOWN", 1: "CAP_DAC_OVERRIDE", 2: "CAP_DAC_READ_SEARCH", 3: "CAP_FOWNER", 4: "CAP_FSETID",
+             5: "CAP_KILL", 6: "CAP_SETGID", 7: "CAP_SETUID", 8: "CAP_SETPCAP", 10: "CAP_NET_BIND_SERVICE",
+             12: "CAP_NET_ADMIN", 13: "CAP_NET_RAW", 21: "CAP_SYS_ADMIN"}
+    value = int(mask, 16)
+    return sorted(names.get(bit, f"bit {bit}") for bit in range(64) if value >> bit & 1)
+
+
+def test_installer_runs_with_exactly_the_manifests_privileges(cluster: Cluster) -> None:
+    """What the real kubelet and containerd gave the installer's container (its runc spec and its process's
+    /proc status) against the rendered DaemonSet's securityContext: nothing more, nothing less."""
+    spec = manifests.find(manifests.render("default", image()), "DaemonSet")["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    wanted = container["securityContext"]
+    assert wanted["capabilities"]["drop"] == ["ALL"]
+    caps = sorted(f"CAP_{name}" for name in wanted["capabilities"]["add"])
+    runtime = cluster.worker.containerd.runtime
+    found = runtime.list_containers(state={"state": "CONTAINER_RUNNING"}, label_selector={
+        "io.kubernetes.pod.namespace": "kube-system", "io.kubernetes.container.name": container["name"]})
+    assert len(found) == 1, found
+    info = runtime.container_status(found[0]["id"], verbose=True)["info"]["info"]
+    process = info["runtimeSpec"]["process"]
+    assert process["user"]["uid"] == wanted["runAsUser"]
+    for kind in ("bounding", "effective", "permitted"):
+        assert sorted(process["capabilities"][kind]) == caps, kind
+    assert not process["capabilities"].get("inheritable") and not process["capabilities"].get("ambient")
+    assert process["noNewPrivileges"] is (wanted["allowPrivilegeEscalation"] is False)
+    assert info["runtimeSpec"]["root"]["readonly"] is wanted["readOnlyRootFilesystem"]
+    status = dict(line.split(":\t", 1) for line in Path(f"/proc/{info['pid']}/status").read_text().splitlines()
+                  if ":\t" in line)
+    assert status["Uid"].split()[:2] == [str(wanted["runAsUser"])] * 2
+    assert capabilities(status["CapEff"]) == capabilities(status["CapBnd"]) == caps, status
+    assert status["NoNewPrivs"].strip() == "1"
+    note(f"installer container as the kubelet started it: uid {process['user']['uid']}, capabilities "
+         f"{', '.join(caps)} (bounding = effective = permitted; /proc CapEff {status['CapEff'].strip()}), "
+         f"no_new_privs, read-only root: the DaemonSet's securityContext exactly")
+
+
+def test_installer_passes_its_probes_and_chains_before_it_lifts_the_taint(cluster: Cluster) -> None:
+    """The kubelet runs the manifests' liveness and readiness probes: Ready, never restarted, no liveness
+    failure. Readiness fails until the installer has chained the plugin (/readyz 503): that is its purpose."""
+    container = manifests.find(manifests.render("default", image()), "DaemonSet")["spec"]["template"]["spec"][
+        "containers"][0]
+    assert {"livenessProbe", "readinessProbe"} <= set(container)
+    pod = cluster.get(*INSTALLER, "pods", "-l", INSTALLER_PODS)["items"][0]
+    name = pod["metadata"]["name"]
+    cluster.wait(*INSTALLER, "--for=condition=Ready", f"pod/{name}")
+    liveness = container["livenessProbe"]
+    time.sleep(liveness.get("initialDelaySeconds", 0) + liveness.get("periodSeconds", 10) + 1)  # a liveness run
+    pod = cluster.get(*INSTALLER, "pod", name)
+    [status] = pod["status"]["containerStatuses"]
+    assert status["ready"] is True and status["restartCount"] == 0, status
+    events = cluster.get(*INSTALLER, "events", "--field-selector", f"involvedObject.name={name},reason=Unhealthy")
+    unhealthy = [event["message"].strip() for event in events["items"]]
+    assert not [message for message in unhealthy if not message.startswith("Readiness probe failed")], unhealthy
+    messages = [json.loads(line).get("message") for line in cluster.kubectl(*INSTALLER, "logs", name).splitlines()
+                if line.startswith("{")]
+    assert messages.index("plugin chained") < messages.index(
+        "start-up taint removed: pods may be scheduled to this node")
+    note(f"installer {name}: Ready, 0 restarts, no liveness failure after a liveness period ({len(unhealthy)} "
+         "readiness failures before it had chained); logged \"plugin chained\" before lifting the taint")
+
+
 def test_protected_deployment_validator_passes_and_traffic_goes_through_the_engine(cluster: Cluster) -> None:
     cluster.create(deployment(workloads.protected("shop", image()), replicas=2))
     cluster.create(for_api(workloads.client("client")))
@@ -124,6 +175,25 @@ def test_ordinary_pod_is_untouched(cluster: Cluster) -> None:
     reply = cluster.request("client", [f"{ip}:8080"])[f"{ip}:8080"]
     assert path_of(reply) == "client -> app"
     note(f"ordinary pod plain {ip}: no rule of ours in its netns; :8080 {path_of(reply)}")
+
+
+def test_pod_protected_by_the_runtimes_annotations_alone(cluster: Cluster) -> None:
+    """The inject annotation, no label: containerd hands the annotations to the plugin, which decides from
+    them ("source": "runtime") without asking the API server."""
+    cluster.create(for_api(workloads.annotated("annotated", image())))
+    cluster.wait("--for=condition=Ready", "pod/annotated")
+    pod = cluster.get("pod", "annotated")
+    assert INJECT not in pod["metadata"]["labels"] and pod["metadata"]["annotations"][INJECT] == "true"
+    assert validator_exit(pod) == 0
+    assert cluster.verdict("annotated")["verdict"] == "pass"
+    ip = pod["status"]["podIP"]
+    reply = cluster.request("client", [f"{ip}:8080"])[f"{ip}:8080"]
+    assert path_of(reply) == "client -> engine -> app"
+    configured = [entry for entry in cluster.plugin_log() if entry.get("pod") == "default/annotated"
+                  and entry["msg"] == "redirection configured"]
+    assert [entry["source"] for entry in configured] == ["runtime"], configured
+    note(f"pod annotated {ip} (inject annotation, no label): validator pass (exit 0), plugin's source "
+         f"\"runtime\" (no API lookup); :8080 {path_of(reply)}")
 
 
 def test_a_pod_reaches_the_api_server_through_the_kubernetes_service(cluster: Cluster) -> None:
@@ -240,7 +310,11 @@ def test_delete_k_gives_the_primary_its_conflist_back_and_pods_start_without_the
     assert cluster.primary_is_the_agents()
     assert (cluster.worker.node.bin_dir / "microgateway-cni").exists(), "the binary stays for later DELs"
     without = start_times(cluster, "without-ordinary", workloads.ordinary)
-    note(f"kubectl delete -k {OVERLAY}: conflist is the primary's again, binary kept")
+    cluster.create(for_api(workloads.protected("after-uninstall", image(NEWER))))
+    cluster.wait("pod/after-uninstall", "--for=jsonpath={.status.initContainerStatuses[0].restartCount}=1")
+    assert validator_exit(cluster.get("pod", "after-uninstall")) == 3, "no plugin: the validator refuses the pod"
+    note(f"kubectl delete -k {OVERLAY}: conflist is the primary's again, binary kept; a protected pod now: "
+         "validator exit 3")
     for kind, seconds in RUN["with"].items():
         note(f"pod creation to Ready, median of {ROUNDS}: {kind:9} {statistics.median(seconds):5.2f} s with "
              "the plugin chained")

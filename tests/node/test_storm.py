@@ -1,15 +1,18 @@
 """containerd reloading the configuration under a storm: a primary agent rewrites its conflist in a loop
 (tests/support/programs/conf_agent.py: atomically, each write waiting for the installer to follow it), the
-installer container follows every write, and protected and ordinary pods are created meanwhile. Once per
+installer follows every write, and protected and ordinary pods are created meanwhile. Once per
 installer mode: chained (our entry written into the agent's file) and ahead (our own copy of it, which
-libcni loads first). In neither mode may containerd ever reload into no configuration: that would fail
-every pod of the node, ordinary ones too.
+libcni loads first). The installer is a process in the node's network namespace, the pods are made through
+CRI directly (tests/support/crinode.py): a protected pod is its validator (the project's image, the init
+container whose verdict counts), an ordinary pod one container of the pause image. In neither mode may
+containerd ever reload into no configuration: that would fail every pod of the node, ordinary ones too.
 
 For every protected pod the test looks into its netns for our rules (a sandbox set up while containerd held
 the agent's document alone has none), then runs its validator. The calm test re-chains 100 times, one
-agent write at a time, and asks containerd's CRI Status after each. Mocked: the kube-apiserver (stand-in) and the
-kubelet's part (the harness's CRI calls). The installer's revert back-off (it stops fighting an agent that
-keeps reverting it) is raised out of the way through the ConfigMap, so the installer re-chains every write.
+agent write at a time, and asks containerd's CRI Status after each. Mocked: the kube-apiserver (stand-in);
+no kubelet: the harness makes the CRI calls. The installer's revert back-off (it stops fighting an agent that
+keeps reverting it) is raised out of the way (MGW_REVERT_WARNING_THRESHOLD), so the installer re-chains every
+write.
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from cni.contract import EXCLUDE_INBOUND_PORTS, INJECT
 from daemonset.conflist import AHEAD_NAME
 from tests.support import images, report, workloads
 from tests.support.cri import CriError
-from tests.support.kubelet import PodFailed, RunningPod
-from tests.support.kubenode import KubeNode
+from tests.support.crinode import CriNode, CriPod, PodFailed
 from tests.support.node import ROOT
 from tests.support.programs import conf_agent
 
@@ -37,6 +40,7 @@ CREATION_FAILED = "creation failed"
 ORDINARY_STARTED = "ordinary pod started"
 NO_CONFIG = "no network config found"
 RECHAINS = 100
+PAUSED = {"name": "app", "image": images.PAUSE, "command": ["/bin/sh", "-c", "exec sleep 3600"]}
 
 
 class Storm(NamedTuple):
@@ -49,8 +53,8 @@ class Storm(NamedTuple):
 def storm(mode: str) -> Storm:
     """PODS protected pods created while the agent rewrites its conflist under an installer in `mode`: the
     report's lines added, the outcomes and the agent's figures returned for the test's assertions."""
-    with KubeNode() as kube:
-        kube.install(settings={"MGW_MODE": mode, "MGW_REVERT_WARNING_THRESHOLD": "100000"})
+    with CriNode() as kube:
+        kube.install(MGW_MODE=mode, MGW_REVERT_WARNING_THRESHOLD="100000")
         copy = kube.node.conf_dir / AHEAD_NAME
         if mode == "ahead":
             assert kube.primary.read_text() == kube.primary_text, "ahead mode wrote the primary's file"
@@ -66,9 +70,9 @@ def storm(mode: str) -> Storm:
         outcomes: collections.Counter[str] = collections.Counter()
         failures: list[str] = []
         teardown: list[str] = []
-        leftover: list[RunningPod] = []
+        leftover: list[CriPod] = []
 
-        def delete(pod: RunningPod) -> None:
+        def delete(pod: CriPod) -> None:
             try:
                 kube.delete(pod)
             except CriError as error:  # retried once the storm is over
@@ -107,10 +111,11 @@ def storm(mode: str) -> Storm:
     return Storm(outcomes, figures, logged, teardown)
 
 
-def create_protected(kube: KubeNode, i: int, delete: Callable[[RunningPod], None], failures: list[str]) -> str:
+def create_protected(kube: CriNode, i: int, delete: Callable[[CriPod], None], failures: list[str]) -> str:
     """Create protected pod `i`, look for our rules in it, delete it: its outcome."""
     try:
-        pod = kube.create(workloads.protected(f"storm-{i}", images.project_image()))
+        pod = kube.create(workloads.pod(f"storm-{i}", [], init=[workloads.validator(images.project_image())],
+                                        labels={INJECT: "true"}, annotations={EXCLUDE_INBOUND_PORTS: "8081"}))
     except PodFailed as refused:
         chained = bool(kube.our_rules(refused.pod))
         delete(refused.pod)
@@ -123,10 +128,10 @@ def create_protected(kube: KubeNode, i: int, delete: Callable[[RunningPod], None
     return outcome
 
 
-def create_ordinary(kube: KubeNode, i: int, delete: Callable[[RunningPod], None], failures: list[str]) -> str:
+def create_ordinary(kube: CriNode, i: int, delete: Callable[[CriPod], None], failures: list[str]) -> str:
     """Create ordinary pod `i` and delete it: whether it started."""
     try:
-        pod = kube.create(workloads.ordinary(f"storm-ordinary-{i}"))
+        pod = kube.create(workloads.pod(f"storm-ordinary-{i}", [PAUSED]))
     except CriError as error:
         failures.append(error.details)
         return f"ordinary {CREATION_FAILED}"
@@ -180,8 +185,8 @@ def test_ahead_mode_pods_created_while_the_primary_rewrites_its_conflist_all_hav
 def test_chained_mode_calm_rechains_never_leave_containerd_without_a_configuration() -> None:
     """RECHAINS times: the agent rewrites its conflist (our entry out), the installer puts our entry back;
     then containerd's CRI Status must say NetworkReady, and its log must hold no failed reload."""
-    with KubeNode() as kube:
-        kube.install(settings={"MGW_REVERT_WARNING_THRESHOLD": "100000"})
+    with CriNode() as kube:
+        kube.install(MGW_REVERT_WARNING_THRESHOLD="100000")
         base = json.loads(kube.primary_text)
         not_ready: list[int] = []
         started = time.monotonic()
@@ -201,7 +206,7 @@ def test_chained_mode_calm_rechains_never_leave_containerd_without_a_configurati
     assert reloads == [] and not_ready == [], (reloads[:5], not_ready)
 
 
-def rechained(kube: KubeNode, gen: int) -> bool:
+def rechained(kube: CriNode, gen: int) -> bool:
     """The agent's document of generation `gen` with our entry back in it."""
     try:
         document = json.loads(kube.primary.read_text())
