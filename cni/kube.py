@@ -26,6 +26,11 @@ RETRY_INTERVAL_SECONDS = 0.5
 REQUEST_TIMEOUT_SECONDS = 5.0
 
 
+class ApiUnavailable(CniError):
+    """The API cannot tell us about the pod: no usable kubeconfig, no answer before the deadline, its
+    certificate or our identity refused. A 404 or an undecodable pod is an answer, and not this."""
+
+
 @record
 class Cluster:
     host: str
@@ -39,7 +44,7 @@ def _load_document(path: str) -> dict[str, Any]:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as exc:
-        raise CniError(INVALID_CONFIG, f"cannot read kubeconfig {path}: {exc.strerror}") from None
+        raise ApiUnavailable(INVALID_CONFIG, f"cannot read kubeconfig {path}: {exc.strerror}") from None
     try:
         doc = json.loads(raw)
     except ValueError:
@@ -49,9 +54,9 @@ def _load_document(path: str) -> dict[str, Any]:
         try:
             doc = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
-            raise CniError(INVALID_CONFIG, f"kubeconfig {path} is neither JSON nor YAML: {exc}") from None
+            raise ApiUnavailable(INVALID_CONFIG, f"kubeconfig {path} is neither JSON nor YAML: {exc}") from None
     if not isinstance(doc, dict):
-        raise CniError(INVALID_CONFIG, f"kubeconfig {path} is not a mapping")
+        raise ApiUnavailable(INVALID_CONFIG, f"kubeconfig {path} is not a mapping")
     return doc
 
 
@@ -60,7 +65,7 @@ def _named(doc: dict[str, Any], section: str, name: str | None, key: str) -> dic
     for entry in entries:
         if name is None or entry.get("name") == name:
             return entry.get(key) or {}
-    raise CniError(INVALID_CONFIG, f"kubeconfig has no {section} entry {name!r}")
+    raise ApiUnavailable(INVALID_CONFIG, f"kubeconfig has no {section} entry {name!r}")
 
 
 def _pem_file(data: str) -> str:
@@ -81,7 +86,7 @@ def load_cluster(path: str) -> Cluster:
     user = _named(doc, "users", context.get("user"), "user")
     server = urllib.parse.urlsplit(cluster.get("server", ""))
     if server.scheme != "https" or not server.hostname:
-        raise CniError(INVALID_CONFIG, f"kubeconfig {path}: server {cluster.get('server')!r} is not an https URL")
+        raise ApiUnavailable(INVALID_CONFIG, f"kubeconfig {path}: server {cluster.get('server')!r} is not an https URL")
     # Trust only the cluster's CA: stricter than the system store, and loading the system store
     # (create_default_context) costs tens of milliseconds on every pod start.
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -104,14 +109,14 @@ def load_cluster(path: str) -> Cluster:
                 for name in temp:
                     os.unlink(name)
     except (OSError, ssl.SSLError, ValueError, KeyError) as exc:
-        raise CniError(INVALID_CONFIG, f"kubeconfig {path}: TLS material unusable: {exc}") from None
+        raise ApiUnavailable(INVALID_CONFIG, f"kubeconfig {path}: TLS material unusable: {exc}") from None
     token = user.get("token", "")
     if not token and user.get("tokenFile"):
         try:
             with open(user["tokenFile"]) as f:
                 token = f.read().strip()
         except OSError as exc:
-            raise CniError(INVALID_CONFIG, f"kubeconfig {path}: cannot read tokenFile: {exc.strerror}") from None
+            raise ApiUnavailable(INVALID_CONFIG, f"kubeconfig {path}: cannot read tokenFile: {exc.strerror}") from None
     port = server.port or 443
     return Cluster(host=server.hostname, port=port, context=tls, token=token)
 
@@ -159,7 +164,7 @@ def get_pod(cluster: Cluster, namespace: str, name: str, deadline_seconds: float
         try:
             status, body = _get(cluster, path)
         except ssl.SSLCertVerificationError as exc:
-            raise CniError(IO_FAILURE, f"kube-apiserver certificate rejected: {exc.verify_message}") from None
+            raise ApiUnavailable(IO_FAILURE, f"kube-apiserver certificate rejected: {exc.verify_message}") from None
         except (OSError, ValueError) as exc:
             status, body, problem = 0, b"", f"{type(exc).__name__}: {exc}"
         else:
@@ -173,10 +178,10 @@ def get_pod(cluster: Cluster, namespace: str, name: str, deadline_seconds: float
         if status == 404:
             raise CniError(UNKNOWN_CONTAINER, f"pod {namespace}/{name} does not exist in the API")
         if status in (401, 403):
-            raise CniError(IO_FAILURE, f"kube-apiserver refused pod {namespace}/{name}: HTTP {status}")
+            raise ApiUnavailable(IO_FAILURE, f"kube-apiserver refused pod {namespace}/{name}: HTTP {status}")
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise CniError(
+            raise ApiUnavailable(
                 TRY_AGAIN_LATER,
                 f"kube-apiserver unreachable: cannot read pod {namespace}/{name} "
                 f"after {attempts} attempts in {deadline_seconds:g}s",

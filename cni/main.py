@@ -42,7 +42,8 @@ INTERNAL_ERROR = 999
 
 
 def lookup_pod(request: Request, config: PluginConfig) -> PodFacts:
-    """The runtime's annotations when they are conclusive, else the pod from the API (fails closed)."""
+    """The runtime's annotations when they are conclusive, else the pod from the API. When the API cannot
+    tell, the runtime's annotations decide if it handed them, else the lookup fails closed."""
     from cni import policy
 
     facts = policy.from_runtime(request.conf)
@@ -50,9 +51,15 @@ def lookup_pod(request: Request, config: PluginConfig) -> PodFacts:
         return facts
     from cni import kube
 
-    cluster = kube.load_cluster(config.kubeconfig)
-    pod = kube.get_pod(cluster, request.args.get("K8S_POD_NAMESPACE", ""), request.args.get("K8S_POD_NAME", ""),
-                       config.api_deadline_seconds)
+    try:
+        cluster = kube.load_cluster(config.kubeconfig)
+        pod = kube.get_pod(cluster, request.args.get("K8S_POD_NAMESPACE", ""),
+                           request.args.get("K8S_POD_NAME", ""), config.api_deadline_seconds)
+    except kube.ApiUnavailable as exc:
+        unverified = policy.without_api(request.conf, exc.msg)
+        if unverified is None:
+            raise
+        return unverified
     return policy.from_api(pod)
 
 
@@ -97,6 +104,11 @@ def cmd_add(request: Request, config: PluginConfig, logger: Logger, lookup: Look
     with start(request, config) as applier:  # prepares the backend while the pod is looked up
         logger.debug("netfilter backend", backend=applier.backend.name, configured=config.netfilter_backend)
         pod = lookup(request, config)
+        if pod.unverified:
+            logger.warn("passed through: the API cannot tell the pod's labels and its annotations do not protect it",
+                        reason=pod.unverified,
+                        guard="a pod protected by its label alone is refused by its validator")
+            return result
         if not pod.protected:
             logger.debug("passed through", reason="pod is not protected")
             return result

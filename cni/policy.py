@@ -47,11 +47,15 @@ class Plan:
 
 @record
 class PodFacts:
-    """What the plugin needs to know about a pod, and where it learnt it ("runtime" or "api")."""
+    """What the plugin needs to know about a pod, and where it learnt it ("runtime" or "api").
+
+    unverified names why the API could not be asked when the runtime's annotations alone decided that
+    the pod is not protected (docs/design.md, "When the API cannot tell"); empty when the API answered."""
 
     protected: bool
     annotations: dict[str, str]
     source: str
+    unverified: str = ""
 
 
 def skip_reason(namespace: str, name: str, config: PluginConfig) -> str:
@@ -70,16 +74,36 @@ def is_protected(labels: Mapping[str, Any], annotations: Mapping[str, Any]) -> b
     return labels.get(INJECT) == "true" or annotations.get(INJECT) == "true"
 
 
+def runtime_annotations(conf: Mapping[str, Any]) -> dict[str, str] | None:
+    """The pod's annotations as the runtime handed them (capability io.kubernetes.cri.pod-annotations),
+    or None when it handed none: then nothing is known about them, not even that they are empty."""
+    runtime_config = conf.get("runtimeConfig")
+    annotations = runtime_config.get(POD_ANNOTATIONS_CAPABILITY) if isinstance(runtime_config, dict) else None
+    if not isinstance(annotations, dict):
+        return None
+    return {str(k): str(v) for k, v in annotations.items()}
+
+
 def from_runtime(conf: Mapping[str, Any]) -> PodFacts | None:
     """PodFacts from the runtime's annotations when they alone are conclusive, else None (ask the API).
 
     Only "protected" is conclusive: a pod without the annotation may still carry the label, which
     the runtime does not pass."""
-    runtime_config = conf.get("runtimeConfig")
-    annotations = runtime_config.get(POD_ANNOTATIONS_CAPABILITY) if isinstance(runtime_config, dict) else None
-    if not isinstance(annotations, dict) or not is_protected({}, annotations):
+    annotations = runtime_annotations(conf)
+    if annotations is None or not is_protected({}, annotations):
         return None
-    return PodFacts(protected=True, annotations={str(k): str(v) for k, v in annotations.items()}, source="runtime")
+    return PodFacts(protected=True, annotations=annotations, source="runtime")
+
+
+def without_api(conf: Mapping[str, Any], reason: str) -> PodFacts | None:
+    """When the API cannot tell the pod's labels: a pod the runtime's annotations do not mark protected
+    (from_runtime came first) is ordinary, provided the runtime handed us its annotations; else None,
+    and the lookup fails closed. A pod protected by its label alone then meets its validator, which
+    refuses it (docs/design.md, "When the API cannot tell")."""
+    annotations = runtime_annotations(conf)
+    if annotations is None:
+        return None
+    return PodFacts(protected=False, annotations=annotations, source="runtime", unverified=reason)
 
 
 def from_api(pod: Mapping[str, Any]) -> PodFacts:

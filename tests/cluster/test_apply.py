@@ -13,7 +13,7 @@ from subprocess import CompletedProcess
 import pytest
 import yaml
 
-from tests.support import chart
+from tests.support import chart, components, report
 from tests.support.cluster.controlplane import ControlPlane
 
 OVERLAYS = "daemonset/manifests/overlays"
@@ -91,3 +91,20 @@ def test_the_chart_passes_a_server_side_dry_run(cluster, applied, multus, values
     done = dry_run(cluster, "-f", "-", input=yaml.safe_dump_all(docs))
     assert done.stderr == ""
     assert len(done.stdout.splitlines()) == len(docs), done.stdout
+
+
+def test_the_components_are_the_pinned_versions(cluster: ControlPlane) -> None:
+    """What ran is what scripts/components/versions.txt pins: the binaries and the API server say so."""
+    pinned = components.versions()
+    lines = components.reported_versions()
+    said = dict(line.split(": ", 1) for line in lines)
+    for name in ("kube-apiserver", "kubelet", "kube-proxy", "kubectl"):
+        assert said[name].endswith(pinned["kubernetes"]), (name, said[name])
+    assert said["containerd"].split()[2] == pinned["containerd"]
+    assert said["etcd"] == f"etcd Version: {pinned['etcd'].lstrip('v')}"
+    assert said["crictl"].endswith(pinned["cri-tools"]) and said["helm"] == pinned["helm"]
+    assert said["bridge"] == f"CNI bridge plugin {pinned['cni-plugins']}"
+    served = json.loads(cluster.kubectl("version", "-o", "json").stdout)["serverVersion"]["gitVersion"]
+    assert served == pinned["kubernetes"]
+    for line in lines:
+        report.add(f"component {line}", "cluster")

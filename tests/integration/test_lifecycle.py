@@ -227,6 +227,35 @@ def test_runtime_annotations_are_conclusive_without_api(node):
     assert any("redirect" in line.lower() for line in node.mgw_rules(pod))
 
 
+def _warnings(node) -> list[dict]:
+    return [entry for entry in map(json.loads, node.log_file.read_text().splitlines()) if entry["level"] == "warn"]
+
+
+@pytest.mark.parametrize("outage", ["API down", "token refused"])
+def test_when_the_api_cannot_tell_an_unannotated_pod_is_passed_through_with_a_warning(node, outage):
+    """The runtime hands the annotations (capability on): they do not protect the pod, and the API that
+    would tell its label is down or refuses us. The pod is labelled protected in the API's fixture, so
+    this is the case the validator then refuses (docs/design.md, "When the API cannot tell")."""
+    node.add_pod_fixture(pod_fixture("web"))
+    if outage == "API down":
+        node.stop_api()
+    else:
+        node.token = "wrong"
+        node.write_kubeconfig(f"https://127.0.0.1:{API_PORT}")
+    pod = node.new_pod("web", node.write_conflist(capabilities=True), annotations={"team": "shop"})
+    assert pod.result["ips"] and node.mgw_rules(pod) == [] and node.mgw_rules(pod, 6) == []
+    [warning] = _warnings(node)
+    assert warning["msg"].startswith("passed through")
+    assert ("unreachable" if outage == "API down" else "HTTP 401") in warning["reason"]
+
+
+def test_a_pod_the_api_does_not_know_is_an_answer_not_an_outage(node):
+    """404 fails the ADD even with the runtime's annotations at hand: the API answered."""
+    pod = node.new_pod("ghost", node.write_conflist(capabilities=True), annotations={}, check=False)
+    assert pod.add_output.returncode != 0 and "does not exist in the API" in pod.add_output.stderr
+    assert _warnings(node) == []
+
+
 @pytest.mark.parametrize("case", ["foreign CA", "wrong host name"])
 def test_api_certificate_is_verified(node, case):
     """The pod lookup trusts only the kubeconfig's CA, for the kubeconfig's host (fails closed otherwise)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,3 +75,23 @@ def binary(name: str) -> str:
     raise FileNotFoundError(
         f"component {name} is not built (looked in {looked}): run `bash scripts/setup.sh` "
         f"(it runs scripts/components.sh), or set {BIN_OVERRIDE} to a directory that holds it")
+
+
+# How each reported component tells its version, and the line of its answer that says it.
+VERSION_COMMANDS = {
+    "kube-apiserver": ["--version"], "kubelet": ["--version"], "kube-proxy": ["--version"],
+    "kubectl": ["version", "--client"], "etcd": ["--version"], "containerd": ["--version"],
+    "crictl": ["--version"], "helm": ["version", "--short"], "bridge": [],
+}
+
+
+def reported_versions() -> list[str]:
+    """What the built binaries (and Debian's runc) say their versions are: the run's report shows what
+    ran, not what versions.txt asks for."""
+    lines = []
+    for name, args in VERSION_COMMANDS.items():
+        done = subprocess.run([binary(name), *args], capture_output=True, text=True, timeout=30, check=False)
+        lines.append(f"{name}: {(done.stdout or done.stderr).splitlines()[0].strip()}")
+    runc = subprocess.run(["runc", "--version"], capture_output=True, text=True, timeout=30, check=False)
+    lines.append(f"runc: {runc.stdout.splitlines()[0].strip() if runc.stdout else 'missing'}")
+    return lines

@@ -10,6 +10,10 @@ result cache) are private: nothing it mounts or writes there reaches the host, a
 namespace goes away with its last process. Root, state, socket, config, log and the pods' cgroup parent are
 this instance's own, under node.dir, so concurrent runs never share anything. close() removes all of it,
 also after a start that failed halfway.
+
+containerd gets the parent-death signal SIGKILL (setpriv --pdeathsig), so it dies with the test process even
+after a `kill -9`, when close() never runs. Its shims do not: they run on (as designed, for a containerd
+restart), re-parented to init, until close() or a sweep finds them by our socket path on their command line.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -39,14 +44,16 @@ START_TIMEOUT = 30.0
 # Where containerd, the plugins it runs and the hostPath volumes of its pods see the node's directories:
 # the paths of a real node, so the installer's defaults and the manifests work unchanged.
 NODE_PATHS = {"bin_dir": "/opt/cni/bin", "conf_dir": "/etc/cni/net.d", "log_dir": "/var/log"}
-# Run by root as `sh -c PRIVATE private <dir> <source:target>... -- <command...>` inside the new mount
-# namespace. Makes the paths containerd fixes private (a tmpfs over each), and shows each source
+# Run by root as `sh -c PRIVATE private <owner> <dir> <source:target>... -- <command...>` inside the new mount
+# namespace. Exits at once unless its parent is still <owner> (the test process, which may have died before
+# setpriv set the death signal). Makes the paths containerd fixes private (a tmpfs over each), and shows each source
 # directory of the test node at the path a real node has it (/etc/cni/net.d, /opt/cni/bin, /var/log):
 # a target that does not exist on the host is made in an overlay over its nearest existing ancestor (upper
 # layer under <dir>), so nothing is created on the host.
 PRIVATE = """set -e
-dir=$1
-shift
+[ "$PPID" = "$1" ] || exit 70
+dir=$2
+shift 2
 n=0
 reveal() {
   if [ ! -d "$1" ]; then
@@ -220,7 +227,14 @@ class Containerd(Started):
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start containerd and wait until its CRI plugin answers."""
+        """Start containerd and wait until its CRI plugin answers.
+
+        Only from the main thread: the parent-death signal follows the thread that forks containerd, so one
+        started from another thread would be killed when that thread ends.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("start containerd from the main thread: its parent-death signal follows the thread "
+                               "that forks it")
         if not self.keep_plugin:
             (self.node.bin_dir / "microgateway-cni").unlink(missing_ok=True)
         for sub in (self.root, self.state, self.pods_log_dir, self.log_dir, self.bin, self.dir / "cdi"):
@@ -230,10 +244,13 @@ class Containerd(Started):
         self.config.write_text(self.release.config(self))
         started = time.monotonic()
         with self.log.open("ab") as log:
+            # One process from setpriv to containerd (each execs the next), so the death signal set first
+            # holds for containerd and self.process.pid is containerd's.
             self.process = subprocess.Popen(
-                ["nsenter", f"--net=/run/netns/{self.node.netns}", "--",
+                ["setpriv", "--pdeathsig", "KILL", "--",
+                 "nsenter", f"--net=/run/netns/{self.node.netns}", "--",
                  "unshare", "--mount", "--propagation", "private", "--",
-                 "sh", "-c", PRIVATE, "private", str(self.dir), *self._node_paths(), "--",
+                 "sh", "-c", PRIVATE, "private", str(os.getpid()), str(self.dir), *self._node_paths(), "--",
                  self.release.containerd, "--config", str(self.config), "--root", str(self.root),
                  "--state", str(self.state), "--address", str(self.socket), "--log-level", "info"],
                 cwd=self.dir, env={"PATH": self.path}, stdin=subprocess.DEVNULL, stdout=log, stderr=log)

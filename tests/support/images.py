@@ -2,6 +2,11 @@
 
 Every archive is an OCI image-layout tar that `ctr -n k8s.io images import` takes with its name.
 Builds print progress on stderr; concurrent callers wait on a lock instead of building twice.
+
+The project image's builds share the checkout's buildah storage (build/buildah; other checkouts have their
+own) and may run at once, e.g. two versions: each holds a shared lock on that storage while it builds, and
+whatever touches images or containers it did not make itself (making the base, removing the images of
+earlier inputs, removing the working containers of killed builds) holds it exclusively.
 """
 
 from __future__ import annotations
@@ -10,11 +15,13 @@ import configparser
 import contextlib
 import fcntl
 import hashlib
+import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -214,9 +221,11 @@ def _buildah_command(*args: str) -> list[str]:
     needs no network) under build/ too: by default it creates /etc/cni/net.d on the host.
     """
     conf = BUILDAH / "containers.conf"
-    if not conf.exists():
+    if not conf.exists():  # written whole under another name: a concurrent build never reads half of it
         BUILDAH.mkdir(parents=True, exist_ok=True)
-        conf.write_text(f'[network]\nnetwork_config_dir = "{BUILDAH / "net.d"}"\n')
+        partial = BUILDAH / f".containers.conf.{os.getpid()}"
+        partial.write_text(f'[network]\nnetwork_config_dir = "{BUILDAH / "net.d"}"\n')
+        partial.replace(conf)
     return ["env", f"CONTAINERS_CONF={conf}", "buildah", "--root", str(BUILDAH / "root"), "--runroot",
             str(BUILDAH / "runroot"), "--storage-driver", "vfs", *args]
 
@@ -229,8 +238,13 @@ def buildah(*args: str) -> str:
     return done.stdout
 
 
+def _done(kind: str, key: str) -> bool:
+    return (BUILDAH / f"{kind}-{key}").exists()
+
+
 def _once(kind: str, key: str, work: Callable[[], None]) -> None:
-    """Run work once per key of its kind in buildah's storage; a marker under build/buildah says which key."""
+    """Run work once per key of its kind in buildah's storage; a marker under build/buildah says which key.
+    Only under the storage's exclusive lock (_storage)."""
     marker = BUILDAH / f"{kind}-{key}"
     if marker.exists():
         return
@@ -240,11 +254,16 @@ def _once(kind: str, key: str, work: Callable[[], None]) -> None:
     marker.touch()
 
 
+BASE_CONFIG = oci.ImageConfig(cmd=["bash"])
+
+
+def _base_key() -> str:
+    return input_hash(repr((SUITE, "minbase", DPKG_OPTIONS, BASE_CONFIG)), [Path(oci.__file__)])
+
+
 def _debian_base() -> None:
     """BASE in buildah's storage, made once per recipe."""
-    config = oci.ImageConfig(cmd=["bash"])
-    _once("base", input_hash(repr((SUITE, "minbase", DPKG_OPTIONS, config)), [Path(oci.__file__)]),
-          lambda: _make_debian_base(config))
+    _once("base", _base_key(), lambda: _make_debian_base(BASE_CONFIG))
 
 
 def _make_debian_base(config: oci.ImageConfig) -> None:
@@ -279,7 +298,9 @@ def _context(dest: Path) -> None:
             shutil.copy2(source, dest / name)
 
 
-def _build(version: str, context: Path, pip_conf: Path) -> None:
+def _build(version: str, context: Path, pip_conf: Path, lock: int) -> None:
+    """buildah build; the storage lock's descriptor goes to buildah too, so that a build that outlives this
+    process (killed) still holds its shared lock, and no exclusive holder removes its working container."""
     mounts = [f"{pip_conf}:/etc/pip.conf:ro", f"{HOST_CA}:{BUILD_CA}:ro"]
     mounts += [f"{path}:{path}:ro" for path in HOST_PIP_DIRS if path.exists()]
     command = _buildah_command(
@@ -289,7 +310,7 @@ def _build(version: str, context: Path, pip_conf: Path) -> None:
         str(context))
     log = CACHE / f"microgateway-cni-{version}.log"
     with log.open("w", buffering=1) as out, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                text=True) as build:
+                                                text=True, pass_fds=(lock,)) as build:
         assert build.stdout is not None
         for line in build.stdout:
             out.write(line)
@@ -299,6 +320,46 @@ def _build(version: str, context: Path, pip_conf: Path) -> None:
     if build.returncode != 0:
         raise RuntimeError(f"buildah build failed ({build.returncode}), log in {log}:\n"
                            f"{log.read_text()[-4000:]}")
+
+
+def _remove_leftover_containers() -> None:
+    """Remove the working containers left in buildah's storage: under the exclusive lock no build runs, so
+    each is a killed build's (buildah build removes its own when it ends, --force-rm also after a failure)."""
+    left = buildah("containers", "--all", "--quiet").split()
+    if left:
+        progress(f"removing {len(left)} working container(s) of killed builds from build/buildah")
+        buildah("rm", *left)
+
+
+@contextlib.contextmanager
+def _storage(inputs_key: str) -> Iterator[int]:
+    """A shared lock on build/buildah for one build (yields its descriptor), after the work that needs the
+    exclusive lock: the base image and the removal of earlier inputs' images (when not yet done), and the
+    removal of killed builds' working containers (when no other build runs, else left to a later build)."""
+    BUILDAH.mkdir(parents=True, exist_ok=True)
+    with (BUILDAH / ".storage.lock").open("w") as lock:
+        waiting = False
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                # Another process holds it: shared by a build, which has done the work for its inputs, or
+                # exclusively while it does that work. Ours may start once the work for our inputs is done.
+                if _done("base", _base_key()) and _done("inputs", inputs_key):
+                    fcntl.flock(lock, fcntl.LOCK_SH)
+                    break
+                if not waiting:
+                    progress("waiting for the other builds in build/buildah (earlier inputs) to finish")
+                    waiting = True
+                time.sleep(0.5)
+                continue
+            _remove_leftover_containers()
+            _debian_base()
+            _once("inputs", inputs_key, _forget_project_images)
+            # From exclusive to shared is not atomic: an exclusive holder in between finds the work done.
+            fcntl.flock(lock, fcntl.LOCK_SH)
+            break
+        yield lock.fileno()
 
 
 def _forget_project_images() -> None:
@@ -314,6 +375,15 @@ def _forget_project_images() -> None:
     buildah("rmi", "--prune")
 
 
+def _project_inputs() -> list[Path]:
+    return [*(ROOT / name for name in BUILD_INPUTS), Path(oci.__file__)]
+
+
+def _storage_key() -> str:
+    """The project's inputs, whatever the version: buildah's storage keeps the images of one such key."""
+    return input_hash(repr((SUITE, DPKG_OPTIONS, BUILD_FLAGS)), _project_inputs())
+
+
 def project_archive(version: str = "0.1.0") -> Path:
     """The project's image built from the Dockerfile with buildah, exported as an OCI archive.
 
@@ -322,21 +392,16 @@ def project_archive(version: str = "0.1.0") -> Path:
     differs only in its version label and name. That cache does not key the LABEL step on the build
     argument (buildah 1.28), so the version label is also given on the command line.
     """
-    inputs = [*(ROOT / name for name in BUILD_INPUTS), Path(oci.__file__)]
+    inputs = _project_inputs()
     key = input_hash(repr((version, SUITE, DPKG_OPTIONS, BUILD_FLAGS, "version label")), inputs)
 
     def build(dest: Path) -> None:
-        BUILDAH.mkdir(parents=True, exist_ok=True)
-        _debian_base()
-        _once("inputs", input_hash(repr((SUITE, DPKG_OPTIONS, BUILD_FLAGS)), inputs), _forget_project_images)
-        with scratch_dir("context-") as tmp:
+        with _storage(_storage_key()) as lock, \
+                scratch_dir("context-") as tmp:
             _context(tmp / "context")
             _pip_conf(tmp / "pip.conf")
-            try:
-                _build(version, tmp / "context", tmp / "pip.conf")
-            finally:
-                buildah("rm", "--all")
-        buildah("push", "--quiet", project_image(version), f"oci-archive:{dest}:{project_image(version)}")
+            _build(version, tmp / "context", tmp / "pip.conf", lock)
+            buildah("push", "--quiet", project_image(version), f"oci-archive:{dest}:{project_image(version)}")
         oci.set_name(dest, project_image(version))  # buildah writes only the OCI ref name
 
     return cached(f"microgateway-cni-{version}", key, build)

@@ -126,8 +126,8 @@ def test_excluded_ports_return_before_the_redirect():
                                                      "-A OUTPUT -p tcp -j MGW_OUTPUT"]
 
 
-def test_api_unreachable_is_error_11_and_nothing_is_applied(tmp_path):
-    """The real lookup against a loopback port nobody listens on, with a short API deadline."""
+def unreachable_api(tmp_path) -> PluginConfig:
+    """A kubeconfig naming a loopback port nobody listens on, with a short API deadline."""
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
@@ -137,12 +137,44 @@ def test_api_unreachable_is_error_11_and_nothing_is_applied(tmp_path):
         "clusters": [{"name": "k", "cluster": {"server": f"https://127.0.0.1:{port}",
                                                "insecure-skip-tls-verify": True}}],
         "users": [{"name": "u", "user": {"token": "t"}}]}))
-    config = parse_config({"kubernetes": {"kubeconfig": str(kubeconfig), "apiDeadlineSeconds": 0.2}})
+    return parse_config({"kubernetes": {"kubeconfig": str(kubeconfig), "apiDeadlineSeconds": 0.2}})
+
+
+def no_kubeconfig(tmp_path) -> PluginConfig:
+    return parse_config({"kubernetes": {"kubeconfig": str(tmp_path / "absent")}})
+
+
+def garbled_kubeconfig(tmp_path) -> PluginConfig:
+    (tmp_path / "kubeconfig").write_text("{not: [json, nor yaml")
+    return parse_config({"kubernetes": {"kubeconfig": str(tmp_path / "kubeconfig")}})
+
+
+API_CONDITIONS = [(unreachable_api, TRY_AGAIN_LATER, "unreachable"), (no_kubeconfig, INVALID_CONFIG, "absent"),
+                  (garbled_kubeconfig, INVALID_CONFIG, "neither JSON nor YAML")]
+
+
+@pytest.mark.parametrize(("condition", "code", "named"), API_CONDITIONS, ids=["unreachable", "missing", "garbled"])
+def test_without_the_api_or_the_runtimes_annotations_add_fails_closed(tmp_path, condition, code, named):
+    """The real lookup; the runtime handed no annotations, so the pod may be protected by either."""
     harness = Harness()
     with pytest.raises(CniError) as failed:
-        main.cmd_add(request_for(), config, LOGGER, main.lookup_pod, harness.start)
-    assert failed.value.code == TRY_AGAIN_LATER and "unreachable" in failed.value.msg
+        main.cmd_add(request_for(), condition(tmp_path), LOGGER, main.lookup_pod, harness.start)
+    assert failed.value.code == code and named in failed.value.msg
     assert harness.started == 1 and harness.untouched()
+
+
+@pytest.mark.parametrize(("condition", "code", "named"), API_CONDITIONS, ids=["unreachable", "missing", "garbled"])
+def test_without_the_api_a_pod_its_annotations_do_not_protect_is_passed_through_with_a_warning(
+        tmp_path, condition, code, named):
+    harness = Harness()
+    log = tmp_path / "plugin.log"
+    request = request_for(runtimeConfig={"io.kubernetes.cri.pod-annotations": {"team": "shop"}})
+    result = main.cmd_add(request, condition(tmp_path), Logger("warn", str(log)), main.lookup_pod, harness.start)
+    assert result["ips"] == PREV["ips"]
+    assert harness.started == 1 and harness.untouched()
+    [entry] = [json.loads(line) for line in log.read_text().splitlines()]
+    assert entry["level"] == "warn" and entry["msg"].startswith("passed through")
+    assert named in entry["reason"] and "validator" in entry["guard"]
 
 
 def test_runtime_annotations_are_conclusive_without_the_api():

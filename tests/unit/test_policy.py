@@ -14,10 +14,13 @@ from cni.policy import (
     NON_TCP_INBOUND,
     SERVICE_MESH,
     Plan,
+    PodFacts,
+    from_runtime,
     is_protected,
     parse_port_list,
     plan_for,
     skip_reason,
+    without_api,
 )
 
 
@@ -135,3 +138,26 @@ def test_plan_for_returns_plan_or_cni_error(annotations):
     else:
         assert plan.mesh in ("none", "istio")
         assert plan.non_tcp_inbound in ("drop", "allow")
+
+
+CAPABILITY = "io.kubernetes.cri.pod-annotations"
+
+
+@pytest.mark.parametrize(("conf", "runtime", "no_api"), [
+    # The runtime handed no annotations: nothing is known, the API must decide, and without it we fail.
+    ({}, None, None),
+    ({"runtimeConfig": {}}, None, None),
+    ({"runtimeConfig": {CAPABILITY: "not a mapping"}}, None, None),
+    # It handed them and they protect the pod: conclusive either way.
+    ({"runtimeConfig": {CAPABILITY: {INJECT: "true", SERVICE_MESH: "istio"}}},
+     PodFacts(True, {INJECT: "true", SERVICE_MESH: "istio"}, "runtime"), "n/a"),
+    # It handed them and they do not: the label may still protect it; only when the API cannot tell
+    # is the pod ordinary, and the reason goes with it.
+    ({"runtimeConfig": {CAPABILITY: {}}}, None, PodFacts(False, {}, "runtime", "kube-apiserver unreachable")),
+    ({"runtimeConfig": {CAPABILITY: {INJECT: "false", "team": 7}}}, None,
+     PodFacts(False, {INJECT: "false", "team": "7"}, "runtime", "kube-apiserver unreachable")),
+])
+def test_what_the_runtimes_annotations_decide_with_and_without_the_api(conf, runtime, no_api):
+    assert from_runtime(conf) == runtime
+    if runtime is None:
+        assert without_api(conf, "kube-apiserver unreachable") == no_api
