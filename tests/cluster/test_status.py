@@ -17,11 +17,11 @@ installer is stopped first (its pod leaves the node; SIGTERM without a deletion 
 as it would write the kubeconfig again at once; each condition is undone before the next, the installer
 comes back at the end.
 
-Expected (the lead's change on main): STATUS succeeds whenever our entry is valid; when the API cannot tell
-a pod's labels, ADD passes a pod the runtime's annotations do not mark protected through as ordinary, with a
-warning in the plugin's log, so the ordinary pod in `default` starts, the annotated pod is configured from
-the runtime's annotations and its validator passes, and the label-only pod is refused by its validator
-(exit 3) and never runs its app.
+Expected (docs/design.md, "STATUS" and "When the API cannot tell"): STATUS succeeds whenever our entry is
+valid; when the API cannot tell a pod's labels, ADD passes a pod the runtime's annotations do not mark
+protected through as ordinary, with a warning in the plugin's log, so the ordinary pod in `default` starts,
+the annotated pod is configured from the runtime's annotations and its validator passes, and the label-only
+pod is refused by its validator (exit 3) and never runs its app.
 
 "API unreachable": the real kube-apiserver cannot be stopped without taking kubectl, the kubelet's pod
 source and the controllers with it. The plugin reaches the API through the kubeconfig the installer wrote,
@@ -257,9 +257,10 @@ def add_lines(cluster: Cluster, pod: str) -> list[dict[str, Any]]:
     return [line for line in cluster.plugin_log() if line.get("pod") == pod and line.get("command") == "ADD"]
 
 
-def passed_through_with_a_warning(cluster: Cluster, pod: str) -> bool:
-    return any(line["level"] in ("warn", "warning") and "passed through" in line["msg"]
-               for line in add_lines(cluster, pod))
+def pass_through_warnings(cluster: Cluster, pod: str) -> list[str]:
+    """The reasons of the warnings with which ADD passed the pod through."""
+    return [str(line.get("reason", "")) for line in add_lines(cluster, pod)
+            if line["level"] in ("warn", "warning") and "passed through" in line["msg"]]
 
 
 def configured_from(cluster: Cluster, pod: str) -> list[str]:
@@ -270,7 +271,7 @@ def configured_from(cluster: Cluster, pod: str) -> list[str]:
 class Seen(NamedTuple):
     ready: tuple[str, str]  # kubectl get node: Ready's status and message, at the end of the condition
     watched: list[str]  # every Ready the watch saw meanwhile
-    status_calls: int  # STATUS lines the plugin logged meanwhile
+    status_calls: int | None  # STATUS lines the plugin logged meanwhile (None: it cannot log)
     fates: dict[str, Fate]
 
 
@@ -289,7 +290,7 @@ def observe(cluster: Cluster, tag: str) -> Seen:
 def cell(cluster: Cluster, fate: Fate) -> str:
     """The table's cell: the fate, how the plugin's ADD set the pod up, the seconds it took."""
     how = ""
-    if passed_through_with_a_warning(cluster, fate.pod):
+    if pass_through_warnings(cluster, fate.pod):
         how = "; ADD passed it through with a warning"
     elif sources := configured_from(cluster, fate.pod):
         how = f"; configured from the {sources[-1]}"
@@ -300,8 +301,10 @@ def record(cluster: Cluster, condition: str, seen: Seen) -> None:
     status, message = seen.ready
     ROWS[condition] = [f"{status}" + (f": {message}" if status != "True" else ""),
                        *(cell(cluster, seen.fates[column]) for column in COLUMNS)]
+    calls = ("our STATUS cannot log (the invalid entry names the log file)" if seen.status_calls is None
+             else f"our STATUS ran {seen.status_calls} times meanwhile")
     note(f"STATUS, {condition}: node Ready {status} ({message}); the watch saw {sorted(set(seen.watched))}; "
-         f"our STATUS ran {seen.status_calls} times meanwhile")
+         f"{calls}")
 
 
 def kubeconfig(cluster: Cluster) -> Path:
@@ -315,7 +318,7 @@ def test_baseline_every_pod_starts(cluster: Cluster, installer_stopped: dict[str
     seen = observe(cluster, "none")
     record(cluster, "none", seen)
     assert seen.ready[0] == "True" and {line.split()[0] for line in seen.watched} == {"True"}, seen
-    assert seen.status_calls >= 3
+    assert seen.status_calls is not None and seen.status_calls >= 3
     assert all(fate.kind == "starts" for fate in seen.fates.values()), seen.fates
     assert seen.fates["protected (annotation)"].text == "starts, validator exit 0"
     assert seen.fates["protected (label)"].text == "starts, validator exit 0"
@@ -326,6 +329,7 @@ def test_baseline_every_pod_starts(cluster: Cluster, installer_stopped: dict[str
 class Condition(NamedTuple):
     tag: str  # in the pods' names
     make: Callable[[Cluster], AbstractContextManager[Any]]  # the condition while the block runs
+    reason: str  # in the reason of ADD's pass-through warning: the API could not tell, and why
 
 
 class _Kubeconfig:
@@ -355,9 +359,11 @@ def _api_unreachable(cluster: Cluster) -> AbstractContextManager[None]:
 
 # In the table's order; the invalid entry comes last, in its own test.
 CONDITIONS = {
-    "kubeconfig missing": Condition("no-kubeconfig", lambda cluster: _Kubeconfig(cluster, None)),
-    "kubeconfig does not parse": Condition("bad-kubeconfig", lambda cluster: _Kubeconfig(cluster, "clusters: [\n")),
-    "API unreachable (Service refused)": Condition("api-refused", _api_unreachable),
+    "kubeconfig missing": Condition("no-kubeconfig", lambda cluster: _Kubeconfig(cluster, None),
+                                    "cannot read kubeconfig"),
+    "kubeconfig does not parse": Condition("bad-kubeconfig", lambda cluster: _Kubeconfig(cluster, "clusters: [\n"),
+                                           "is neither JSON nor YAML"),
+    "API unreachable (Service refused)": Condition("api-refused", _api_unreachable, "kube-apiserver unreachable"),
 }
 
 
@@ -372,19 +378,20 @@ def test_the_api_cannot_tell_the_labels_the_node_stays_ready(cluster: Cluster, i
     record(cluster, name, seen)
     assert seen.ready == ("True", "kubelet is posting ready status"), seen.ready
     assert {line.split()[0] for line in seen.watched} == {"True"}, seen.watched
-    assert seen.status_calls >= 3
+    assert seen.status_calls is not None and seen.status_calls >= 3
     fates = seen.fates
     assert fates["ordinary kube-system"].kind == "starts", fates
     annotated = f"default/{condition.tag}-annotated"
     assert fates["protected (annotation)"].text == "starts, validator exit 0", fates
     assert configured_from(cluster, annotated) == ["runtime"], add_lines(cluster, annotated)
-    # The lead's change: pods the runtime's annotations do not mark protected pass through with a warning.
+    # Pods the runtime's annotations do not mark protected pass through, with a warning naming the condition.
     labelled = f"default/{condition.tag}-labelled"
     assert fates["protected (label)"].text == "refused by its validator (exit 3), app never ran", fates
-    assert passed_through_with_a_warning(cluster, labelled), add_lines(cluster, labelled)
     plain = f"default/{condition.tag}-plain"
     assert fates["ordinary default"].kind == "starts", fates
-    assert passed_through_with_a_warning(cluster, plain), add_lines(cluster, plain)
+    for pod in (labelled, plain):
+        reasons = pass_through_warnings(cluster, pod)
+        assert reasons and all(condition.reason in reason for reason in reasons), add_lines(cluster, pod)
 
 
 def test_an_invalid_entry_of_ours_makes_the_node_not_ready(cluster: Cluster,
@@ -405,7 +412,7 @@ def test_an_invalid_entry_of_ours_makes_the_node_not_ready(cluster: Cluster,
             ready = cluster.node_ready()
     finally:
         conf_agent.write_atomic(cluster.worker.primary, chained)
-    seen = Seen(ready, watched, 0, fates)
+    seen = Seen(ready, watched, None, fates)
     record(cluster, "our entry invalid (`logLevel: loud`)", seen)
     note(f"STATUS, our entry invalid: node NotReady {not_ready:.0f} s after the conflist was written")
     status, message = ready
