@@ -125,6 +125,7 @@ def statuses(cluster: Cluster) -> list[dict[str, Any]]:
 
 def test_containerd_runs_our_status_on_the_kubelets_runtime_checks(cluster: Cluster, installed: None) -> None:
     """Nothing asks the runtime's status here but the kubelet (every 5 s): each ask runs our STATUS."""
+    assert json.loads(cluster.worker.primary_text)["cniVersion"] == "1.1.0", "the primary's agent writes 1.1.0"
     document = json.loads(cluster.worker.primary.read_text())
     assert document["cniVersion"] == "1.1.0", "the installer keeps the primary's cniVersion"
     assert cluster.primary_entries() == CHAINED
