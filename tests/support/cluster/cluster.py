@@ -7,14 +7,17 @@ plugin's log, a pod's network namespace) only where a user would log in to the n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from cni.contract import VALIDATOR_CONTAINER
-from tests.support import images
-from tests.support.cluster.controlplane import ControlPlane
+from tests.support import components, images
+from tests.support.cluster.controlplane import NODE_NAME, ControlPlane
 from tests.support.cluster.worker import Worker
 from tests.support.lifetime import Started
 
@@ -26,6 +29,8 @@ NOWHERE = "microgateway-cni.test/nowhere"
 # The stand-ins are PID 1 of their containers without a SIGTERM handler: only the kill after the grace
 # period stops them, so these pods wait one second for it instead of thirty.
 GRACE_SECONDS = 1
+# The node's Ready condition, one line per object a watch sees: "True kubelet is posting ready status".
+READY = '{range .status.conditions[?(@.type=="Ready")]}{.status} {.message}{"\\n"}{end}'
 
 
 class NodesPlane(ControlPlane):
@@ -85,6 +90,48 @@ class Cluster(Started):
         """The validator's JSON line, as `kubectl logs <pod> -c <validator> ARGS` shows it."""
         lines = self.kubectl("logs", pod, "-c", VALIDATOR_CONTAINER, *args).strip().splitlines()
         return dict(json.loads(lines[-1]))
+
+    @contextlib.contextmanager
+    def node_ready_seen(self) -> Iterator[list[str]]:
+        """The node's Ready condition ("True <message>") at the start and at every change of the Node while
+        the block runs, as a watch (`kubectl get node -w`) sees them; the list is filled when the block ends."""
+        seen: list[str] = []
+        with tempfile.TemporaryFile() as out:
+            watch = subprocess.Popen(["ip", "netns", "exec", self.plane.netns, components.binary("kubectl"),
+                                      f"--kubeconfig={self.plane.pki.kubeconfig('admin')}",
+                                      f"--cache-dir={self.plane.dir / 'kubectl-cache'}", "get", "node", NODE_NAME,
+                                      "-w", "-o", f"jsonpath={READY}"],
+                                     stdout=out, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+            try:
+                yield seen
+            finally:
+                watch.terminate()
+                watch.wait()
+                out.seek(0)
+                seen += [line for line in out.read().decode(errors="replace").splitlines() if line.strip()]
+
+    def node_ready(self) -> tuple[str, str]:
+        """The node's Ready condition as `kubectl get node` shows it: status and message."""
+        conditions = self.get("node", NODE_NAME)["status"]["conditions"]
+        ready = next(c for c in conditions if c["type"] == "Ready")
+        return str(ready["status"]), str(ready.get("message", ""))
+
+    @contextlib.contextmanager
+    def service_refused(self, ip: str, port: int) -> Iterator[None]:
+        """Connections from the node's own network namespace to the Service ip:port refused (TCP reset)
+        before kube-proxy's DNAT (nat output, priority -100) takes them, while the block runs: the API
+        server behind an intact Service gone, for the node's processes that use the Service (the plugin);
+        the kubelet, kube-proxy and kubectl reach the API server at its own address and keep it."""
+        table = "mgw_test_refuse"
+        rules = (f"table ip {table} {{\n chain output {{\n  type filter hook output priority -150; policy accept;\n"
+                 f"  ip daddr {ip} tcp dport {port} reject with tcp reset\n }}\n}}\n")
+        subprocess.run(["ip", "netns", "exec", self.plane.netns, "nft", "-f", "-"], input=rules, text=True,
+                       check=True, capture_output=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["ip", "netns", "exec", self.plane.netns, "nft", "delete", "table", "ip", table],
+                           check=True, capture_output=True)
 
     # -- the DaemonSet --------------------------------------------------------------------------------
     def installer_ready(self) -> None:
