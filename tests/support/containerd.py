@@ -206,8 +206,10 @@ class Containerd(Started):
     """
 
     def __init__(self, node: Node, snapshotter: str = "native", keep_plugin: bool = True,
-                 release_name: str = RELEASE) -> None:
+                 release_name: str = RELEASE, extra_mounts: dict[Path, str] | None = None) -> None:
+        """extra_mounts: more of the node's directories, bound at the path given (the mount namespace's view)."""
         self.node = node
+        self.extra_mounts = dict(extra_mounts or {})
         self.release = release(release_name)
         self.snapshotter = snapshotter
         self.keep_plugin = keep_plugin
@@ -286,7 +288,8 @@ class Containerd(Started):
 
     def _node_paths(self) -> list[str]:
         sources = {"bin_dir": self.node.bin_dir, "conf_dir": self.node.conf_dir, "log_dir": self.log_dir}
-        return [f"{sources[key]}:{target}" for key, target in NODE_PATHS.items()]
+        return [f"{sources[key]}:{target}" for key, target in NODE_PATHS.items()] + [
+            f"{source}:{target}" for source, target in self.extra_mounts.items()]
 
     def close(self) -> None:
         """Remove every pod, stop containerd, kill what outlives it, remove its cgroups and files."""

@@ -33,18 +33,9 @@ GRACE_SECONDS = 1
 READY = '{range .status.conditions[?(@.type=="Ready")]}{.status} {.message}{"\\n"}{end}'
 
 
-class NodesPlane(ControlPlane):
-    """The control plane of a cluster with nodes: the API server reaches a kubelet (logs, exec, attach,
-    ephemeral containers) at its node's InternalIP; by default it tries the node's hostname first, which
-    resolves nowhere here."""
-
-    def _apiserver_args(self) -> list[str]:
-        return [*super()._apiserver_args(), "--kubelet-preferred-address-types=InternalIP"]
-
-
 class Cluster(Started):
     def __init__(self) -> None:
-        self.plane = NodesPlane()
+        self.plane = ControlPlane()
         self.worker = Worker(self.plane)
         self.start_seconds = 0.0
 

@@ -110,6 +110,9 @@ class ControlPlane(Started):
                 f"--service-account-signing-key-file={pki.sa_key}", f"--service-cluster-ip-range={SERVICE_RANGE}",
                 f"--kubelet-client-certificate={pki.cert('apiserver-kubelet-client')}",
                 f"--kubelet-client-key={pki.key('apiserver-kubelet-client')}",
+                # A node's hostname resolves nowhere here: logs, exec and ephemeral containers reach the
+                # kubelet at its InternalIP.
+                "--kubelet-preferred-address-types=InternalIP",
                 f"--cert-dir={self.dir / 'apiserver'}", "--profiling=false"]
 
     def _controller_manager_args(self) -> list[str]:

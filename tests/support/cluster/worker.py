@@ -30,7 +30,7 @@ from tests.support import components, images
 from tests.support.cluster.controlplane import NODE_IP, NODE_NAME, ControlPlane, process_start
 from tests.support.containerd import PATH, Containerd, alive, release
 from tests.support.lifetime import Started
-from tests.support.node import STARTUP_TAINT, Node
+from tests.support.node import STARTUP_TAINT
 
 PRIMARY = "10-bridge.conflist"
 SUBNET = "10.88.0.0/24"  # tests/support/node.py's bridge range, what the primary's conflist hands out
@@ -47,18 +47,6 @@ KUBELET_DIR = "/var/lib/kubelet"
 START_TIMEOUT = 90.0
 
 
-class NodeContainerd(Containerd):
-    """containerd whose mount namespace also has the kubelet's directory at its real path, /var/lib/kubelet:
-    the kubelet keeps some files there whatever its --root-dir says (device-plugins/kubelet.sock)."""
-
-    def __init__(self, node: Node, kubelet_dir: Path) -> None:
-        super().__init__(node, snapshotter="overlayfs", keep_plugin=False)
-        self.kubelet_dir = kubelet_dir
-
-    def _node_paths(self) -> list[str]:
-        return [*super()._node_paths(), f"{self.kubelet_dir}:{KUBELET_DIR}"]
-
-
 class Worker(Started):
     """One worker node of plane (plane.netns, NODE_NAME, NODE_IP), registered with the start-up taint."""
 
@@ -70,7 +58,10 @@ class Worker(Started):
         self.node.netns = plane.netns
         self.dir = self.node.dir
         self.kubelet_dir = self.dir / "kubelet"
-        self.containerd = NodeContainerd(self.node, self.kubelet_dir)
+        # The kubelet keeps some files at /var/lib/kubelet whatever its --root-dir says
+        # (device-plugins/kubelet.sock): containerd's mount namespace has its directory there too.
+        self.containerd = Containerd(self.node, snapshotter="overlayfs", keep_plugin=False,
+                                     extra_mounts={self.kubelet_dir: KUBELET_DIR})
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.sysctls: dict[str, str] = {}
 
