@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -50,16 +49,25 @@ from typing import Any, NamedTuple
 import pytest
 import yaml
 
-from cni.contract import VALIDATOR_CONTAINER
 from tests.support import report, workloads
-from tests.support.cluster.cluster import OVERLAY, Cluster, for_api, validator_exit
+from tests.support.cluster.cluster import OVERLAY, Cluster
 from tests.support.cluster.controlplane import NODE_NAME
+from tests.support.cluster.observe import (
+    Fate,
+    KubeconfigAltered,
+    add_lines,
+    configured_from,
+    pass_through_warnings,
+    plugin_statuses,
+    pod_fates,
+)
 from tests.support.cluster.worker import image
 from tests.support.node import wait_for
 from tests.support.programs import conf_agent
 
 PLUGIN = "microgateway-cni"
 CHAINED = ["bridge", "portmap", PLUGIN]
+CLUSTER = Cluster  # a worker node too (tests/cluster/conftest.py)
 TIER = "cluster"
 COLUMNS = ("ordinary kube-system", "ordinary default", "protected (annotation)", "protected (label)")
 # How long the pods of one condition get to show their fate: the API condition's ADDs wait out the entry's
@@ -71,24 +79,16 @@ KEEP_SECONDS = 20.0
 ROWS: dict[str, list[str]] = {}  # condition -> the table's cells, in the order the tests ran
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    if os.geteuid() != 0:
-        pytest.skip("the cluster tier needs root (network and mount namespaces, cgroups, containerd, kubelet)")
-    began = time.monotonic()
-    try:
-        with Cluster() as running:
-            note(f"cluster: control plane and worker node Ready {running.start_seconds:.1f} s after start")
-            yield running
-    finally:
-        if ROWS:
-            note("STATUS on containerd 2.4.2, the node's Ready condition read with `kubectl get node`:")
-            note("| condition | node Ready (kubectl) | " + " | ".join(COLUMNS) + " |")
-            note("|---" * (len(COLUMNS) + 2) + "|")
-            for condition, cells in ROWS.items():
-                note(f"| {condition} | " + " | ".join(cells) + " |")
-        note(f"cluster, test_status.py: {time.monotonic() - began:.0f} s wall time, cluster start and removal "
-             "included")
+@pytest.fixture(scope="module", autouse=True)
+def table() -> Iterator[None]:
+    """The STATUS table, in the order the conditions ran, at the end of the module."""
+    yield
+    if ROWS:
+        note("STATUS on containerd 2.4.2, the node's Ready condition read with `kubectl get node`:")
+        note("| condition | node Ready (kubectl) | " + " | ".join(COLUMNS) + " |")
+        note("|---" * (len(COLUMNS) + 2) + "|")
+        for condition, cells in ROWS.items():
+            note(f"| {condition} | " + " | ".join(cells) + " |")
 
 
 def note(line: str) -> None:
@@ -118,11 +118,6 @@ def entry(cluster: Cluster) -> dict[str, Any]:
     return dict(document["plugins"][-1])
 
 
-def statuses(cluster: Cluster) -> list[dict[str, Any]]:
-    """The STATUS lines of the plugin's own log (/var/log/microgateway-cni.log on the node)."""
-    return [line for line in cluster.plugin_log() if line.get("command") == "STATUS"]
-
-
 def test_containerd_runs_our_status_on_the_kubelets_runtime_checks(cluster: Cluster, installed: None) -> None:
     """Nothing asks the runtime's status here but the kubelet (every 5 s): each ask runs our STATUS."""
     assert json.loads(cluster.worker.primary_text)["cniVersion"] == "1.1.0", "the primary's agent writes 1.1.0"
@@ -130,10 +125,10 @@ def test_containerd_runs_our_status_on_the_kubelets_runtime_checks(cluster: Clus
     assert document["cniVersion"] == "1.1.0", "the installer keeps the primary's cniVersion"
     assert cluster.primary_entries() == CHAINED
     assert entry(cluster)["logLevel"] == "debug"
-    before = len(statuses(cluster))
+    before = len(plugin_statuses(cluster))
     began = time.monotonic()
-    assert wait_for(lambda: len(statuses(cluster)) >= before + 4, timeout=60), statuses(cluster)[-3:]
-    seen = statuses(cluster)[before:]
+    assert wait_for(lambda: len(plugin_statuses(cluster)) >= before + 4, timeout=60), plugin_statuses(cluster)[-3:]
+    seen = plugin_statuses(cluster)[before:]
     last = seen[-1]
     assert last["msg"] == "STATUS: ready" and last["level"] == "debug", last
     assert last["pod"] == "/" and last["containerID"] == "", "STATUS concerns the node, no pod"
@@ -158,115 +153,11 @@ def installer_stopped(cluster: Cluster, installed: None) -> Iterator[dict[str, b
             cluster.resume_installer()
 
 
-class Fate(NamedTuple):
-    """What became of one pod: started (Ready), refused by its validator, or neither within the time given."""
-
-    kind: str  # "starts", "validator", "not started"
-    text: str  # the table's cell
-    seconds: float  # from `kubectl create` to the fate
-    pod: str  # namespace/name
-
-
-def _validator(pod: dict[str, Any]) -> int | None:
-    if not any(c["name"] == VALIDATOR_CONTAINER for c in pod["spec"].get("initContainers", [])):
-        return None
-    if not any(s["name"] == VALIDATOR_CONTAINER for s in pod["status"].get("initContainerStatuses", [])):
-        return None
-    return validator_exit(pod)
-
-
-def _app_ran(pod: dict[str, Any]) -> bool:
-    """Whether any of the pod's (non-init) containers ever ran."""
-    return any("running" in s["state"] or "terminated" in s["state"] or s.get("lastState")
-               for s in pod["status"].get("containerStatuses", []))
-
-
-def _ready(pod: dict[str, Any]) -> bool:
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", []))
-
-
-def why_not_started(cluster: Cluster, pod: dict[str, Any]) -> str:
-    """The scheduler's reason if unscheduled, else the kubelet's last sandbox failure and our ADD's code."""
-    meta = pod["metadata"]
-    conditions = pod["status"].get("conditions", [])
-    scheduled: dict[str, Any] = next((c for c in conditions if c["type"] == "PodScheduled"), {})
-    if scheduled.get("status") == "False":
-        return f"Pending, unscheduled: {scheduled.get('message', '').split('. preemption:')[0]}"
-    events = cluster.get("events", "-n", meta["namespace"], "--field-selector",
-                         f"involvedObject.name={meta['name']},reason=FailedCreatePodSandBox")["items"]
-    codes = [line.get("code") for line in cluster.plugin_log()
-             if line.get("pod") == f"{meta['namespace']}/{meta['name']}" and line.get("command") == "ADD"
-             and line["level"] == "error"]
-    if codes:
-        return f"ADD fails, code {codes[-1]} ({len(codes)} tries)"
-    if events:
-        return f"sandbox fails: {events[-1]['message'][:90]}"
-    return f"{pod['status'].get('phase')}, no sandbox failure"
-
-
-def pod_fates(cluster: Cluster, tag: str, manifests: dict[str, dict[str, Any]],
-              seconds: float = DECIDE_SECONDS) -> dict[str, Fate]:
-    """Create the pods at once and watch them until each starts or is refused by its validator, or seconds
-    pass; the pods are deleted afterwards."""
-    for manifest in manifests.values():
-        manifest["metadata"]["labels"]["mgw-test/status"] = tag
-        cluster.create(for_api(manifest))
-    began = time.monotonic()
-    fates: dict[str, Fate] = {}
-    try:
-        while True:
-            pods = {f"{p['metadata']['namespace']}/{p['metadata']['name']}": p
-                    for p in cluster.get("pods", "-A", "-l", f"mgw-test/status={tag}")["items"]}
-            elapsed = time.monotonic() - began
-            for column, manifest in manifests.items():
-                name = f"{manifest['metadata']['namespace']}/{manifest['metadata']['name']}"
-                pod = pods[name]
-                if column in fates:
-                    continue
-                verdict = _validator(pod)
-                if _ready(pod):
-                    text = "starts" if verdict is None else f"starts, validator exit {verdict}"
-                    fates[column] = Fate("starts", text, elapsed, name)
-                elif verdict is not None and verdict != 0:
-                    ran = "its app ran" if _app_ran(pod) else "app never ran"
-                    fates[column] = Fate("validator", f"refused by its validator (exit {verdict}), {ran}", elapsed,
-                                         name)
-            if len(fates) == len(manifests):
-                return fates
-            if elapsed > seconds:
-                for column, manifest in manifests.items():
-                    if column not in fates:
-                        name = f"{manifest['metadata']['namespace']}/{manifest['metadata']['name']}"
-                        fates[column] = Fate("not started", why_not_started(cluster, pods[name]), elapsed, name)
-                return fates
-            time.sleep(1)
-    finally:
-        for namespace in ("default", "kube-system"):
-            cluster.kubectl("delete", "pods", "-n", namespace, "-l", f"mgw-test/status={tag}", "--wait=true",
-                            "--timeout=90s", timeout=120)
-
-
 def four_pods(tag: str) -> dict[str, dict[str, Any]]:
     return {"ordinary kube-system": workloads.ordinary(f"{tag}-system", namespace="kube-system"),
             "ordinary default": workloads.ordinary(f"{tag}-plain"),
             "protected (annotation)": workloads.annotated(f"{tag}-annotated", image()),
             "protected (label)": workloads.protected(f"{tag}-labelled", image())}
-
-
-def add_lines(cluster: Cluster, pod: str) -> list[dict[str, Any]]:
-    """The plugin's ADD lines for the pod (namespace/name)."""
-    return [line for line in cluster.plugin_log() if line.get("pod") == pod and line.get("command") == "ADD"]
-
-
-def pass_through_warnings(cluster: Cluster, pod: str) -> list[str]:
-    """The reasons of the warnings with which ADD passed the pod through."""
-    return [str(line.get("reason", "")) for line in add_lines(cluster, pod)
-            if line["level"] in ("warn", "warning") and "passed through" in line["msg"]]
-
-
-def configured_from(cluster: Cluster, pod: str) -> list[str]:
-    """The sources ("runtime", "api") of the pod's "redirection configured" lines."""
-    return [line.get("source", "") for line in add_lines(cluster, pod) if line["msg"] == "redirection configured"]
 
 
 class Seen(NamedTuple):
@@ -279,13 +170,13 @@ class Seen(NamedTuple):
 def observe(cluster: Cluster, tag: str) -> Seen:
     """Under the condition made: the four pods' fates, the node's Ready condition watched all along and read
     at the end, which comes KEEP_SECONDS after the start at the earliest."""
-    before = len(statuses(cluster))
+    before = len(plugin_statuses(cluster))
     began = time.monotonic()
     with cluster.node_ready_seen() as watched:
-        fates = pod_fates(cluster, tag, four_pods(tag))
+        fates = pod_fates(cluster, tag, four_pods(tag), DECIDE_SECONDS)
         time.sleep(max(0.0, KEEP_SECONDS - (time.monotonic() - began)))
         ready = cluster.node_ready()
-    return Seen(ready, watched, len(statuses(cluster)) - before, fates)
+    return Seen(ready, watched, len(plugin_statuses(cluster)) - before, fates)
 
 
 def cell(cluster: Cluster, fate: Fate) -> str:
@@ -333,24 +224,6 @@ class Condition(NamedTuple):
     reason: str  # in the reason of ADD's pass-through warning: the API could not tell, and why
 
 
-class _Kubeconfig:
-    """The plugin's kubeconfig removed, or replaced by text that does not parse, while the block runs."""
-
-    def __init__(self, cluster: Cluster, text: str | None) -> None:
-        self.path, self.text = kubeconfig(cluster), text
-        self.saved, self.mode = self.path.read_bytes(), self.path.stat().st_mode
-
-    def __enter__(self) -> None:
-        if self.text is None:
-            self.path.unlink()
-        else:
-            self.path.write_text(self.text)
-
-    def __exit__(self, *exc: object) -> None:
-        self.path.write_bytes(self.saved)
-        self.path.chmod(self.mode)
-
-
 def _api_unreachable(cluster: Cluster) -> AbstractContextManager[None]:
     server = json.loads(kubeconfig(cluster).read_text())["clusters"][0]["cluster"]["server"]
     service = cluster.kubectl("get", "service", "kubernetes", "-o", "jsonpath={.spec.clusterIP}")
@@ -360,10 +233,11 @@ def _api_unreachable(cluster: Cluster) -> AbstractContextManager[None]:
 
 # In the table's order; the invalid entry comes last, in its own test.
 CONDITIONS = {
-    "kubeconfig missing": Condition("no-kubeconfig", lambda cluster: _Kubeconfig(cluster, None),
+    "kubeconfig missing": Condition("no-kubeconfig", lambda cluster: KubeconfigAltered(kubeconfig(cluster), None),
                                     "cannot read kubeconfig"),
-    "kubeconfig does not parse": Condition("bad-kubeconfig", lambda cluster: _Kubeconfig(cluster, "clusters: [\n"),
-                                           "is neither JSON nor YAML"),
+    "kubeconfig does not parse": Condition(
+        "bad-kubeconfig", lambda cluster: KubeconfigAltered(kubeconfig(cluster), "clusters: [\n"),
+        "is neither JSON nor YAML"),
     "API unreachable (Service refused)": Condition("api-refused", _api_unreachable, "kube-apiserver unreachable"),
 }
 
@@ -433,6 +307,7 @@ def test_the_installer_back_finds_the_node_as_it_was(cluster: Cluster,
     cluster.resume_installer()
     assert cluster.node_ready() == ("True", "kubelet is posting ready status")
     assert cluster.primary_entries() == CHAINED and entry(cluster)["logLevel"] == "debug"
-    fates = pod_fates(cluster, "back", {"protected (label)": workloads.protected("back-labelled", image())})
+    fates = pod_fates(cluster, "back", {"protected (label)": workloads.protected("back-labelled", image())},
+                      DECIDE_SECONDS)
     assert fates["protected (label)"].text == "starts, validator exit 0", fates
     assert configured_from(cluster, "default/back-labelled") == ["api"]
